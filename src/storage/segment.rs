@@ -43,3 +43,14 @@ impl SegmentFile {
         directory.join(format!("{:020}.idx", base_offset.0))
     }
 }
+
+/// The 16-byte header every segment file starts with.
+pub fn encode_header() -> [u8; SEGMENT_HEADER_BYTES as usize] {
+    todo!()
+}
+
+/// Checks a segment file header (magic, version, CRC); the error names the rule broken.
+pub fn check_header(bytes: &[u8]) -> Result<(), String> {
+    let _ = bytes;
+    todo!()
+}
