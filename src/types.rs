@@ -64,7 +64,10 @@ pub struct Record {
 impl Record {
     /// A record with this value, no key, no headers, timestamped at append.
     pub fn new(value: impl Into<Bytes>) -> Record {
-        Record { value: Some(value.into()), ..Record::default() }
+        Record {
+            value: Some(value.into()),
+            ..Record::default()
+        }
     }
 
     /// Sets the key (records with a key go to a partition by key hash).
@@ -75,7 +78,10 @@ impl Record {
 
     /// Adds a header.
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Record {
-        self.headers.push(Header { key: key.into(), value: value.into() });
+        self.headers.push(Header {
+            key: key.into(),
+            value: value.into(),
+        });
         self
     }
 
@@ -87,8 +93,15 @@ impl Record {
 
     /// Bytes this record occupies in a batch, roughly (for size limits).
     pub fn approximate_bytes(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|h| h.key.len() + h.value.len() + 4).sum();
-        self.key.as_ref().map_or(0, |k| k.len()) + self.value.as_ref().map_or(0, |v| v.len()) + headers + 24
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len() + 4)
+            .sum();
+        self.key.as_ref().map_or(0, |k| k.len())
+            + self.value.as_ref().map_or(0, |v| v.len())
+            + headers
+            + 24
     }
 }
 

@@ -1,1 +1,544 @@
-fn main(){}
+//! `millrace`: run a config, and kcat-like produce and consume on its data
+//! directory. Every error is one line on stderr and a non-zero exit.
+
+use clap::{Args, Parser, Subcommand};
+use millrace::config::Config;
+use millrace::{FetchOptions, FetchedRecord, Offset, PartitionId, Record, RecordMetadata, Runtime};
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Lines gathered into one produce batch.
+const PRODUCE_BATCH_RECORDS_MAX: usize = 1000;
+/// Produce batches awaiting acknowledgement at once.
+const PRODUCE_BATCHES_IN_FLIGHT_MAX: usize = 16;
+/// Lines queued between the stdin reader and the producer.
+const STDIN_LINES_QUEUED_MAX: usize = 8192;
+
+#[derive(Parser)]
+#[command(
+    name = "millrace",
+    version,
+    about = "Embeddable stream-processing runtime: run a config, produce and consume"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run CONFIG until SIGINT or SIGTERM, then shut down gracefully.
+    Run {
+        /// The TOML config.
+        config: PathBuf,
+    },
+    /// Print each topic's partitions with log start, log end and high watermark.
+    Topics {
+        /// The TOML config.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Produce one record per stdin line.
+    Produce(ProduceArgs),
+    /// Print records, one per line.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// The TOML config.
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// Topic to produce to.
+    #[arg(short = 't', long = "topic")]
+    topic: String,
+    /// Partition (default: by key hash, or round-robin for unkeyed lines).
+    #[arg(short = 'p', long = "partition")]
+    partition: Option<u32>,
+    /// Split each line into "key DELIM value" at the first DELIM.
+    #[arg(short = 'K', long = "key-delimiter")]
+    key_delimiter: Option<String>,
+    /// Print "PARTITION OFFSET" per record, in input order, once durable.
+    #[arg(long = "print-acks")]
+    print_acks: bool,
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    /// The TOML config.
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// Topic to consume.
+    #[arg(short = 't', long = "topic")]
+    topic: String,
+    /// Only this partition (default: all).
+    #[arg(short = 'p', long = "partition")]
+    partition: Option<u32>,
+    /// Start at the first readable offset (default: the end).
+    #[arg(long = "from-beginning", conflicts_with = "offset")]
+    from_beginning: bool,
+    /// Start at this offset.
+    #[arg(long = "offset")]
+    offset: Option<u64>,
+    /// Exit 0 once every partition is read up to its high watermark at start.
+    #[arg(long = "until-end")]
+    until_end: bool,
+    /// Output format: %t topic, %p partition, %o offset, %k key, %v value, %T timestamp, %% a percent sign.
+    #[arg(short = 'f', long = "format", default_value = "%v")]
+    format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Topics { config } => topics(config),
+        Command::Produce(arguments) => produce(arguments),
+        Command::Consume(arguments) => consume(arguments),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("millrace: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), String>;
+
+fn start(config: &PathBuf) -> Result<Runtime, String> {
+    let config = Config::from_file(config).map_err(|error| error.to_string())?;
+    Runtime::start(config).map_err(|error| error.to_string())
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the CLI's event loop: {error}"))
+}
+
+fn run(config: PathBuf) -> CliResult {
+    let runtime = start(&config)?;
+    for topic in runtime.topics() {
+        let partitions = runtime.partition_count(&topic).unwrap_or(0);
+        tracing::info!(%topic, partitions, "serving");
+    }
+    tokio_runtime()?.block_on(wait_for_termination())?;
+    tracing::info!("signal received; shutting down");
+    runtime.shutdown().map_err(|error| error.to_string())
+}
+
+async fn wait_for_termination() -> CliResult {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|error| format!("cannot listen for SIGTERM: {error}"))?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.map_err(|error| format!("cannot listen for SIGINT: {error}")),
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
+fn topics(config: PathBuf) -> CliResult {
+    let runtime = start(&config)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<32} {:>9} {:>16} {:>16} {:>16}",
+        "TOPIC", "PARTITION", "LOG_START", "LOG_END_OFFSET", "HIGH_WATERMARK"
+    );
+    for topic in runtime.topics() {
+        for partition in 0..runtime.partition_count(&topic).unwrap_or(0) {
+            let offsets = runtime
+                .offsets_blocking(&topic, PartitionId(partition))
+                .map_err(|error| error.to_string())?;
+            let _ = writeln!(
+                out,
+                "{topic:<32} {partition:>9} {:>16} {:>16} {:>16}",
+                offsets.log_start_offset, offsets.log_end_offset, offsets.high_watermark
+            );
+        }
+    }
+    drop(out);
+    runtime.shutdown().map_err(|error| error.to_string())
+}
+
+/// One stdin line, or why reading stopped.
+enum Line {
+    Record(Record),
+    Invalid(String),
+}
+
+fn produce(arguments: ProduceArgs) -> CliResult {
+    let runtime = start(&arguments.config)?;
+    let result = produce_with(&runtime, &arguments);
+    let shutdown = runtime.shutdown().map_err(|error| error.to_string());
+    result.and(shutdown)
+}
+
+fn produce_with(runtime: &Runtime, arguments: &ProduceArgs) -> CliResult {
+    let producer = runtime
+        .producer(&arguments.topic)
+        .map_err(|error| error.to_string())?;
+    let partitions = runtime.partition_count(&arguments.topic).unwrap_or(0);
+    if let Some(partition) = arguments.partition {
+        if partition >= partitions {
+            return Err(format!(
+                "topic {} has no partition {partition} (it has {partitions})",
+                arguments.topic
+            ));
+        }
+    }
+    let line_bytes_max = runtime
+        .config()
+        .topic(&arguments.topic)
+        .map_or(1 << 20, |topic| topic.max_batch_bytes as usize);
+    let delimiter = arguments.key_delimiter.clone().map(String::into_bytes);
+    if delimiter
+        .as_ref()
+        .is_some_and(|delimiter| delimiter.is_empty())
+    {
+        return Err("-K: the key delimiter must not be empty".into());
+    }
+    let (lines, mut receiver) = tokio::sync::mpsc::channel(STDIN_LINES_QUEUED_MAX);
+    std::thread::Builder::new()
+        .name("millrace-stdin".into())
+        .spawn(move || read_stdin_lines(lines, delimiter, line_bytes_max))
+        .map_err(|error| format!("cannot start the stdin reader: {error}"))?;
+    let print = arguments.print_acks;
+    let partition = arguments.partition;
+
+    tokio_runtime()?.block_on(async move {
+        // Sends run concurrently; a printer awaits them in input order, so
+        // acknowledgements print in input order as soon as each is durable.
+        let (sends, mut sends_in_order) =
+            tokio::sync::mpsc::channel::<tokio::task::JoinHandle<_>>(PRODUCE_BATCHES_IN_FLIGHT_MAX);
+        let printer = tokio::spawn(async move {
+            while let Some(send) = sends_in_order.recv().await {
+                print_acks(send.await, print, &mut std::io::stdout().lock())?;
+            }
+            Ok::<(), String>(())
+        });
+        let mut failure = None;
+        while let Some(first) = receiver.recv().await {
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(line) = next.take() {
+                match line {
+                    Line::Record(record) => batch.push(record),
+                    Line::Invalid(message) => {
+                        failure = Some(message);
+                        break;
+                    }
+                }
+                if batch.len() < PRODUCE_BATCH_RECORDS_MAX {
+                    next = receiver.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                let producer = producer.clone();
+                let send = tokio::spawn(async move {
+                    match partition {
+                        Some(partition) => producer
+                            .send_batch_to(PartitionId(partition), batch)
+                            .await
+                            .map(|ack| {
+                                (0..=ack.last_offset.0 - ack.base_offset.0)
+                                    .map(|delta| RecordMetadata {
+                                        partition: ack.partition,
+                                        offset: Offset(ack.base_offset.0 + delta),
+                                    })
+                                    .collect()
+                            }),
+                        None => producer.send_batch(batch).await,
+                    }
+                });
+                if sends.send(send).await.is_err() {
+                    break; // the printer stopped on an error; it reports it below
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        // Everything sent before a bad line is still acknowledged and printed.
+        drop(sends);
+        let printed = printer
+            .await
+            .map_err(|error| format!("printer task failed: {error}"))?;
+        printed?;
+        failure.map_or(Ok(()), Err)
+    })
+}
+
+type SendOutcome =
+    Result<Result<Vec<RecordMetadata>, millrace::ProduceError>, tokio::task::JoinError>;
+
+fn print_acks(outcome: SendOutcome, print: bool, out: &mut impl Write) -> CliResult {
+    let placed = outcome
+        .map_err(|error| format!("produce task failed: {error}"))?
+        .map_err(|error| error.to_string())?;
+    if print {
+        for record in placed {
+            writeln!(out, "{} {}", record.partition, record.offset)
+                .map_err(|error| format!("stdout: {error}"))?;
+        }
+        out.flush().map_err(|error| format!("stdout: {error}"))?;
+    }
+    Ok(())
+}
+
+/// Reads stdin line by line with a bound on line length, so garbage without
+/// newlines never grows memory. Stops at the first invalid line.
+fn read_stdin_lines(
+    lines: tokio::sync::mpsc::Sender<Line>,
+    delimiter: Option<Vec<u8>>,
+    line_bytes_max: usize,
+) {
+    let stdin = std::io::stdin();
+    let mut reader = stdin.lock();
+    let mut number = 0u64;
+    loop {
+        number += 1;
+        let mut line = Vec::new();
+        let mut limited = (&mut reader).take(line_bytes_max as u64 + 1);
+        match limited.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) => {
+                let _ = lines.blocking_send(Line::Invalid(format!("stdin line {number}: {error}")));
+                return;
+            }
+        }
+        let complete = line.last() == Some(&b'\n');
+        if complete {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if line.len() > line_bytes_max || (!complete && line.len() == line_bytes_max + 1) {
+            let _ = lines.blocking_send(Line::Invalid(format!(
+                "stdin line {number}: longer than {line_bytes_max} bytes (the topic's max_batch_bytes)"
+            )));
+            return;
+        }
+        let parsed = match &delimiter {
+            None => Line::Record(Record::new(line)),
+            Some(delimiter) => match find(&line, delimiter) {
+                Some(at) => {
+                    let value = line[at + delimiter.len()..].to_vec();
+                    line.truncate(at);
+                    Line::Record(Record::new(value).with_key(line))
+                }
+                None => Line::Invalid(format!(
+                    "stdin line {number}: no key delimiter {:?} (with -K each line is \"key DELIM value\")",
+                    String::from_utf8_lossy(delimiter)
+                )),
+            },
+        };
+        let stop = matches!(parsed, Line::Invalid(_));
+        if lines.blocking_send(parsed).is_err() || stop {
+            return;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn consume(arguments: ConsumeArgs) -> CliResult {
+    let runtime = start(&arguments.config)?;
+    let result = tokio_runtime()
+        .and_then(|event_loop| event_loop.block_on(consume_with(&runtime, &arguments)));
+    let shutdown = runtime.shutdown().map_err(|error| error.to_string());
+    result.and(shutdown)
+}
+
+struct PartitionCursor {
+    partition: PartitionId,
+    position: Offset,
+    /// With --until-end: the high watermark at start.
+    end: Option<Offset>,
+}
+
+async fn consume_with(runtime: &Runtime, arguments: &ConsumeArgs) -> CliResult {
+    let topic = &arguments.topic;
+    let partitions = runtime
+        .partition_count(topic)
+        .ok_or_else(|| format!("unknown topic {topic:?}"))?;
+    let selected: Vec<u32> = match arguments.partition {
+        Some(partition) if partition >= partitions => {
+            return Err(format!(
+                "topic {topic} has no partition {partition} (it has {partitions})"
+            ))
+        }
+        Some(partition) => vec![partition],
+        None => (0..partitions).collect(),
+    };
+    let format = parse_format(&arguments.format)?;
+    let mut cursors = Vec::new();
+    for partition in selected {
+        let partition = PartitionId(partition);
+        let offsets = runtime
+            .offsets(topic, partition)
+            .await
+            .map_err(|error| error.to_string())?;
+        let position = match (arguments.from_beginning, arguments.offset) {
+            (true, _) => offsets.log_start_offset,
+            (false, Some(offset)) => Offset(offset),
+            (false, None) => offsets.high_watermark,
+        };
+        let end = arguments.until_end.then_some(offsets.high_watermark);
+        cursors.push(PartitionCursor {
+            partition,
+            position,
+            end,
+        });
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut line = Vec::new();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        cursors.retain(|cursor| cursor.end.is_none_or(|end| cursor.position < end));
+        if cursors.is_empty() {
+            break;
+        }
+        // With one partition, long-poll; with several, poll each briefly in turn.
+        let max_wait = if cursors.len() == 1 {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_millis(20)
+        };
+        let mut received = false;
+        for cursor in &mut cursors {
+            let options = FetchOptions {
+                max_bytes: 1024 * 1024,
+                max_wait,
+            };
+            let fetch = runtime.fetch(topic, cursor.partition, cursor.position, options);
+            let result = tokio::select! {
+                result = fetch => result,
+                _ = &mut interrupted => return out.flush().map_err(|error| format!("stdout: {error}")),
+            };
+            let result = match result {
+                Ok(result) => result,
+                Err(millrace::FetchError::ShuttingDown) => return Ok(()),
+                Err(error) => return Err(format!("partition {}: {error}", cursor.partition)),
+            };
+            for record in &result.records {
+                if cursor.end.is_some_and(|end| record.offset >= end) {
+                    break;
+                }
+                line.clear();
+                render(&format, topic, cursor.partition, record, &mut line);
+                line.push(b'\n');
+                out.write_all(&line)
+                    .map_err(|error| format!("stdout: {error}"))?;
+            }
+            received |= !result.records.is_empty();
+            cursor.position = result.next_offset;
+        }
+        if !received {
+            out.flush().map_err(|error| format!("stdout: {error}"))?;
+        }
+    }
+    out.flush().map_err(|error| format!("stdout: {error}"))
+}
+
+enum Piece {
+    Text(Vec<u8>),
+    Topic,
+    Partition,
+    Offset,
+    Key,
+    Value,
+    Timestamp,
+}
+
+fn parse_format(format: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = Vec::new();
+    let mut characters = format.chars();
+    while let Some(character) = characters.next() {
+        let piece = match character {
+            '%' => match characters.next() {
+                Some('t') => Piece::Topic,
+                Some('p') => Piece::Partition,
+                Some('o') => Piece::Offset,
+                Some('k') => Piece::Key,
+                Some('v') => Piece::Value,
+                Some('T') => Piece::Timestamp,
+                Some('%') => {
+                    text.push(b'%');
+                    continue;
+                }
+                other => {
+                    return Err(format!(
+                        "-f {format:?}: unknown directive %{} (use %t %p %o %k %v %T or %%)",
+                        other.map_or(String::new(), String::from)
+                    ))
+                }
+            },
+            '\\' => {
+                match characters.next() {
+                    Some('n') => text.push(b'\n'),
+                    Some('t') => text.push(b'\t'),
+                    Some(other) => text.extend(other.to_string().as_bytes()),
+                    None => text.push(b'\\'),
+                }
+                continue;
+            }
+            other => {
+                text.extend(other.to_string().as_bytes());
+                continue;
+            }
+        };
+        if !text.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut text)));
+        }
+        pieces.push(piece);
+    }
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
+fn render(
+    format: &[Piece],
+    topic: &str,
+    partition: PartitionId,
+    record: &FetchedRecord,
+    out: &mut Vec<u8>,
+) {
+    for piece in format {
+        match piece {
+            Piece::Text(text) => out.extend_from_slice(text),
+            Piece::Topic => out.extend_from_slice(topic.as_bytes()),
+            Piece::Partition => out.extend_from_slice(partition.0.to_string().as_bytes()),
+            Piece::Offset => out.extend_from_slice(record.offset.0.to_string().as_bytes()),
+            Piece::Key => out.extend_from_slice(record.key.as_deref().unwrap_or_default()),
+            Piece::Value => out.extend_from_slice(record.value.as_deref().unwrap_or_default()),
+            Piece::Timestamp => out.extend_from_slice(record.timestamp_ms.to_string().as_bytes()),
+        }
+    }
+}

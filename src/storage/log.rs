@@ -1,8 +1,18 @@
 //! [`PartitionLog`]: one partition's segments, offsets and recovery.
 
-use super::io::IoJob;
-use super::segment::SegmentFile;
+use super::batch::{
+    decode_frame, encode_frame, peek_frame_len, FrameError, FrameView, ProducerFields,
+    BATCH_HEADER_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
+};
+use super::index::SegmentIndex;
+use super::io::{self, AppendJob, DeleteJob, IoError, IoJob, SealJob};
+use super::segment::{check_header, encode_header, SegmentFile, SEGMENT_HEADER_BYTES};
 use crate::types::{FetchedRecord, Offset, Record, Term};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +62,13 @@ pub struct Corruption {
 
 impl std::fmt::Display for Corruption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at byte {}: {}", self.file.display(), self.position, self.reason)
+        write!(
+            f,
+            "{} at byte {}: {}",
+            self.file.display(),
+            self.position,
+            self.reason
+        )
     }
 }
 
@@ -188,9 +204,348 @@ impl ReadPlan {
     /// Reads whole batches until `max_bytes` is reached, but always at least
     /// one batch (so a batch larger than `max_bytes` never stalls a reader).
     /// Every frame is verified (CRC) before any of its records is returned.
+    ///
+    /// Damage or an I/O error after some records were already collected ends
+    /// the read early with those records; the next read, starting at
+    /// `next_offset`, reports the error. A reader thus gets everything before
+    /// the damage and never anything at or after it.
     pub fn execute(&self, max_bytes: usize) -> Result<ReadResult, ReadError> {
-        let _ = max_bytes;
-        todo!()
+        let mut result = ReadResult {
+            records: Vec::new(),
+            next_offset: self.from_offset,
+            bytes_read: 0,
+        };
+        let mut previous_next_offset: Option<Offset> = None;
+        for range in &self.ranges {
+            match self.read_range(range, max_bytes, &mut result, &mut previous_next_offset) {
+                Ok(RangeEnd::Exhausted) => {}
+                Ok(RangeEnd::Complete) => return Ok(result),
+                Err(error) if result.records.is_empty() => return Err(error),
+                Err(_) => return Ok(result),
+            }
+        }
+        Ok(result)
+    }
+
+    /// Reads the frames of one range into `result`.
+    fn read_range(
+        &self,
+        range: &ReadRange,
+        max_bytes: usize,
+        result: &mut ReadResult,
+        previous_next_offset: &mut Option<Offset>,
+    ) -> Result<RangeEnd, ReadError> {
+        let chunk_bytes = max_bytes
+            .saturating_sub(result.bytes_read)
+            .max(READ_CHUNK_BYTES_MIN);
+        let mut reader = FrameReader::new(
+            &range.file.file,
+            range.start_position,
+            range.end_position,
+            chunk_bytes,
+        );
+        loop {
+            if let Some(corruption) = &range.corrupt_from {
+                if reader.position >= corruption.position && reader.position < range.end_position {
+                    return Err(ReadError::Corrupt(corruption.to_string()));
+                }
+            }
+            let (position, view) = match reader.next_frame() {
+                Ok(Some(found)) => found,
+                Ok(None) => return Ok(RangeEnd::Exhausted),
+                Err(FrameReadError::Io(source)) => {
+                    return Err(ReadError::Io {
+                        file: segment_path(&range.file),
+                        message: source.to_string(),
+                    })
+                }
+                Err(FrameReadError::Frame { position, error }) => {
+                    return Err(corrupt_read(&range.file, position, error.to_string()))
+                }
+            };
+            let header = view.header;
+            if let Some(previous) = *previous_next_offset {
+                if header.base_offset < previous {
+                    let reason = format!(
+                        "batch base offset {} is below the previous batch's end {}",
+                        header.base_offset, previous
+                    );
+                    return Err(corrupt_read(&range.file, position, reason));
+                }
+            }
+            *previous_next_offset = Some(header.next_offset());
+            if header.base_offset >= self.high_watermark {
+                return Ok(RangeEnd::Complete);
+            }
+            if header.next_offset() <= self.from_offset {
+                continue;
+            }
+            let records = view
+                .records()
+                .map_err(|error| corrupt_read(&range.file, position, error.to_string()))?;
+            let (from_offset, high_watermark) = (self.from_offset, self.high_watermark);
+            result.records.extend(
+                records.into_iter().filter(|record| {
+                    record.offset >= from_offset && record.offset < high_watermark
+                }),
+            );
+            result.bytes_read += view.frame.len();
+            result.next_offset = result
+                .next_offset
+                .max(header.next_offset().min(high_watermark));
+            if result.bytes_read >= max_bytes {
+                return Ok(RangeEnd::Complete);
+            }
+        }
+    }
+}
+
+/// How reading one range of a plan ended.
+enum RangeEnd {
+    /// Every frame of the range was read; go on with the next range.
+    Exhausted,
+    /// The read is complete (enough bytes, or the high watermark reached).
+    Complete,
+}
+
+/// Reads of segment data are at least this large, so a small fetch still
+/// costs one system call per many frames.
+const READ_CHUNK_BYTES_MIN: usize = 64 * 1024;
+/// Recovery and truncation read this much at a time.
+const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+/// The search for a valid frame after damage reads this much at a time.
+const SEARCH_WINDOW_BYTES: usize = 1024 * 1024;
+
+/// Why the next frame could not be read.
+#[derive(Debug)]
+enum FrameReadError {
+    /// The read itself failed.
+    Io(std::io::Error),
+    /// The bytes at `position` are not a valid frame.
+    Frame {
+        /// Byte position of the bad frame.
+        position: u64,
+        /// What is wrong with it.
+        error: FrameError,
+    },
+}
+
+/// Reads verified frames of one file between two positions, with positional
+/// reads of large chunks. A frame is a slice of its chunk (no copy); a frame
+/// crossing the end of a chunk starts the next chunk.
+struct FrameReader<'a> {
+    file: &'a File,
+    /// Position of the next frame.
+    position: u64,
+    /// Byte after the last frame to read.
+    end_position: u64,
+    chunk: Bytes,
+    /// File position of the chunk's first byte.
+    chunk_start: u64,
+    /// Chunks are this large unless the range or a frame says otherwise.
+    chunk_bytes: usize,
+}
+
+impl<'a> FrameReader<'a> {
+    fn new(
+        file: &'a File,
+        start_position: u64,
+        end_position: u64,
+        chunk_bytes: usize,
+    ) -> FrameReader<'a> {
+        FrameReader {
+            file,
+            position: start_position,
+            end_position,
+            chunk: Bytes::new(),
+            chunk_start: 0,
+            chunk_bytes,
+        }
+    }
+
+    /// The next verified frame and its position, or `None` at the end.
+    fn next_frame(&mut self) -> Result<Option<(u64, FrameView)>, FrameReadError> {
+        let position = self.position;
+        if position >= self.end_position {
+            return Ok(None);
+        }
+        let remaining = self.end_position - position;
+        let incomplete = |needed: usize| FrameReadError::Frame {
+            position,
+            error: FrameError::Incomplete {
+                needed,
+                available: remaining as usize,
+            },
+        };
+        if remaining < FRAME_HEADER_BYTES as u64 {
+            return Err(incomplete(FRAME_HEADER_BYTES));
+        }
+        let start = self.load(FRAME_HEADER_BYTES)?;
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        header.copy_from_slice(&self.chunk[start..start + FRAME_HEADER_BYTES]);
+        // The length is checked against its maximum before anything is allocated for it.
+        let frame_bytes =
+            peek_frame_len(&header).map_err(|error| FrameReadError::Frame { position, error })?;
+        if frame_bytes as u64 > remaining {
+            return Err(incomplete(frame_bytes));
+        }
+        let start = self.load(frame_bytes)?;
+        let frame = self.chunk.slice(start..start + frame_bytes);
+        let view =
+            decode_frame(&frame).map_err(|error| FrameReadError::Frame { position, error })?;
+        if view.frame.len() != frame_bytes {
+            let reason = format!(
+                "frame decodes to {} bytes, its header says {}",
+                view.frame.len(),
+                frame_bytes
+            );
+            return Err(FrameReadError::Frame {
+                position,
+                error: FrameError::Malformed(reason),
+            });
+        }
+        self.position += frame_bytes as u64;
+        Ok(Some((position, view)))
+    }
+
+    /// Makes the chunk hold `length` bytes from the current position (which
+    /// the caller checked are inside the range); returns their index in it.
+    fn load(&mut self, length: usize) -> Result<usize, FrameReadError> {
+        let chunk_end = self.chunk_start + self.chunk.len() as u64;
+        if self.position >= self.chunk_start && self.position + length as u64 <= chunk_end {
+            return Ok((self.position - self.chunk_start) as usize);
+        }
+        let remaining = (self.end_position - self.position) as usize;
+        let read_bytes = length.max(self.chunk_bytes.min(remaining));
+        let mut buffer = vec![0u8; read_bytes];
+        self.file
+            .read_exact_at(&mut buffer, self.position)
+            .map_err(FrameReadError::Io)?;
+        self.chunk = Bytes::from(buffer);
+        self.chunk_start = self.position;
+        Ok(0)
+    }
+}
+
+/// The current name of a segment file: `.wal` until its seal renames it.
+/// Only used to name a file in an error, so the extra `stat` is off the hot path.
+fn segment_path(file: &SegmentFile) -> PathBuf {
+    let wal_path = SegmentFile::wal_path(&file.directory, file.base_offset);
+    if wal_path.exists() {
+        wal_path
+    } else {
+        SegmentFile::log_path(&file.directory, file.base_offset)
+    }
+}
+
+fn corrupt_read(file: &SegmentFile, position: u64, reason: String) -> ReadError {
+    ReadError::Corrupt(
+        Corruption {
+            file: segment_path(file),
+            position,
+            offset: None,
+            reason,
+        }
+        .to_string(),
+    )
+}
+
+fn io_error(operation: &'static str, path: &Path, source: std::io::Error) -> IoError {
+    IoError {
+        operation,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a seal stands. Retention leaves a block alone until it is `Sealed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SealState {
+    /// Its files are a `.log` and an `.idx`.
+    Sealed,
+    /// Its seal job was handed out and has not completed.
+    Sealing,
+    /// Its seal job failed; `retry_jobs` hands it out again.
+    Failed,
+}
+
+/// A segment that no longer takes appends.
+#[derive(Debug)]
+struct Block {
+    file: Arc<SegmentFile>,
+    index: SegmentIndex,
+    /// Bytes of the file.
+    size_bytes: u64,
+    /// Bytes known durable (less than `size_bytes` only while its last
+    /// appends are in flight).
+    durable_bytes: u64,
+    /// Damage found at open: reading at or past it reports corruption.
+    corrupt_from: Option<Corruption>,
+    seal: SealState,
+}
+
+/// The segment appends go to.
+#[derive(Debug)]
+struct ActiveSegment {
+    file: Arc<SegmentFile>,
+    base_offset: Offset,
+    /// Bytes planned so far (written once the planned jobs run).
+    write_position: u64,
+    /// Bytes known durable.
+    durable_position: u64,
+    /// Built with `add_batch` as batches are planned.
+    index: SegmentIndex,
+    /// When the first batch was appended to it (for `segment_age`). After a
+    /// restart the age counts from the first append after it, because the
+    /// records' own timestamps are event times, not append times.
+    first_append_ms: Option<i64>,
+}
+
+impl ActiveSegment {
+    fn new(
+        file: Arc<SegmentFile>,
+        base_offset: Offset,
+        position: u64,
+        index: SegmentIndex,
+    ) -> ActiveSegment {
+        ActiveSegment {
+            file,
+            base_offset,
+            write_position: position,
+            durable_position: position,
+            index,
+            first_append_ms: None,
+        }
+    }
+
+    fn has_frames(&self) -> bool {
+        self.write_position > SEGMENT_HEADER_BYTES
+    }
+}
+
+/// A planned append that is not yet known durable.
+#[derive(Debug)]
+struct UnsyncedAppend {
+    next_offset: Offset,
+    segment_base: Offset,
+    end_position: u64,
+}
+
+/// One segment as a reader sees it.
+struct SegmentView<'a> {
+    file: &'a Arc<SegmentFile>,
+    index: &'a SegmentIndex,
+    next_offset: Offset,
+    end_position: u64,
+    corrupt_from: Option<&'a Corruption>,
+}
+
+/// An index with no batches for a segment starting at `base_offset`.
+fn empty_index(base_offset: Offset) -> SegmentIndex {
+    SegmentIndex {
+        next_offset: base_offset,
+        max_timestamp_ms: i64::MIN,
+        ..SegmentIndex::default()
     }
 }
 
@@ -199,6 +554,16 @@ impl ReadPlan {
 pub struct PartitionLog {
     directory: PathBuf,
     options: LogOptions,
+    /// Sealed blocks (and blocks being sealed), by base offset.
+    blocks: BTreeMap<Offset, Block>,
+    active: ActiveSegment,
+    log_end_offset: Offset,
+    high_watermark: Offset,
+    log_start_offset: Offset,
+    /// Appends planned and not yet reported durable, oldest first.
+    unsynced_appends: VecDeque<UnsyncedAppend>,
+    /// Deletions that failed, handed out again by `retention_jobs`.
+    failed_deletions: Vec<DeleteJob>,
 }
 
 impl PartitionLog {
@@ -208,96 +573,556 @@ impl PartitionLog {
     /// (keeping the cut bytes in `.broken`), quarantines damage elsewhere,
     /// fsyncs. Everything on disk after recovery is durable: the high
     /// watermark starts at the log end offset.
-    pub fn open(directory: &Path, options: LogOptions) -> Result<(PartitionLog, RecoveryReport), OpenError> {
-        let _ = (directory, options);
-        todo!()
+    pub fn open(
+        directory: &Path,
+        options: LogOptions,
+    ) -> Result<(PartitionLog, RecoveryReport), OpenError> {
+        std::fs::create_dir_all(directory)
+            .map_err(|error| io_error("create directory", directory, error))?;
+        let mut recovery = Recovery {
+            directory,
+            options: &options,
+            report: RecoveryReport::default(),
+        };
+        let listing = recovery.sweep()?;
+        let newest_log = listing.log_bases.iter().next_back().copied();
+        let active_base = listing
+            .wal_bases
+            .iter()
+            .next_back()
+            .copied()
+            .filter(|wal_base| newest_log.is_none_or(|log_base| *wal_base > log_base));
+
+        // Sealed blocks and interrupted seals, in offset order.
+        let mut block_bases: Vec<(u64, SegmentKind)> = Vec::new();
+        block_bases.extend(
+            listing
+                .log_bases
+                .iter()
+                .map(|base| (*base, SegmentKind::Sealed)),
+        );
+        block_bases.extend(
+            listing
+                .wal_bases
+                .iter()
+                .filter(|base| Some(**base) != active_base)
+                .map(|base| (*base, SegmentKind::Unsealed)),
+        );
+        block_bases.sort_unstable();
+        let mut blocks = BTreeMap::new();
+        let mut previous_next_offset = Offset(0);
+        for (base, kind) in block_bases {
+            let base_offset = Offset(base);
+            let block = match kind {
+                SegmentKind::Sealed => Some(recovery.load_block(base_offset)?),
+                SegmentKind::Unsealed => recovery.finish_seal(base_offset)?,
+            };
+            let Some(mut block) = block else { continue };
+            if base_offset < previous_next_offset && block.corrupt_from.is_none() {
+                let reason = format!(
+                    "base offset {base} overlaps the previous block, which ends at {previous_next_offset}"
+                );
+                let corruption = Corruption {
+                    file: SegmentFile::log_path(directory, base_offset),
+                    position: SEGMENT_HEADER_BYTES,
+                    offset: Some(base_offset),
+                    reason,
+                };
+                recovery.report_corruption(&corruption);
+                block.corrupt_from = Some(corruption);
+            }
+            previous_next_offset = previous_next_offset.max(block.index.next_offset);
+            blocks.insert(base_offset, block);
+        }
+
+        let active = match active_base {
+            Some(base) => {
+                let (active, quarantined) =
+                    recovery.recover_active(Offset(base), previous_next_offset)?;
+                if let Some(block) = quarantined {
+                    blocks.insert(Offset(base), block);
+                }
+                active
+            }
+            None => {
+                // Never a base offset some block already has (an empty block
+                // ends where it starts).
+                let mut base_offset = previous_next_offset;
+                if blocks.contains_key(&base_offset) {
+                    base_offset = base_offset.next();
+                }
+                recovery.create_active(base_offset)?
+            }
+        };
+        io::sync_data(&active.file)?;
+        io::sync_directory(directory)?;
+
+        let mut report = recovery.report;
+        report.sealed_blocks = blocks.len();
+        let log_end_offset = active.index.next_offset.max(active.base_offset);
+        let log_start_offset = blocks.keys().next().copied().unwrap_or(active.base_offset);
+        let log = PartitionLog {
+            directory: directory.to_path_buf(),
+            options,
+            blocks,
+            active,
+            log_end_offset,
+            high_watermark: log_end_offset,
+            log_start_offset,
+            unsynced_appends: VecDeque::new(),
+            failed_deletions: Vec::new(),
+        };
+        Ok((log, report))
     }
 
     /// Assigns offsets to `records`, encodes them as one batch, and plans its
     /// write (sealing the active segment first if it is full or old).
     /// `log_end_offset` advances now; `high_watermark` only on `mark_durable`.
-    pub fn append(&mut self, records: &[Record], term: Term, now_ms: i64) -> Result<AppendOutcome, AppendError> {
-        let _ = (records, term, now_ms);
-        todo!()
+    pub fn append(
+        &mut self,
+        records: &[Record],
+        term: Term,
+        now_ms: i64,
+    ) -> Result<AppendOutcome, AppendError> {
+        if records.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        let mut header_bytes = if self.active.write_position == 0 {
+            SEGMENT_HEADER_BYTES as usize
+        } else {
+            0
+        };
+        let estimate: usize = records.iter().map(Record::approximate_bytes).sum();
+        let mut bytes =
+            Vec::with_capacity(header_bytes + FRAME_HEADER_BYTES + BATCH_HEADER_BYTES + estimate);
+        if header_bytes > 0 {
+            bytes.extend_from_slice(&encode_header());
+        }
+        let batch = encode_frame(
+            &mut bytes,
+            self.log_end_offset,
+            term,
+            ProducerFields::NONE,
+            records,
+            now_ms,
+        );
+        let frame_bytes = bytes.len() - header_bytes;
+        if frame_bytes > self.options.batch_bytes_max {
+            return Err(AppendError::TooLarge {
+                bytes: frame_bytes,
+                max: self.options.batch_bytes_max,
+            });
+        }
+        debug_assert_eq!(batch.base_offset, self.log_end_offset);
+        debug_assert_eq!(u64::from(batch.record_count), records.len() as u64);
+
+        let mut jobs = Vec::with_capacity(2);
+        if self.should_roll(frame_bytes, now_ms) {
+            jobs.push(self.roll()?);
+            // The new file is empty: its first write carries the segment header.
+            let mut with_header = Vec::with_capacity(SEGMENT_HEADER_BYTES as usize + bytes.len());
+            with_header.extend_from_slice(&encode_header());
+            with_header.extend_from_slice(&bytes);
+            bytes = with_header;
+            header_bytes = SEGMENT_HEADER_BYTES as usize;
+        }
+
+        let active = &mut self.active;
+        let position = active.write_position;
+        let frame_position = position + header_bytes as u64;
+        active.index.add_batch(
+            &batch,
+            frame_position,
+            frame_bytes as u64,
+            self.options.index_interval_bytes,
+        );
+        active.write_position = frame_position + frame_bytes as u64;
+        active.index.next_offset = batch.next_offset();
+        active.index.segment_bytes = active.write_position;
+        active.first_append_ms.get_or_insert(now_ms);
+        self.log_end_offset = batch.next_offset();
+        self.unsynced_appends.push_back(UnsyncedAppend {
+            next_offset: batch.next_offset(),
+            segment_base: active.base_offset,
+            end_position: active.write_position,
+        });
+        jobs.push(IoJob::Append(AppendJob {
+            file: Arc::clone(&active.file),
+            position,
+            bytes,
+            next_offset: batch.next_offset(),
+            sync_directory: position == 0,
+        }));
+        Ok(AppendOutcome {
+            base_offset: batch.base_offset,
+            last_offset: batch.last_offset(),
+            jobs,
+        })
+    }
+
+    /// Whether a frame of `frame_bytes` must go to a new segment.
+    fn should_roll(&self, frame_bytes: usize, now_ms: i64) -> bool {
+        if !self.active.has_frames() {
+            // An empty segment takes any batch, even one larger than a segment.
+            return false;
+        }
+        let full = self.active.write_position + frame_bytes as u64 > self.options.segment_bytes;
+        let old = match (self.options.segment_age, self.active.first_append_ms) {
+            (Some(age), Some(first_append_ms)) => {
+                now_ms.saturating_sub(first_append_ms) >= duration_ms(age)
+            }
+            _ => false,
+        };
+        full || old
+    }
+
+    /// Starts a new active segment at the log end offset; the old one becomes
+    /// a block being sealed. Nothing changes if the new file cannot be created.
+    fn roll(&mut self) -> Result<IoJob, AppendError> {
+        let base_offset = self.log_end_offset;
+        let file = Arc::new(SegmentFile::create(&self.directory, base_offset)?);
+        let new_active = ActiveSegment::new(file, base_offset, 0, empty_index(base_offset));
+        let old = std::mem::replace(&mut self.active, new_active);
+        let mut index = old.index;
+        index.next_offset = base_offset;
+        index.segment_bytes = old.write_position;
+        let job = SealJob {
+            file: Arc::clone(&old.file),
+            base_offset: old.base_offset,
+            index_bytes: index.encode(),
+        };
+        self.blocks.insert(
+            old.base_offset,
+            Block {
+                file: old.file,
+                index,
+                size_bytes: old.write_position,
+                durable_bytes: old.durable_position,
+                corrupt_from: None,
+                seal: SealState::Sealing,
+            },
+        );
+        Ok(IoJob::Seal(job))
     }
 
     /// Everything below `next_offset` is durable: advance the high watermark.
     pub fn mark_durable(&mut self, next_offset: Offset) {
-        let _ = next_offset;
-        todo!()
+        debug_assert!(
+            next_offset <= self.log_end_offset,
+            "durable offset {next_offset} is past the log end offset {}",
+            self.log_end_offset
+        );
+        self.high_watermark = self.high_watermark.max(next_offset);
+        while let Some(append) = self.unsynced_appends.front() {
+            if append.next_offset > next_offset {
+                break;
+            }
+            if append.segment_base == self.active.base_offset {
+                self.active.durable_position =
+                    self.active.durable_position.max(append.end_position);
+            } else if let Some(block) = self.blocks.get_mut(&append.segment_base) {
+                block.durable_bytes = block.durable_bytes.max(append.end_position);
+            }
+            self.unsynced_appends.pop_front();
+        }
     }
 
     /// A seal job finished: the segment is now a sealed block.
     pub fn seal_completed(&mut self, base_offset: Offset) {
-        let _ = base_offset;
-        todo!()
+        if let Some(block) = self.blocks.get_mut(&base_offset) {
+            block.seal = SealState::Sealed;
+        }
     }
 
     /// A seal job failed; it will be returned again by `retry_jobs`.
     pub fn seal_failed(&mut self, base_offset: Offset) {
-        let _ = base_offset;
-        todo!()
+        if let Some(block) = self.blocks.get_mut(&base_offset) {
+            block.seal = SealState::Failed;
+        }
     }
 
     /// A delete job failed; it will be returned again by `retention_jobs`.
     pub fn deletion_failed(&mut self, base_offset: Offset, paths: Vec<PathBuf>) {
-        let _ = (base_offset, paths);
-        todo!()
+        self.failed_deletions.push(DeleteJob { base_offset, paths });
     }
 
     /// Seals to retry (after failures).
     pub fn retry_jobs(&mut self) -> Vec<IoJob> {
-        todo!()
+        let mut jobs = Vec::new();
+        for (base_offset, block) in self.blocks.iter_mut() {
+            if block.seal == SealState::Failed {
+                block.seal = SealState::Sealing;
+                jobs.push(IoJob::Seal(SealJob {
+                    file: Arc::clone(&block.file),
+                    base_offset: *base_offset,
+                    index_bytes: block.index.encode(),
+                }));
+            }
+        }
+        jobs
     }
 
     /// Applies retention at `now_ms`: removes expired sealed blocks (oldest
     /// first, never the active segment) from the log and returns their
     /// deletions, plus deletions that failed before.
     pub fn retention_jobs(&mut self, now_ms: i64) -> Vec<IoJob> {
-        let _ = now_ms;
-        todo!()
+        // Failed deletions come back every time until they succeed: the owner
+        // reports each new failure with `deletion_failed` again.
+        let mut jobs: Vec<IoJob> = self.failed_deletions.drain(..).map(IoJob::Delete).collect();
+        if let Some(retention) = self.options.retention {
+            let cutoff_ms = now_ms.saturating_sub(duration_ms(retention));
+            while let Some(block) = self.oldest_sealed_block() {
+                if block.index.max_timestamp_ms >= cutoff_ms {
+                    break;
+                }
+                jobs.push(self.remove_oldest_block());
+            }
+        }
+        if let Some(retention_bytes) = self.options.retention_bytes {
+            while self.size_bytes() > retention_bytes && self.oldest_sealed_block().is_some() {
+                jobs.push(self.remove_oldest_block());
+            }
+        }
+        jobs
+    }
+
+    /// The oldest block, if it is sealed. A block still being sealed stops
+    /// retention: deleting past it would leave a hole in the log.
+    fn oldest_sealed_block(&self) -> Option<&Block> {
+        self.blocks
+            .values()
+            .next()
+            .filter(|block| block.seal == SealState::Sealed)
+    }
+
+    fn remove_oldest_block(&mut self) -> IoJob {
+        let (base_offset, _) = self
+            .blocks
+            .pop_first()
+            .expect("called only when a sealed block exists");
+        self.log_start_offset = self
+            .blocks
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.active.base_offset);
+        IoJob::Delete(DeleteJob {
+            base_offset,
+            paths: vec![
+                SegmentFile::log_path(&self.directory, base_offset),
+                SegmentFile::index_path(&self.directory, base_offset),
+            ],
+        })
     }
 
     /// Plans a read from `offset`. `Ok(None)` when `offset` is the high
     /// watermark (nothing to read yet: the caller may wait).
-    pub fn read_plan(&self, offset: Offset, max_bytes: usize) -> Result<Option<ReadPlan>, ReadError> {
-        let _ = (offset, max_bytes);
-        todo!()
+    pub fn read_plan(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<Option<ReadPlan>, ReadError> {
+        if offset < self.log_start_offset || offset > self.high_watermark {
+            return Err(ReadError::OffsetOutOfRange {
+                requested: offset,
+                log_start_offset: self.log_start_offset,
+                high_watermark: self.high_watermark,
+            });
+        }
+        if offset == self.high_watermark {
+            return Ok(None);
+        }
+        let mut ranges: Vec<ReadRange> = Vec::new();
+        let mut planned_bytes = 0u64;
+        for view in self.segments_from(offset) {
+            if ranges.is_empty() && view.next_offset <= offset {
+                // A gap (e.g. compacted away): the next segment has the offset.
+                // Offsets lost to damage are not a gap: a damaged block's
+                // index claims every offset seen in it, so they land there.
+                continue;
+            }
+            let start_position = if ranges.is_empty() {
+                view.index
+                    .lookup_offset(offset)
+                    .map_or(SEGMENT_HEADER_BYTES, |entry| entry.position)
+            } else {
+                SEGMENT_HEADER_BYTES
+            };
+            let start_position = start_position.max(SEGMENT_HEADER_BYTES);
+            if view.end_position > start_position {
+                planned_bytes += view.end_position - start_position;
+                ranges.push(ReadRange {
+                    file: Arc::clone(view.file),
+                    start_position,
+                    end_position: view.end_position,
+                    corrupt_from: view.corrupt_from.cloned(),
+                });
+            }
+            if planned_bytes >= max_bytes as u64 || view.next_offset >= self.high_watermark {
+                break;
+            }
+        }
+        Ok(Some(ReadPlan {
+            from_offset: offset,
+            high_watermark: self.high_watermark,
+            log_start_offset: self.log_start_offset,
+            ranges,
+        }))
+    }
+
+    /// The segments from the one that may hold `offset` on, in offset order.
+    fn segments_from(&self, offset: Offset) -> impl Iterator<Item = SegmentView<'_>> {
+        let first_block = self
+            .blocks
+            .range(..=offset)
+            .next_back()
+            .map(|(base, _)| *base);
+        let blocks = match first_block {
+            Some(base) => self.blocks.range(base..),
+            None => self.blocks.range(..),
+        };
+        let active = SegmentView {
+            file: &self.active.file,
+            index: &self.active.index,
+            next_offset: self.log_end_offset,
+            end_position: self.active.durable_position,
+            corrupt_from: None,
+        };
+        blocks
+            .map(|(_, block)| SegmentView {
+                file: &block.file,
+                index: &block.index,
+                next_offset: block.index.next_offset,
+                end_position: block.durable_bytes,
+                corrupt_from: block.corrupt_from.as_ref(),
+            })
+            .chain(std::iter::once(active))
     }
 
     /// Removes every record at or after `from` (a batch boundary, inside the
     /// active segment). For a Raft layer truncating a divergent suffix. The
     /// owner must have no I/O of this log in flight.
     pub fn truncate_suffix(&mut self, from: Offset) -> Result<(), OpenError> {
-        let _ = from;
-        todo!()
+        if from == self.log_end_offset {
+            return Ok(());
+        }
+        let path = SegmentFile::wal_path(&self.directory, self.active.base_offset);
+        let format_error = |reason: String| OpenError::Format {
+            file: path.clone(),
+            reason,
+        };
+        if from < self.active.base_offset || from > self.log_end_offset {
+            return Err(format_error(format!(
+                "cannot truncate from offset {from}: only offsets inside the active segment [{}, {}] can be truncated",
+                self.active.base_offset, self.log_end_offset
+            )));
+        }
+        let start_position = self
+            .active
+            .index
+            .lookup_offset(from)
+            .map_or(SEGMENT_HEADER_BYTES, |entry| entry.position)
+            .max(SEGMENT_HEADER_BYTES);
+        let mut reader = FrameReader::new(
+            &self.active.file.file,
+            start_position,
+            self.active.write_position,
+            SCAN_CHUNK_BYTES,
+        );
+        let cut_position = loop {
+            match reader.next_frame() {
+                Ok(Some((position, view))) if view.header.base_offset == from => break position,
+                Ok(Some((_, view))) if view.header.next_offset() <= from => continue,
+                Ok(Some((_, view))) => {
+                    return Err(format_error(format!(
+                        "cannot truncate from offset {from}: it is inside the batch [{}, {}], not at a batch boundary",
+                        view.header.base_offset,
+                        view.header.last_offset()
+                    )))
+                }
+                Ok(None) => return Err(format_error(format!("cannot truncate from offset {from}: no batch starts there"))),
+                Err(FrameReadError::Io(error)) => return Err(OpenError::Io(io_error("read", &path, error))),
+                Err(FrameReadError::Frame { position, error }) => {
+                    return Err(format_error(format!("cannot truncate from offset {from}: damaged frame at byte {position}: {error}")))
+                }
+            }
+        };
+        self.active
+            .file
+            .file
+            .set_len(cut_position)
+            .map_err(|error| io_error("truncate", &path, error))?;
+        io::sync_data(&self.active.file)?;
+        let scan = scan_segment(
+            &self.active.file,
+            &path,
+            self.active.base_offset,
+            self.options.index_interval_bytes,
+        )?;
+        if let Some(damage) = scan.damage {
+            return Err(format_error(format!(
+                "after truncation: byte {}: {}",
+                damage.position, damage.reason
+            )));
+        }
+        self.active.index = scan.index;
+        self.active.write_position = cut_position;
+        self.active.durable_position = cut_position;
+        if !self.active.has_frames() {
+            self.active.first_append_ms = None;
+        }
+        self.log_end_offset = from;
+        self.high_watermark = self.high_watermark.min(from);
+        self.unsynced_appends
+            .retain(|append| append.next_offset <= from);
+        Ok(())
     }
 
     /// Leader epoch of the batch holding `offset`, if the log holds it.
     pub fn term_at(&self, offset: Offset) -> Option<Term> {
-        let _ = offset;
-        todo!()
+        if offset < self.log_start_offset || offset >= self.log_end_offset {
+            return None;
+        }
+        let index = if offset >= self.active.base_offset {
+            &self.active.index
+        } else {
+            let (_, block) = self.blocks.range(..=offset).next_back()?;
+            if offset >= block.index.next_offset {
+                return None;
+            }
+            &block.index
+        };
+        index
+            .epochs
+            .iter()
+            .rev()
+            .find(|(_, first_offset)| *first_offset <= offset)
+            .map(|(term, _)| *term)
     }
 
     /// The offset the next appended record gets.
     pub fn log_end_offset(&self) -> Offset {
-        todo!()
+        self.log_end_offset
     }
     /// Offsets below this are durable and readable.
     pub fn high_watermark(&self) -> Offset {
-        todo!()
+        self.high_watermark
     }
     /// The first readable offset.
     pub fn log_start_offset(&self) -> Offset {
-        todo!()
+        self.log_start_offset
     }
     /// Bytes of all segments.
     pub fn size_bytes(&self) -> u64 {
-        todo!()
+        self.blocks
+            .values()
+            .map(|block| block.size_bytes)
+            .sum::<u64>()
+            + self.active.write_position
     }
     /// Sealed blocks plus the active segment.
     pub fn segment_count(&self) -> usize {
-        todo!()
+        self.blocks.len() + 1
     }
     /// The partition directory.
     pub fn directory(&self) -> &Path {
@@ -306,5 +1131,1403 @@ impl PartitionLog {
     /// The options it runs with.
     pub fn options(&self) -> &LogOptions {
         &self.options
+    }
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Which kind of segment file a base offset was found as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SegmentKind {
+    /// A `.log` (with or without its `.idx`).
+    Sealed,
+    /// An older `.wal`: a seal interrupted by a crash.
+    Unsealed,
+}
+
+/// Segment files found in a partition directory, by base offset.
+#[derive(Default)]
+struct DirectoryListing {
+    wal_bases: BTreeSet<u64>,
+    log_bases: BTreeSet<u64>,
+    index_bases: BTreeSet<u64>,
+}
+
+/// `{base:020}.{extension}` -> (base, extension).
+fn parse_segment_name(name: &str) -> Option<(u64, &str)> {
+    let (stem, extension) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, extension))
+}
+
+/// What a full scan of a segment file found.
+struct SegmentScan {
+    /// Index of the valid frames before any damage; `next_offset` is the
+    /// offset after the last of them.
+    index: SegmentIndex,
+    /// Byte after the last valid frame (0 if the header is bad).
+    valid_end: u64,
+    /// Size of the file.
+    file_bytes: u64,
+    damage: Option<Damage>,
+}
+
+/// The first invalid bytes a scan met.
+struct Damage {
+    position: u64,
+    reason: String,
+    /// Largest `next_offset` of a valid frame after the damage, if any. Some
+    /// means the damage is in the middle of the file, not a torn tail.
+    later_next_offset: Option<Offset>,
+    /// A valid frame whose base offset goes backwards: never a torn write.
+    order_violation: bool,
+}
+
+impl Damage {
+    /// A write that a crash cut short: nothing valid follows it.
+    fn is_torn_tail(&self) -> bool {
+        self.later_next_offset.is_none() && !self.order_violation
+    }
+}
+
+/// Reads and verifies every frame of a segment file, building its index.
+fn scan_segment(
+    file: &SegmentFile,
+    path: &Path,
+    base_offset: Offset,
+    interval_bytes: u64,
+) -> Result<SegmentScan, IoError> {
+    let file_bytes = file
+        .file
+        .metadata()
+        .map_err(|error| io_error("stat", path, error))?
+        .len();
+    let mut index = empty_index(base_offset);
+    let mut damage = None;
+    let mut valid_end = 0;
+    if file_bytes < SEGMENT_HEADER_BYTES {
+        damage = Some((
+            0,
+            format!("file of {file_bytes} bytes is shorter than the segment header"),
+            false,
+        ));
+    } else {
+        let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+        file.file
+            .read_exact_at(&mut header, 0)
+            .map_err(|error| io_error("read", path, error))?;
+        if let Err(reason) = check_header(&header) {
+            damage = Some((0, format!("bad segment header: {reason}"), false));
+        }
+    }
+    if damage.is_none() {
+        valid_end = SEGMENT_HEADER_BYTES;
+        let mut reader = FrameReader::new(
+            &file.file,
+            SEGMENT_HEADER_BYTES,
+            file_bytes,
+            SCAN_CHUNK_BYTES,
+        );
+        loop {
+            match reader.next_frame() {
+                Ok(None) => break,
+                Ok(Some((position, view))) => {
+                    let header = view.header;
+                    if header.base_offset < index.next_offset {
+                        let reason = format!(
+                            "batch base offset {} is below the previous batch's end {}",
+                            header.base_offset, index.next_offset
+                        );
+                        damage = Some((position, reason, true));
+                        break;
+                    }
+                    let frame_bytes = view.frame.len() as u64;
+                    index.add_batch(&header, position, frame_bytes, interval_bytes);
+                    index.next_offset = header.next_offset();
+                    valid_end = position + frame_bytes;
+                }
+                Err(FrameReadError::Io(error)) => return Err(io_error("read", path, error)),
+                Err(FrameReadError::Frame { position, error }) => {
+                    damage = Some((position, error.to_string(), false));
+                    break;
+                }
+            }
+        }
+    }
+    index.next_offset = index.next_offset.max(base_offset);
+    index.segment_bytes = valid_end;
+    let damage = match damage {
+        None => None,
+        Some((position, reason, order_violation)) => {
+            let later_next_offset =
+                largest_next_offset_after(file, path, position + 1, file_bytes, index.next_offset)?;
+            Some(Damage {
+                position,
+                reason,
+                later_next_offset,
+                order_violation,
+            })
+        }
+    };
+    Ok(SegmentScan {
+        index,
+        valid_end,
+        file_bytes,
+        damage,
+    })
+}
+
+/// The largest `next_offset` of any valid frame in `[from, end)` whose base
+/// offset is at least `base_offset_min` (a frame that goes backwards cannot be
+/// a later part of this log, e.g. a frame stored inside a record's value).
+fn largest_next_offset_after(
+    file: &SegmentFile,
+    path: &Path,
+    from: u64,
+    end: u64,
+    base_offset_min: Offset,
+) -> Result<Option<Offset>, IoError> {
+    let mut largest: Option<Offset> = None;
+    let mut search_from = from;
+    while let Some(found) = find_valid_frame(file, path, search_from, end, base_offset_min)? {
+        // Walk forward frame by frame from the one found: a run of valid
+        // frames costs one scan, not one search each.
+        let mut reader = FrameReader::new(&file.file, found, end, SCAN_CHUNK_BYTES);
+        loop {
+            match reader.next_frame() {
+                Ok(Some((_, view))) => {
+                    largest = largest.max(Some(view.header.next_offset()));
+                }
+                Ok(None) => return Ok(largest),
+                Err(FrameReadError::Io(error)) => return Err(io_error("read", path, error)),
+                Err(FrameReadError::Frame { position, .. }) => {
+                    search_from = position + 1;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(largest)
+}
+
+/// Position of the first valid frame in `[from, end)` with a base offset of at
+/// least `base_offset_min`: the frame magic, then a full decode.
+fn find_valid_frame(
+    file: &SegmentFile,
+    path: &Path,
+    from: u64,
+    end: u64,
+    base_offset_min: Offset,
+) -> Result<Option<u64>, IoError> {
+    let overlap = FRAME_MAGIC.len() - 1;
+    let mut window_start = from;
+    while window_start + FRAME_MAGIC.len() as u64 <= end {
+        let window_bytes = ((end - window_start) as usize).min(SEARCH_WINDOW_BYTES + overlap);
+        let mut window = vec![0u8; window_bytes];
+        file.file
+            .read_exact_at(&mut window, window_start)
+            .map_err(|error| io_error("read", path, error))?;
+        // Windows overlap so a magic across their border is seen; it is only
+        // tried in the window where it starts.
+        let starts = (window_bytes + 1)
+            .saturating_sub(FRAME_MAGIC.len())
+            .min(SEARCH_WINDOW_BYTES);
+        for start in 0..starts {
+            if window[start..start + FRAME_MAGIC.len()] != FRAME_MAGIC {
+                continue;
+            }
+            let position = window_start + start as u64;
+            let mut reader = FrameReader::new(&file.file, position, end, FRAME_HEADER_BYTES);
+            match reader.next_frame() {
+                Ok(Some((_, view))) if view.header.base_offset >= base_offset_min => {
+                    return Ok(Some(position))
+                }
+                Ok(_) | Err(FrameReadError::Frame { .. }) => {}
+                Err(FrameReadError::Io(error)) => return Err(io_error("read", path, error)),
+            }
+        }
+        window_start += SEARCH_WINDOW_BYTES as u64;
+    }
+    Ok(None)
+}
+
+/// Recovery state of one `open`.
+struct Recovery<'a> {
+    directory: &'a Path,
+    options: &'a LogOptions,
+    report: RecoveryReport,
+}
+
+impl Recovery<'_> {
+    /// Lists the directory, removing temp files and indexes of no segment.
+    fn sweep(&mut self) -> Result<DirectoryListing, OpenError> {
+        let directory = self.directory;
+        let mut listing = DirectoryListing::default();
+        let entries =
+            std::fs::read_dir(directory).map_err(|error| io_error("list", directory, error))?;
+        for entry in entries {
+            let entry = entry.map_err(|error| io_error("list", directory, error))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                io::delete_file(&entry.path())?;
+                self.report.orphans_removed += 1;
+                tracing::info!(file = %entry.path().display(), "removed a temp file left by an interrupted write");
+                continue;
+            }
+            match parse_segment_name(name) {
+                Some((base, "wal")) => listing.wal_bases.insert(base),
+                Some((base, "log")) => listing.log_bases.insert(base),
+                Some((base, "idx")) => listing.index_bases.insert(base),
+                _ => continue,
+            };
+        }
+        if let Some(base) = listing.wal_bases.intersection(&listing.log_bases).next() {
+            return Err(OpenError::Format {
+                file: SegmentFile::wal_path(directory, Offset(*base)),
+                reason: "both a .wal and a .log exist for this base offset".to_string(),
+            });
+        }
+        let orphan_indexes: Vec<u64> = listing
+            .index_bases
+            .iter()
+            .filter(|base| !listing.wal_bases.contains(base) && !listing.log_bases.contains(base))
+            .copied()
+            .collect();
+        for base in orphan_indexes {
+            let path = SegmentFile::index_path(directory, Offset(base));
+            io::delete_file(&path)?;
+            listing.index_bases.remove(&base);
+            self.report.orphans_removed += 1;
+            tracing::info!(file = %path.display(), "removed an index whose segment is gone");
+        }
+        Ok(listing)
+    }
+
+    fn report_corruption(&mut self, corruption: &Corruption) {
+        tracing::error!(%corruption, "damaged segment quarantined: reads at or past the damage report corruption");
+        self.report.corruptions.push(corruption.clone());
+    }
+
+    /// A sealed block: its index if valid, else a scan that rebuilds it.
+    fn load_block(&mut self, base_offset: Offset) -> Result<Block, OpenError> {
+        let path = SegmentFile::log_path(self.directory, base_offset);
+        let file = SegmentFile::open(&path, self.directory, base_offset)?;
+        let size_bytes = file
+            .file
+            .metadata()
+            .map_err(|error| io_error("stat", &path, error))?
+            .len();
+        let index_path = SegmentFile::index_path(self.directory, base_offset);
+        let loaded = match std::fs::read(&index_path) {
+            Ok(bytes) => match SegmentIndex::decode(&bytes) {
+                Ok(index) if index.segment_bytes == size_bytes => Some(index),
+                Ok(index) => {
+                    tracing::warn!(file = %index_path.display(), indexed = index.segment_bytes, size_bytes, "stale index, rebuilding");
+                    None
+                }
+                Err(reason) => {
+                    tracing::warn!(file = %index_path.display(), %reason, "bad index, rebuilding");
+                    None
+                }
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(io_error("read", &index_path, error).into()),
+        };
+        if let Some(index) = loaded {
+            // A good index is trusted: startup does not CRC-scan sealed data
+            // (reads verify every frame they return).
+            return Ok(Block {
+                file: Arc::new(file),
+                index,
+                size_bytes,
+                durable_bytes: size_bytes,
+                corrupt_from: None,
+                seal: SealState::Sealed,
+            });
+        }
+        let scan = scan_segment(&file, &path, base_offset, self.options.index_interval_bytes)?;
+        // In a sealed block every kind of damage is damage: it was complete when sealed.
+        let (index, corrupt_from) = self.quarantine(scan, &path);
+        // A seal of an already renamed file only (re)writes its index, atomically.
+        let file = Arc::new(file);
+        let job = SealJob {
+            file: Arc::clone(&file),
+            base_offset,
+            index_bytes: index.encode(),
+        };
+        self.report.orphans_removed += io::run_seal(&job)?.orphans_removed;
+        tracing::info!(file = %index_path.display(), "rebuilt a block index");
+        Ok(Block {
+            file,
+            index,
+            size_bytes,
+            durable_bytes: size_bytes,
+            corrupt_from,
+            seal: SealState::Sealed,
+        })
+    }
+
+    /// The index (and corruption, if any) of a segment kept whole despite
+    /// damage: its index claims every offset seen in it, so a read of an
+    /// offset past the damage reports the damage instead of skipping it.
+    fn quarantine(&mut self, scan: SegmentScan, path: &Path) -> (SegmentIndex, Option<Corruption>) {
+        let mut index = scan.index;
+        index.segment_bytes = scan.file_bytes;
+        let Some(damage) = scan.damage else {
+            return (index, None);
+        };
+        let corruption = Corruption {
+            file: path.to_path_buf(),
+            position: damage.position,
+            offset: Some(index.next_offset),
+            reason: damage.reason,
+        };
+        index.next_offset = index
+            .next_offset
+            .max(damage.later_next_offset.unwrap_or(index.next_offset));
+        self.report_corruption(&corruption);
+        (index, Some(corruption))
+    }
+
+    /// An older `.wal`: a seal a crash interrupted. Scans it (a torn tail is
+    /// cut as in the active segment), writes its index and renames it.
+    /// `None` if nothing valid was in it (the file is removed).
+    fn finish_seal(&mut self, base_offset: Offset) -> Result<Option<Block>, OpenError> {
+        let path = SegmentFile::wal_path(self.directory, base_offset);
+        let file = SegmentFile::open(&path, self.directory, base_offset)?;
+        let mut scan = scan_segment(&file, &path, base_offset, self.options.index_interval_bytes)?;
+        if scan.damage.as_ref().is_some_and(Damage::is_torn_tail) {
+            self.cut_torn_tail(&file, &path, scan.valid_end, scan.file_bytes)?;
+            scan.file_bytes = scan.valid_end;
+            scan.damage = None;
+        }
+        if scan.damage.is_none() && scan.valid_end <= SEGMENT_HEADER_BYTES {
+            // Created just before a crash, nothing durable in it: a block
+            // with no records would only be in the way of the next file.
+            drop(file);
+            io::delete_file(&path)?;
+            self.report.orphans_removed += 1;
+            tracing::info!(file = %path.display(), "removed an empty segment left by a crash");
+            return Ok(None);
+        }
+        // The corruption names the file as it will be called once sealed.
+        let (index, corrupt_from) =
+            self.quarantine(scan, &SegmentFile::log_path(self.directory, base_offset));
+        let file = Arc::new(file);
+        let job = SealJob {
+            file: Arc::clone(&file),
+            base_offset,
+            index_bytes: index.encode(),
+        };
+        let outcome = io::run_seal(&job)?;
+        self.report.orphans_removed += outcome.orphans_removed;
+        self.report.seals_completed += 1;
+        tracing::info!(file = %path.display(), "finished a seal interrupted by a crash");
+        let size_bytes = index.segment_bytes;
+        Ok(Some(Block {
+            file,
+            index,
+            size_bytes,
+            durable_bytes: size_bytes,
+            corrupt_from,
+            seal: SealState::Sealed,
+        }))
+    }
+
+    /// Moves `[from, end)` of a file to its `.broken` file and truncates it.
+    fn cut_torn_tail(
+        &mut self,
+        file: &SegmentFile,
+        path: &Path,
+        from: u64,
+        end: u64,
+    ) -> Result<(), OpenError> {
+        if end > from {
+            let broken_path = self
+                .directory
+                .join(format!("{:020}.broken", file.base_offset.0));
+            let mut broken = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&broken_path)
+                .map_err(|error| io_error("create", &broken_path, error))?;
+            let mut position = from;
+            let mut buffer = vec![0u8; ((end - from) as usize).min(SCAN_CHUNK_BYTES)];
+            while position < end {
+                let length = ((end - position) as usize).min(buffer.len());
+                file.file
+                    .read_exact_at(&mut buffer[..length], position)
+                    .map_err(|error| io_error("read", path, error))?;
+                broken
+                    .write_all(&buffer[..length])
+                    .map_err(|error| io_error("write", &broken_path, error))?;
+                position += length as u64;
+            }
+            broken
+                .sync_all()
+                .map_err(|error| io_error("fsync", &broken_path, error))?;
+            tracing::warn!(file = %path.display(), position = from, bytes = end - from, "cut a torn tail, kept in .broken");
+        }
+        file.file
+            .set_len(from)
+            .map_err(|error| io_error("truncate", path, error))?;
+        io::sync_data(file)?;
+        self.report.torn_tail_bytes += end - from;
+        Ok(())
+    }
+
+    /// The newest `.wal`. Returns the active segment, and the file itself as
+    /// a quarantined block if it is damaged in the middle (then the active
+    /// segment is a new file after every offset seen in it).
+    fn recover_active(
+        &mut self,
+        base_offset: Offset,
+        previous_next_offset: Offset,
+    ) -> Result<(ActiveSegment, Option<Block>), OpenError> {
+        let path = SegmentFile::wal_path(self.directory, base_offset);
+        let file = SegmentFile::open(&path, self.directory, base_offset)?;
+        let mut scan = scan_segment(&file, &path, base_offset, self.options.index_interval_bytes)?;
+        if base_offset < previous_next_offset && scan.damage.is_none() {
+            scan.damage = Some(Damage {
+                position: SEGMENT_HEADER_BYTES.min(scan.file_bytes),
+                reason: format!("base offset {base_offset} overlaps the previous block, which ends at {previous_next_offset}"),
+                later_next_offset: Some(scan.index.next_offset),
+                order_violation: true,
+            });
+            scan.valid_end = SEGMENT_HEADER_BYTES;
+        }
+        match &scan.damage {
+            None => {
+                let active =
+                    ActiveSegment::new(Arc::new(file), base_offset, scan.valid_end, scan.index);
+                Ok((active, None))
+            }
+            Some(damage) if damage.is_torn_tail() => {
+                self.cut_torn_tail(&file, &path, scan.valid_end, scan.file_bytes)?;
+                if scan.valid_end < SEGMENT_HEADER_BYTES {
+                    // A crash between creating the file and writing its header.
+                    io::write_at(&file, 0, &encode_header())?;
+                    io::sync_data(&file)?;
+                }
+                let position = scan.valid_end.max(SEGMENT_HEADER_BYTES);
+                let active = ActiveSegment::new(Arc::new(file), base_offset, position, scan.index);
+                Ok((active, None))
+            }
+            Some(_) => {
+                // Damage with valid frames after it: never cut. Seal the file
+                // as it is and continue in a new file after every offset seen,
+                // so no offset is ever given out twice.
+                let scanned_next_offset = scan.index.next_offset;
+                let later_next_offset = scan
+                    .damage
+                    .as_ref()
+                    .and_then(|damage| damage.later_next_offset);
+                let (index, corrupt_from) =
+                    self.quarantine(scan, &SegmentFile::log_path(self.directory, base_offset));
+                let file = Arc::new(file);
+                let job = SealJob {
+                    file: Arc::clone(&file),
+                    base_offset,
+                    index_bytes: index.encode(),
+                };
+                let outcome = io::run_seal(&job)?;
+                self.report.orphans_removed += outcome.orphans_removed;
+                let size_bytes = index.segment_bytes;
+                let mut new_base = index
+                    .next_offset
+                    .max(scanned_next_offset)
+                    .max(later_next_offset.unwrap_or(base_offset))
+                    .max(previous_next_offset);
+                if new_base <= base_offset {
+                    new_base = base_offset.next();
+                }
+                let block = Block {
+                    file,
+                    index,
+                    size_bytes,
+                    durable_bytes: size_bytes,
+                    corrupt_from,
+                    seal: SealState::Sealed,
+                };
+                let active = self.create_active(new_base)?;
+                Ok((active, Some(block)))
+            }
+        }
+    }
+
+    /// A new, empty active segment (header written and synced).
+    fn create_active(&mut self, base_offset: Offset) -> Result<ActiveSegment, OpenError> {
+        let file = SegmentFile::create(self.directory, base_offset)?;
+        io::write_at(&file, 0, &encode_header())?;
+        io::sync_data(&file)?;
+        Ok(ActiveSegment::new(
+            Arc::new(file),
+            base_offset,
+            SEGMENT_HEADER_BYTES,
+            empty_index(base_offset),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs jobs the way a writer thread would, reporting back to the log.
+    fn run_jobs(log: &mut PartitionLog, jobs: Vec<IoJob>) {
+        for job in jobs {
+            match job {
+                IoJob::Append(append) => {
+                    io::write_at(&append.file, append.position, &append.bytes).unwrap();
+                    io::sync_data(&append.file).unwrap();
+                    if append.sync_directory {
+                        io::sync_directory(&append.file.directory).unwrap();
+                    }
+                    log.mark_durable(append.next_offset);
+                }
+                IoJob::Seal(seal) => {
+                    io::run_seal(&seal).unwrap();
+                    log.seal_completed(seal.base_offset);
+                }
+                IoJob::Delete(delete) => {
+                    for path in &delete.paths {
+                        io::delete_file(path).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the appends of `jobs` without reporting them durable.
+    fn write_only(jobs: &[IoJob]) {
+        for job in jobs {
+            if let IoJob::Append(append) = job {
+                io::write_at(&append.file, append.position, &append.bytes).unwrap();
+            }
+        }
+    }
+
+    fn records(first: u64, count: u64) -> Vec<Record> {
+        (first..first + count)
+            .map(|number| Record::new(format!("value-{number}")).with_key(format!("key-{number}")))
+            .collect()
+    }
+
+    fn value_of(record: &FetchedRecord) -> String {
+        String::from_utf8(record.value.clone().unwrap().to_vec()).unwrap()
+    }
+
+    /// Appends `batches` batches of `per_batch` records and runs their jobs.
+    fn append_batches(log: &mut PartitionLog, batches: u64, per_batch: u64) {
+        for _ in 0..batches {
+            let first = log.log_end_offset().0;
+            let outcome = log
+                .append(&records(first, per_batch), Term(0), 1_000)
+                .unwrap();
+            run_jobs(log, outcome.jobs);
+        }
+    }
+
+    /// Reads everything from `offset` to the high watermark, in reads of `max_bytes`.
+    fn read_all(log: &PartitionLog, offset: Offset, max_bytes: usize) -> Vec<FetchedRecord> {
+        let mut next = offset;
+        let mut all = Vec::new();
+        while let Some(plan) = log.read_plan(next, max_bytes).unwrap() {
+            let result = plan.execute(max_bytes).unwrap();
+            assert!(result.next_offset > next, "a read must make progress");
+            next = result.next_offset;
+            all.extend(result.records);
+        }
+        all
+    }
+
+    fn assert_values(records: &[FetchedRecord], first: u64, count: u64) {
+        let offsets: Vec<u64> = records.iter().map(|record| record.offset.0).collect();
+        assert_eq!(offsets, (first..first + count).collect::<Vec<_>>());
+        for record in records {
+            assert_eq!(value_of(record), format!("value-{}", record.offset.0));
+            assert_eq!(
+                record.key.as_deref(),
+                Some(format!("key-{}", record.offset.0).as_bytes())
+            );
+        }
+    }
+
+    fn small_segments() -> LogOptions {
+        LogOptions {
+            segment_bytes: 600,
+            index_interval_bytes: 128,
+            ..LogOptions::default()
+        }
+    }
+
+    fn file_names(directory: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(directory)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn flip_bit(path: &Path, position: u64) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, position).unwrap();
+        byte[0] ^= 0x10;
+        file.write_all_at(&byte, position).unwrap();
+    }
+
+    /// Frame start positions of a segment file (a clean one).
+    fn frame_positions(path: &Path) -> Vec<u64> {
+        let bytes = std::fs::read(path).unwrap();
+        let mut positions = Vec::new();
+        let mut position = SEGMENT_HEADER_BYTES as usize;
+        while position < bytes.len() {
+            positions.push(position as u64);
+            let header: [u8; FRAME_HEADER_BYTES] = bytes[position..position + FRAME_HEADER_BYTES]
+                .try_into()
+                .unwrap();
+            position += peek_frame_len(&header).unwrap();
+        }
+        assert_eq!(position, bytes.len());
+        positions
+    }
+
+    #[test]
+    fn appended_records_are_read_back_after_they_are_durable() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, report) =
+            PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        assert!(report.corruptions.is_empty());
+        let outcome = log.append(&records(0, 5), Term(0), 1_000).unwrap();
+        assert_eq!(
+            (outcome.base_offset, outcome.last_offset),
+            (Offset(0), Offset(4))
+        );
+        assert_eq!(log.log_end_offset(), Offset(5));
+        assert_eq!(log.high_watermark(), Offset(0));
+        run_jobs(&mut log, outcome.jobs);
+        assert_eq!(log.high_watermark(), Offset(5));
+        append_batches(&mut log, 2, 5);
+
+        let result = log
+            .read_plan(Offset(0), 1 << 20)
+            .unwrap()
+            .unwrap()
+            .execute(1 << 20)
+            .unwrap();
+        assert_values(&result.records, 0, 15);
+        assert_eq!(result.next_offset, Offset(15));
+        assert!(result.bytes_read > 0);
+        // From the middle of a batch: earlier records of the batch are skipped.
+        let result = log
+            .read_plan(Offset(7), 1 << 20)
+            .unwrap()
+            .unwrap()
+            .execute(1 << 20)
+            .unwrap();
+        assert_values(&result.records, 7, 8);
+    }
+
+    #[test]
+    fn empty_and_oversized_batches_are_refused_without_changes() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            batch_bytes_max: 200,
+            ..LogOptions::default()
+        };
+        let (mut log, _) = PartitionLog::open(directory.path(), options).unwrap();
+        assert!(matches!(
+            log.append(&[], Term(0), 0),
+            Err(AppendError::Empty)
+        ));
+        let large = vec![Record::new(vec![7u8; 500])];
+        match log.append(&large, Term(0), 0) {
+            Err(AppendError::TooLarge { bytes, max }) => assert!(bytes > 500 && max == 200),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(log.log_end_offset(), Offset(0));
+        let outcome = log.append(&records(0, 1), Term(0), 0).unwrap();
+        assert_eq!(outcome.base_offset, Offset(0));
+    }
+
+    #[test]
+    fn nothing_at_or_past_the_high_watermark_is_returned() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        let outcome = log.append(&records(0, 3), Term(0), 0).unwrap();
+        write_only(&outcome.jobs);
+        // Written but not durable: nothing is readable.
+        assert!(log.read_plan(Offset(0), 1 << 20).unwrap().is_none());
+        log.mark_durable(Offset(3));
+        let outcome = log.append(&records(3, 3), Term(0), 0).unwrap();
+        write_only(&outcome.jobs);
+        let result = log
+            .read_plan(Offset(0), 1 << 20)
+            .unwrap()
+            .unwrap()
+            .execute(1 << 20)
+            .unwrap();
+        assert_values(&result.records, 0, 3);
+        assert_eq!(result.next_offset, Offset(3));
+        assert!(log.read_plan(Offset(3), 1 << 20).unwrap().is_none());
+
+        // A plan is bounded by the high watermark it was made with, even
+        // inside a batch and even if the file holds more.
+        log.mark_durable(Offset(6));
+        let mut plan = log.read_plan(Offset(0), 1 << 20).unwrap().unwrap();
+        plan.high_watermark = Offset(4);
+        let result = plan.execute(1 << 20).unwrap();
+        assert_values(&result.records, 0, 4);
+        assert_eq!(result.next_offset, Offset(4));
+    }
+
+    #[test]
+    fn offsets_outside_the_log_report_the_readable_range() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        append_batches(&mut log, 1, 3);
+        let error = log.read_plan(Offset(4), 100).unwrap_err();
+        assert_eq!(
+            error,
+            ReadError::OffsetOutOfRange {
+                requested: Offset(4),
+                log_start_offset: Offset(0),
+                high_watermark: Offset(3)
+            }
+        );
+        assert!(log.read_plan(Offset(3), 100).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_read_returns_at_least_one_whole_batch_and_stops_after_max_bytes() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        append_batches(&mut log, 3, 10);
+        // max_bytes far below one batch: still the whole first batch, and only it.
+        let result = log
+            .read_plan(Offset(0), 1)
+            .unwrap()
+            .unwrap()
+            .execute(1)
+            .unwrap();
+        assert_values(&result.records, 0, 10);
+        assert_eq!(result.next_offset, Offset(10));
+        let batch_bytes = result.bytes_read;
+        // Just over one batch: two batches (the one reaching max_bytes is the last).
+        let result = log
+            .read_plan(Offset(0), batch_bytes + 1)
+            .unwrap()
+            .unwrap()
+            .execute(batch_bytes + 1)
+            .unwrap();
+        assert_values(&result.records, 0, 20);
+    }
+
+    #[test]
+    fn segments_roll_by_size_and_reads_cross_their_boundaries() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let mut seals = 0;
+        for _ in 0..20 {
+            let first = log.log_end_offset().0;
+            let outcome = log.append(&records(first, 4), Term(0), 1_000).unwrap();
+            if let [IoJob::Seal(seal), IoJob::Append(append)] = outcome.jobs.as_slice() {
+                seals += 1;
+                assert_eq!(append.position, 0);
+                assert!(append.sync_directory);
+                assert_eq!(
+                    &append.bytes[..SEGMENT_HEADER_BYTES as usize],
+                    &encode_header()
+                );
+                assert!(seal.base_offset < append.file.base_offset);
+            }
+            run_jobs(&mut log, outcome.jobs);
+        }
+        assert!(seals >= 3, "only {seals} rolls");
+        assert_eq!(log.segment_count(), seals + 1);
+        let names = file_names(directory.path());
+        assert_eq!(
+            names.iter().filter(|name| name.ends_with(".log")).count(),
+            seals
+        );
+        assert_eq!(
+            names.iter().filter(|name| name.ends_with(".idx")).count(),
+            seals
+        );
+        assert_eq!(
+            names.iter().filter(|name| name.ends_with(".wal")).count(),
+            1
+        );
+        for name in names
+            .iter()
+            .filter(|name| name.ends_with(".log") || name.ends_with(".wal"))
+        {
+            let size = std::fs::metadata(directory.path().join(name))
+                .unwrap()
+                .len();
+            assert!(size <= 600, "{name} is {size} bytes");
+        }
+        // One read across every segment, and reads of one batch at a time.
+        let result = log
+            .read_plan(Offset(0), 1 << 20)
+            .unwrap()
+            .unwrap()
+            .execute(1 << 20)
+            .unwrap();
+        assert_values(&result.records, 0, 80);
+        assert_values(&read_all(&log, Offset(0), 1), 0, 80);
+        assert_values(&read_all(&log, Offset(37), 100), 37, 43);
+        assert_eq!(
+            log.size_bytes(),
+            names
+                .iter()
+                .filter(|name| !name.ends_with(".idx"))
+                .map(|name| std::fs::metadata(directory.path().join(name))
+                    .unwrap()
+                    .len())
+                .sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn segments_roll_by_age() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            segment_age: Some(Duration::from_secs(10)),
+            ..LogOptions::default()
+        };
+        let (mut log, _) = PartitionLog::open(directory.path(), options).unwrap();
+        let outcome = log.append(&records(0, 1), Term(0), 1_000).unwrap();
+        assert_eq!(outcome.jobs.len(), 1);
+        run_jobs(&mut log, outcome.jobs);
+        let outcome = log.append(&records(1, 1), Term(0), 10_999).unwrap();
+        assert_eq!(outcome.jobs.len(), 1);
+        run_jobs(&mut log, outcome.jobs);
+        let outcome = log.append(&records(2, 1), Term(0), 11_000).unwrap();
+        assert!(matches!(
+            outcome.jobs.as_slice(),
+            [IoJob::Seal(_), IoJob::Append(_)]
+        ));
+        run_jobs(&mut log, outcome.jobs);
+        assert_eq!(log.segment_count(), 2);
+        assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 3);
+    }
+
+    #[test]
+    fn reopening_after_clean_runs_gives_the_same_log() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        append_batches(&mut log, 15, 3);
+        let (log_end_offset, segment_count, size_bytes) =
+            (log.log_end_offset(), log.segment_count(), log.size_bytes());
+        drop(log);
+        let (mut log, report) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        assert!(report.corruptions.is_empty());
+        assert_eq!(
+            (
+                report.torn_tail_bytes,
+                report.orphans_removed,
+                report.seals_completed
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(report.sealed_blocks, segment_count - 1);
+        assert_eq!(log.log_end_offset(), log_end_offset);
+        assert_eq!(log.high_watermark(), log_end_offset);
+        assert_eq!(log.log_start_offset(), Offset(0));
+        assert_eq!(
+            (log.segment_count(), log.size_bytes()),
+            (segment_count, size_bytes)
+        );
+        assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 45);
+        // Appends go on from where the log ended.
+        append_batches(&mut log, 1, 3);
+        assert_values(&read_all(&log, Offset(40), 1 << 20), 40, 8);
+    }
+
+    #[test]
+    fn a_lost_index_is_rebuilt_at_open() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        append_batches(&mut log, 10, 3);
+        drop(log);
+        let index_path = SegmentFile::index_path(directory.path(), Offset(0));
+        let original = std::fs::read(&index_path).unwrap();
+        std::fs::remove_file(&index_path).unwrap();
+        let (log, report) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        assert!(report.corruptions.is_empty());
+        assert_eq!(std::fs::read(&index_path).unwrap(), original);
+        assert_values(&read_all(&log, Offset(0), 1), 0, 30);
+    }
+
+    #[test]
+    fn a_torn_tail_cut_at_any_byte_recovers_the_longest_valid_prefix() {
+        let source = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(source.path(), LogOptions::default()).unwrap();
+        append_batches(&mut log, 4, 3);
+        drop(log);
+        let wal_path = SegmentFile::wal_path(source.path(), Offset(0));
+        let full = std::fs::read(&wal_path).unwrap();
+        let positions = frame_positions(&wal_path);
+        let cut_from = positions[positions.len() - 2];
+        for cut in cut_from..full.len() as u64 {
+            let directory = tempfile::tempdir().unwrap();
+            let wal = SegmentFile::wal_path(directory.path(), Offset(0));
+            std::fs::write(&wal, &full[..cut as usize]).unwrap();
+            let (log, report) =
+                PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+            // The longest prefix of whole frames that fits in `cut` bytes.
+            let whole_frames = positions
+                .iter()
+                .filter(|position| **position <= cut)
+                .count()
+                - 1;
+            let valid_end = positions.get(whole_frames).copied().unwrap();
+            assert!(
+                report.corruptions.is_empty(),
+                "cut {cut}: {:?}",
+                report.corruptions
+            );
+            assert_eq!(report.torn_tail_bytes, cut - valid_end, "cut {cut}");
+            assert_eq!(
+                log.log_end_offset(),
+                Offset(whole_frames as u64 * 3),
+                "cut {cut}"
+            );
+            assert_eq!(
+                std::fs::metadata(&wal).unwrap().len(),
+                valid_end,
+                "cut {cut}"
+            );
+            let broken_path = directory.path().join("00000000000000000000.broken");
+            if cut > valid_end {
+                assert_eq!(
+                    std::fs::read(&broken_path).unwrap(),
+                    &full[valid_end as usize..cut as usize],
+                    "cut {cut}"
+                );
+            } else {
+                assert!(!broken_path.exists());
+            }
+            assert_values(
+                &read_all(&log, Offset(0), 1 << 20),
+                0,
+                whole_frames as u64 * 3,
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_or_headerless_active_file_gets_its_header_back() {
+        for length in [0usize, 7] {
+            let directory = tempfile::tempdir().unwrap();
+            let wal = SegmentFile::wal_path(directory.path(), Offset(0));
+            std::fs::write(&wal, &encode_header()[..length]).unwrap();
+            let (mut log, report) =
+                PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+            assert_eq!(report.torn_tail_bytes, length as u64);
+            assert_eq!(std::fs::read(&wal).unwrap(), encode_header());
+            append_batches(&mut log, 1, 2);
+            drop(log);
+            let (log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+            assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 2);
+        }
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_active_segment_is_reported_not_cut() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        append_batches(&mut log, 5, 3);
+        drop(log);
+        let wal_path = SegmentFile::wal_path(directory.path(), Offset(0));
+        let size = std::fs::metadata(&wal_path).unwrap().len();
+        let positions = frame_positions(&wal_path);
+        flip_bit(&wal_path, positions[2] + 40);
+
+        let (mut log, report) =
+            PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        assert_eq!(report.torn_tail_bytes, 0);
+        assert_eq!(report.corruptions.len(), 1, "{:?}", report.corruptions);
+        let corruption = &report.corruptions[0];
+        assert_eq!(corruption.position, positions[2]);
+        assert_eq!(corruption.offset, Some(Offset(6)));
+        let log_path = SegmentFile::log_path(directory.path(), Offset(0));
+        assert_eq!(corruption.file, log_path);
+        // Nothing was cut, and no offset is given out twice.
+        assert_eq!(std::fs::metadata(&log_path).unwrap().len(), size);
+        assert_eq!(log.log_end_offset(), Offset(15));
+        let outcome = log.append(&records(15, 1), Term(0), 0).unwrap();
+        assert_eq!(outcome.base_offset, Offset(15));
+        run_jobs(&mut log, outcome.jobs);
+
+        // Before the damage reads work; at or after it they report it.
+        let result = log
+            .read_plan(Offset(0), 1 << 20)
+            .unwrap()
+            .unwrap()
+            .execute(1 << 20)
+            .unwrap();
+        assert_values(&result.records, 0, 6);
+        for offset in [6, 7, 10, 14] {
+            let error = log
+                .read_plan(Offset(offset), 1 << 20)
+                .unwrap()
+                .unwrap()
+                .execute(1 << 20)
+                .unwrap_err();
+            assert!(
+                matches!(&error, ReadError::Corrupt(message) if message.contains(".log")),
+                "{error:?}"
+            );
+        }
+        assert_values(&read_all(&log, Offset(15), 1 << 20), 15, 1);
+
+        // A second open finds the damage again at read time.
+        drop(log);
+        let (log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        let error = log
+            .read_plan(Offset(8), 1 << 20)
+            .unwrap()
+            .unwrap()
+            .execute(1 << 20)
+            .unwrap_err();
+        assert!(matches!(error, ReadError::Corrupt(_)), "{error:?}");
+        assert_eq!(log.log_end_offset(), Offset(16));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_sealed_block_is_found_at_read_time() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        append_batches(&mut log, 12, 3);
+        drop(log);
+        let log_path = SegmentFile::log_path(directory.path(), Offset(0));
+        let positions = frame_positions(&log_path);
+        assert!(positions.len() >= 3);
+        flip_bit(&log_path, positions[1] + 50);
+
+        let (log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let mut next = Offset(0);
+        let mut returned = Vec::new();
+        let error = loop {
+            match log
+                .read_plan(next, 1 << 20)
+                .unwrap()
+                .unwrap()
+                .execute(1 << 20)
+            {
+                Ok(result) => {
+                    next = result.next_offset;
+                    returned.extend(result.records);
+                }
+                Err(error) => break error,
+            }
+        };
+        assert_values(&returned, 0, 3);
+        match error {
+            ReadError::Corrupt(message) => {
+                assert!(message.contains("00000000000000000000.log"), "{message}");
+                assert!(
+                    message.contains(&format!("byte {}", positions[1])),
+                    "{message}"
+                );
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        // Later blocks are still readable.
+        let second_block = log.blocks.keys().nth(1).copied().unwrap();
+        assert!(!read_all(&log, second_block, 1 << 20).is_empty());
+    }
+
+    #[test]
+    fn an_interrupted_seal_is_finished_at_open() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let mut seal = None;
+        while seal.is_none() {
+            let first = log.log_end_offset().0;
+            let outcome = log.append(&records(first, 3), Term(0), 0).unwrap();
+            for job in outcome.jobs {
+                match job {
+                    // Crash after writing the index, before the rename.
+                    IoJob::Seal(job) => seal = Some(job),
+                    other => run_jobs(&mut log, vec![other]),
+                }
+            }
+        }
+        let seal = seal.unwrap();
+        std::fs::write(
+            SegmentFile::index_path(directory.path(), seal.base_offset),
+            &seal.index_bytes,
+        )
+        .unwrap();
+        let log_end_offset = log.log_end_offset();
+        drop((log, seal));
+        assert_eq!(
+            file_names(directory.path())
+                .iter()
+                .filter(|name| name.ends_with(".wal"))
+                .count(),
+            2
+        );
+
+        let (log, report) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        assert_eq!(report.seals_completed, 1);
+        assert!(report.corruptions.is_empty());
+        assert_eq!(
+            file_names(directory.path())
+                .iter()
+                .filter(|name| name.ends_with(".wal"))
+                .count(),
+            1,
+            "{:?}",
+            file_names(directory.path())
+        );
+        assert!(SegmentFile::log_path(directory.path(), Offset(0)).exists());
+        assert_eq!(log.log_end_offset(), log_end_offset);
+        assert_values(&read_all(&log, Offset(0), 1 << 20), 0, log_end_offset.0);
+    }
+
+    #[test]
+    fn temp_files_and_orphan_indexes_are_removed_and_counted() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        append_batches(&mut log, 1, 2);
+        drop(log);
+        std::fs::write(
+            directory.path().join("00000000000000000000.idx.tmp"),
+            b"half an index",
+        )
+        .unwrap();
+        std::fs::write(
+            directory.path().join("00000000000000000500.idx"),
+            b"index of nothing",
+        )
+        .unwrap();
+        let (log, report) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        assert_eq!(report.orphans_removed, 2);
+        assert_eq!(file_names(directory.path()), ["00000000000000000000.wal"]);
+        assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 2);
+    }
+
+    #[test]
+    fn retention_by_bytes_deletes_the_oldest_sealed_blocks_only() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        append_batches(&mut log, 20, 4);
+        let bases: Vec<Offset> = log.blocks.keys().copied().collect();
+        assert!(bases.len() >= 4);
+        let limit =
+            log.size_bytes() - log.blocks[&bases[0]].size_bytes - log.blocks[&bases[1]].size_bytes;
+        log.options.retention_bytes = Some(limit);
+        let jobs = log.retention_jobs(0);
+        let deleted: Vec<Offset> = jobs
+            .iter()
+            .map(|job| match job {
+                IoJob::Delete(delete) => delete.base_offset,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(deleted, bases[..2]);
+        assert_eq!(log.log_start_offset(), bases[2]);
+        assert!(log.size_bytes() <= limit);
+        run_jobs(&mut log, jobs);
+        assert!(!SegmentFile::log_path(directory.path(), bases[0]).exists());
+        assert!(!SegmentFile::index_path(directory.path(), bases[1]).exists());
+        assert!(
+            matches!(log.read_plan(Offset(0), 100), Err(ReadError::OffsetOutOfRange { log_start_offset, .. }) if log_start_offset == bases[2])
+        );
+        assert_values(
+            &read_all(&log, bases[2], 1 << 20),
+            bases[2].0,
+            80 - bases[2].0,
+        );
+
+        // Never the active segment, however small the limit.
+        log.options.retention_bytes = Some(1);
+        let jobs = log.retention_jobs(0);
+        run_jobs(&mut log, jobs);
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(log.log_start_offset(), log.active.base_offset);
+        assert!(log.retention_jobs(0).is_empty());
+        assert!(SegmentFile::wal_path(directory.path(), log.active.base_offset).exists());
+        let active_base = log.active.base_offset;
+        assert_values(
+            &read_all(&log, active_base, 1 << 20),
+            active_base.0,
+            80 - active_base.0,
+        );
+    }
+
+    #[test]
+    fn retention_by_age_stops_at_the_first_young_block() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        // Timestamps 1_000, 2_000, ... per batch: blocks hold increasing times.
+        for batch in 0..20 {
+            let first = log.log_end_offset().0;
+            let outcome = log
+                .append(&records(first, 4), Term(0), 1_000 * (batch + 1))
+                .unwrap();
+            run_jobs(&mut log, outcome.jobs);
+        }
+        let bases: Vec<Offset> = log.blocks.keys().copied().collect();
+        assert!(bases.len() >= 3);
+        let second_newest_ms = log.blocks[&bases[1]].index.max_timestamp_ms;
+        log.options.retention = Some(Duration::from_millis(10_000));
+        // Everything in the first two blocks is older than the cutoff.
+        let jobs = log.retention_jobs(second_newest_ms + 10_001);
+        let deleted: Vec<Offset> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                IoJob::Delete(delete) => Some(delete.base_offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, bases[..2]);
+        assert_eq!(log.log_start_offset(), bases[2]);
+        run_jobs(&mut log, jobs);
+        // Far in the future every sealed block is old, but the active segment stays.
+        let jobs = log.retention_jobs(i64::MAX);
+        assert_eq!(jobs.len(), bases.len() - 2);
+        assert_eq!(log.segment_count(), 1);
+    }
+
+    #[test]
+    fn retention_skips_blocks_still_sealing() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            retention_bytes: Some(1),
+            ..small_segments()
+        };
+        let (mut log, _) = PartitionLog::open(directory.path(), options).unwrap();
+        let mut pending_seals = Vec::new();
+        while pending_seals.len() < 2 {
+            let first = log.log_end_offset().0;
+            let outcome = log.append(&records(first, 4), Term(0), 0).unwrap();
+            for job in outcome.jobs {
+                match job {
+                    IoJob::Seal(seal) => pending_seals.push(seal),
+                    other => run_jobs(&mut log, vec![other]),
+                }
+            }
+        }
+        assert!(log.retention_jobs(0).is_empty());
+        // The first seal fails: it is retried, and still protects its block.
+        log.seal_failed(pending_seals[0].base_offset);
+        let retries = log.retry_jobs();
+        assert!(
+            matches!(retries.as_slice(), [IoJob::Seal(seal)] if seal.base_offset == pending_seals[0].base_offset)
+        );
+        assert!(log.retry_jobs().is_empty());
+        // Only the second block sealed: the first still blocks retention.
+        io::run_seal(&pending_seals[1]).unwrap();
+        log.seal_completed(pending_seals[1].base_offset);
+        assert!(log.retention_jobs(0).is_empty());
+        run_jobs(&mut log, retries);
+        assert_eq!(log.retention_jobs(0).len(), 2);
+    }
+
+    #[test]
+    fn failed_deletions_come_back_while_the_others_go_on() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        append_batches(&mut log, 20, 4);
+        let bases: Vec<Offset> = log.blocks.keys().copied().collect();
+        log.options.retention_bytes = Some(log.size_bytes() - log.blocks[&bases[0]].size_bytes);
+        let jobs = log.retention_jobs(0);
+        let [IoJob::Delete(first)] = jobs.as_slice() else {
+            panic!("{jobs:?}")
+        };
+        // The deleter could not remove the first block.
+        log.deletion_failed(first.base_offset, first.paths.clone());
+        log.options.retention_bytes = Some(log.size_bytes() - log.blocks[&bases[1]].size_bytes);
+        let jobs = log.retention_jobs(0);
+        let deleted: Vec<Offset> = jobs
+            .iter()
+            .map(|job| match job {
+                IoJob::Delete(delete) => delete.base_offset,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(deleted, [bases[0], bases[1]]);
+        // It failed again: it comes back again, alone.
+        log.deletion_failed(bases[0], first.paths.clone());
+        let jobs = log.retention_jobs(0);
+        assert!(
+            matches!(jobs.as_slice(), [IoJob::Delete(delete)] if delete.base_offset == bases[0])
+        );
+        run_jobs(&mut log, jobs);
+        assert!(log.retention_jobs(0).is_empty());
+        assert!(!SegmentFile::log_path(directory.path(), bases[0]).exists());
+    }
+
+    #[test]
+    fn term_at_follows_the_batches_epochs() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        for (term, count) in [(1, 30), (2, 30), (5, 3)] {
+            for _ in 0..count / 3 {
+                let first = log.log_end_offset().0;
+                let outcome = log.append(&records(first, 3), Term(term), 0).unwrap();
+                run_jobs(&mut log, outcome.jobs);
+            }
+        }
+        assert!(log.segment_count() > 2);
+        assert_eq!(log.term_at(Offset(0)), Some(Term(1)));
+        assert_eq!(log.term_at(Offset(29)), Some(Term(1)));
+        assert_eq!(log.term_at(Offset(30)), Some(Term(2)));
+        assert_eq!(log.term_at(Offset(59)), Some(Term(2)));
+        assert_eq!(log.term_at(Offset(62)), Some(Term(5)));
+        assert_eq!(log.term_at(Offset(63)), None);
+        drop(log);
+        let (log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        assert_eq!(log.term_at(Offset(45)), Some(Term(2)));
+    }
+
+    #[test]
+    fn truncate_suffix_cuts_at_a_batch_boundary_of_the_active_segment() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        append_batches(&mut log, 4, 3);
+        let wal_path = SegmentFile::wal_path(directory.path(), Offset(0));
+        let positions = frame_positions(&wal_path);
+        assert!(matches!(
+            log.truncate_suffix(Offset(7)),
+            Err(OpenError::Format { .. })
+        ));
+        assert!(matches!(
+            log.truncate_suffix(Offset(13)),
+            Err(OpenError::Format { .. })
+        ));
+        assert_eq!(log.log_end_offset(), Offset(12));
+
+        log.truncate_suffix(Offset(6)).unwrap();
+        assert_eq!(
+            (log.log_end_offset(), log.high_watermark()),
+            (Offset(6), Offset(6))
+        );
+        assert_eq!(std::fs::metadata(&wal_path).unwrap().len(), positions[2]);
+        assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 6);
+        let outcome = log.append(&records(6, 2), Term(3), 0).unwrap();
+        assert_eq!(outcome.base_offset, Offset(6));
+        run_jobs(&mut log, outcome.jobs);
+        assert_eq!(log.term_at(Offset(7)), Some(Term(3)));
+        drop(log);
+        let (log, report) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        assert_eq!(report.torn_tail_bytes, 0);
+        assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 8);
     }
 }

@@ -1,0 +1,10 @@
+//! The actors (and the blocking threads they own). One module per actor:
+//! its private state, its messages, its handlers.
+//!
+//! - [`partition`]: `PartitionActor`, one per partition, on the core arbiters.
+//! - [`writer`]: the group-commit thread each partition actor owns.
+//! - [`deleter`]: the runtime's file-deletion thread.
+
+pub(crate) mod deleter;
+pub(crate) mod partition;
+pub(crate) mod writer;

@@ -1,0 +1,185 @@
+//! Errors of the public API, one enum per operation. Each variant says
+//! whether it is final or retryable. Shutdown is reported as `ShuttingDown`,
+//! never as a failure of the data path.
+
+use crate::config::ConfigError;
+use crate::storage::{OpenError, ReadError};
+use crate::types::{Offset, PartitionId};
+use std::path::PathBuf;
+
+/// Why [`Runtime::start`](crate::Runtime::start) failed. Nothing was started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid. Final until the file is fixed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another process holds the data directory. Retryable once it stops.
+    #[error("data directory {directory} is in use by {holder} (lock file {lock_file})")]
+    Locked {
+        /// The data directory.
+        directory: PathBuf,
+        /// The lock file.
+        lock_file: PathBuf,
+        /// Who holds it, as written in the lock file ("process 1234").
+        holder: String,
+    },
+    /// A file or directory could not be used.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        operation: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A partition's log could not be opened.
+    #[error("topic {topic} partition {partition}: {source}")]
+    Open {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: PartitionId,
+        /// Why.
+        #[source]
+        source: OpenError,
+    },
+    /// The metadata store failed or holds something this config contradicts.
+    #[error("metadata store {path}: {message}")]
+    Metadata {
+        /// The store's path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Why a produce was not acknowledged. Unless the variant says so, nothing
+/// of the batch is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProduceError {
+    /// No such topic. Final.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// No such partition. Final.
+    #[error("topic {topic} has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        /// Topic.
+        topic: String,
+        /// The partition asked for.
+        partition: PartitionId,
+        /// How many it has.
+        partitions: u32,
+    },
+    /// An empty batch. Final.
+    #[error("empty batch")]
+    Empty,
+    /// The encoded batch is over the topic's `max_batch_bytes`. Final.
+    #[error("batch of {bytes} bytes is over the limit of {max} bytes (max_batch_bytes)")]
+    TooLarge {
+        /// Encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The partition stopped writing after an I/O failure (for example a
+    /// failed fsync: data under it may be lost, so it never retries). Final
+    /// until the runtime is restarted. The batch may or may not be stored.
+    #[error("partition is fail-stopped: {reason}")]
+    FailStopped {
+        /// The failure that stopped it.
+        reason: String,
+    },
+    /// The runtime is shutting down. Final for this runtime.
+    #[error("runtime is shutting down")]
+    ShuttingDown,
+    /// The partition actor is not running (it stopped, or is restarting).
+    /// Retryable. The batch may or may not be stored.
+    #[error("partition unavailable")]
+    Unavailable,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No such topic. Final.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// No such partition. Final.
+    #[error("topic {topic} has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        /// Topic.
+        topic: String,
+        /// The partition asked for.
+        partition: PartitionId,
+        /// How many it has.
+        partitions: u32,
+    },
+    /// The offset is not in `[log_start_offset, high_watermark]`. Final for
+    /// that offset; restart from one end of the range.
+    #[error("offset {requested} is out of range [{log_start_offset}, {high_watermark}]")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: Offset,
+        /// First readable offset.
+        log_start_offset: Offset,
+        /// The high watermark.
+        high_watermark: Offset,
+    },
+    /// Stored data is damaged; it is not returned. Final until repaired.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// An I/O error while reading. Retryable.
+    #[error("read error: {0}")]
+    Io(String),
+    /// The runtime is shutting down: there are no more records. Final.
+    #[error("runtime is shutting down")]
+    ShuttingDown,
+    /// The partition actor is not running. Retryable.
+    #[error("partition unavailable")]
+    Unavailable,
+}
+
+impl From<ReadError> for FetchError {
+    fn from(error: ReadError) -> FetchError {
+        match error {
+            ReadError::OffsetOutOfRange {
+                requested,
+                log_start_offset,
+                high_watermark,
+            } => FetchError::OffsetOutOfRange {
+                requested,
+                log_start_offset,
+                high_watermark,
+            },
+            ReadError::Corrupt(message) => FetchError::Corrupt(message),
+            ReadError::Io { file, message } => {
+                FetchError::Io(format!("{}: {message}", file.display()))
+            }
+        }
+    }
+}
+
+/// Why shutdown did not complete cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShutdownError {
+    /// A partition failed to drain (its writes were already refused or
+    /// fail-stopped); acknowledged data is still durable.
+    #[error("topic {topic} partition {partition}: {reason}")]
+    Partition {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: PartitionId,
+        /// What happened.
+        reason: String,
+    },
+    /// The actor system thread panicked.
+    #[error("runtime thread panicked")]
+    ThreadPanicked,
+}

@@ -1,0 +1,299 @@
+//! Metrics the host can read: a [`MetricsSnapshot`] and Prometheus text.
+//!
+//! Counters are atomics written by the actors and threads that own the work
+//! they count. They are not actor state: nothing reads them to decide
+//! anything, so they need no ordering beyond `Relaxed`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the fsync latency histogram buckets.
+const FSYNC_BUCKET_BOUNDS_SECONDS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A cumulative latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; FSYNC_BUCKET_BOUNDS_SECONDS.len()],
+    count: AtomicU64,
+    sum_nanoseconds: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(index) = FSYNC_BUCKET_BOUNDS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+        {
+            self.buckets[index].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanoseconds
+            .fetch_add(elapsed.as_nanos() as u64, Relaxed);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let buckets = FSYNC_BUCKET_BOUNDS_SECONDS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, bucket)| {
+                cumulative += bucket.load(Relaxed);
+                (*bound, cumulative)
+            })
+            .collect();
+        HistogramSnapshot {
+            buckets,
+            count: self.count.load(Relaxed),
+            sum_seconds: self.sum_nanoseconds.load(Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// Runtime-wide counters.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) records_produced_total: AtomicU64,
+    pub(crate) bytes_produced_total: AtomicU64,
+    pub(crate) fsyncs_total: AtomicU64,
+    pub(crate) fsync_seconds: Histogram,
+    pub(crate) orphaned_blocks_cleaned_total: AtomicU64,
+    pub(crate) cleanup_failures_total: AtomicU64,
+    pub(crate) torn_tail_bytes_total: AtomicU64,
+    pub(crate) corruptions_total: AtomicU64,
+    pub(crate) segments_sealed_total: AtomicU64,
+    pub(crate) seal_failures_total: AtomicU64,
+    pub(crate) blocks_deleted_total: AtomicU64,
+}
+
+/// Gauges of one partition, written only by its actor.
+#[derive(Debug)]
+pub(crate) struct PartitionGauges {
+    pub(crate) topic: String,
+    pub(crate) partition: u32,
+    pub(crate) log_start_offset: AtomicU64,
+    pub(crate) log_end_offset: AtomicU64,
+    pub(crate) high_watermark: AtomicU64,
+    pub(crate) size_bytes: AtomicU64,
+    pub(crate) fail_stopped: AtomicU64,
+}
+
+impl PartitionGauges {
+    pub(crate) fn new(topic: &str, partition: u32) -> Arc<PartitionGauges> {
+        Arc::new(PartitionGauges {
+            topic: topic.to_owned(),
+            partition,
+            log_start_offset: AtomicU64::new(0),
+            log_end_offset: AtomicU64::new(0),
+            high_watermark: AtomicU64::new(0),
+            size_bytes: AtomicU64::new(0),
+            fail_stopped: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Cumulative histogram values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound in seconds, observations at or below it), increasing.
+    pub buckets: Vec<(f64, u64)>,
+    /// Observations.
+    pub count: u64,
+    /// Sum of observations in seconds.
+    pub sum_seconds: f64,
+}
+
+/// One partition's offsets and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionMetrics {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// First readable offset.
+    pub log_start_offset: u64,
+    /// Offset the next appended record gets.
+    pub log_end_offset: u64,
+    /// Offsets below this are durable and readable.
+    pub high_watermark: u64,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// The partition refuses writes after an I/O failure, until reopened.
+    pub fail_stopped: bool,
+}
+
+/// A point-in-time copy of every metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Records acknowledged.
+    pub records_produced_total: u64,
+    /// Encoded bytes acknowledged.
+    pub bytes_produced_total: u64,
+    /// fsync calls on segment files.
+    pub fsyncs_total: u64,
+    /// fsync latency.
+    pub fsync_seconds: HistogramSnapshot,
+    /// Temp and unreferenced files removed at open or before a seal retry.
+    pub orphaned_blocks_cleaned_total: u64,
+    /// Files retention failed to delete (retried next cycle).
+    pub cleanup_failures_total: u64,
+    /// Bytes cut from torn tails at recovery.
+    pub torn_tail_bytes_total: u64,
+    /// Damaged places found (quarantined, reported, never returned).
+    pub corruptions_total: u64,
+    /// Segments sealed into blocks.
+    pub segments_sealed_total: u64,
+    /// Seal attempts that failed (retried).
+    pub seal_failures_total: u64,
+    /// Blocks deleted by retention.
+    pub blocks_deleted_total: u64,
+    /// Per partition, in topic then partition order.
+    pub partitions: Vec<PartitionMetrics>,
+}
+
+impl Metrics {
+    pub(crate) fn snapshot(&self, partitions: &[Arc<PartitionGauges>]) -> MetricsSnapshot {
+        MetricsSnapshot {
+            records_produced_total: self.records_produced_total.load(Relaxed),
+            bytes_produced_total: self.bytes_produced_total.load(Relaxed),
+            fsyncs_total: self.fsyncs_total.load(Relaxed),
+            fsync_seconds: self.fsync_seconds.snapshot(),
+            orphaned_blocks_cleaned_total: self.orphaned_blocks_cleaned_total.load(Relaxed),
+            cleanup_failures_total: self.cleanup_failures_total.load(Relaxed),
+            torn_tail_bytes_total: self.torn_tail_bytes_total.load(Relaxed),
+            corruptions_total: self.corruptions_total.load(Relaxed),
+            segments_sealed_total: self.segments_sealed_total.load(Relaxed),
+            seal_failures_total: self.seal_failures_total.load(Relaxed),
+            blocks_deleted_total: self.blocks_deleted_total.load(Relaxed),
+            partitions: partitions
+                .iter()
+                .map(|gauges| PartitionMetrics {
+                    topic: gauges.topic.clone(),
+                    partition: gauges.partition,
+                    log_start_offset: gauges.log_start_offset.load(Relaxed),
+                    log_end_offset: gauges.log_end_offset.load(Relaxed),
+                    high_watermark: gauges.high_watermark.load(Relaxed),
+                    size_bytes: gauges.size_bytes.load(Relaxed),
+                    fail_stopped: gauges.fail_stopped.load(Relaxed) != 0,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl MetricsSnapshot {
+    /// Renders the Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let counters = [
+            (
+                "millrace_records_produced_total",
+                "Records acknowledged.",
+                self.records_produced_total,
+            ),
+            (
+                "millrace_bytes_produced_total",
+                "Encoded bytes acknowledged.",
+                self.bytes_produced_total,
+            ),
+            (
+                "millrace_fsyncs_total",
+                "fsync calls on segment files.",
+                self.fsyncs_total,
+            ),
+            (
+                "orphaned_blocks_cleaned_total",
+                "Temp and unreferenced files removed at open or before a seal retry.",
+                self.orphaned_blocks_cleaned_total,
+            ),
+            (
+                "cleanup_failures_total",
+                "Files retention failed to delete.",
+                self.cleanup_failures_total,
+            ),
+            (
+                "millrace_torn_tail_bytes_total",
+                "Bytes cut from torn tails at recovery.",
+                self.torn_tail_bytes_total,
+            ),
+            (
+                "millrace_corruptions_total",
+                "Damaged places found and quarantined.",
+                self.corruptions_total,
+            ),
+            (
+                "millrace_segments_sealed_total",
+                "Segments sealed into blocks.",
+                self.segments_sealed_total,
+            ),
+            (
+                "millrace_seal_failures_total",
+                "Seal attempts that failed.",
+                self.seal_failures_total,
+            ),
+            (
+                "millrace_blocks_deleted_total",
+                "Blocks deleted by retention.",
+                self.blocks_deleted_total,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let name = "millrace_fsync_seconds";
+        let _ = writeln!(out, "# HELP {name} fsync latency.\n# TYPE {name} histogram");
+        for (bound, cumulative) in &self.fsync_seconds.buckets {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let histogram = &self.fsync_seconds;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {}",
+            histogram.sum_seconds, histogram.count
+        );
+        let gauges: [(&str, &str, fn(&PartitionMetrics) -> u64); 5] = [
+            ("millrace_log_start_offset", "First readable offset.", |p| {
+                p.log_start_offset
+            }),
+            (
+                "millrace_log_end_offset",
+                "Offset the next appended record gets.",
+                |p| p.log_end_offset,
+            ),
+            (
+                "millrace_high_watermark",
+                "Offsets below this are durable and readable.",
+                |p| p.high_watermark,
+            ),
+            ("millrace_partition_size_bytes", "Bytes on disk.", |p| {
+                p.size_bytes
+            }),
+            (
+                "millrace_partition_fail_stopped",
+                "1 when the partition refuses writes after an I/O failure.",
+                |p| u64::from(p.fail_stopped),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for partition in &self.partitions {
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{}\",partition=\"{}\"}} {}",
+                    partition.topic,
+                    partition.partition,
+                    value(partition)
+                );
+            }
+        }
+        out
+    }
+}

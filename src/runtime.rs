@@ -1,0 +1,805 @@
+//! [`Runtime`]: the embedding entry point, and the handles it gives out.
+//!
+//! `Runtime::start` runs the actix system on its own threads (one arbiter
+//! per core), so it works the same from a host's tokio runtime and from
+//! plain synchronous code. Every async method has a `_blocking` twin.
+//! Handles are capabilities: a [`Producer`] can only produce, a
+//! [`PartitionConsumer`] can only read.
+
+use crate::actors::deleter::DeleterHandle;
+use crate::actors::partition::{Describe, Drain, Fetch, PartitionActor, Produce, FETCH_WAIT_MAX};
+use crate::config::{Config, TopicConfig};
+use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
+use crate::metrics::{Metrics, MetricsSnapshot, PartitionGauges};
+use crate::partitioner::partition_for_key;
+use crate::storage::{LogOptions, PartitionLog, RecoveryReport};
+use crate::types::{FetchedRecord, Offset, PartitionId, Record};
+use actix::{Actor, Addr, Arbiter};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub use crate::actors::partition::{AppendAck, PartitionOffsets};
+
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// Where a produced record went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// Partition.
+    pub partition: PartitionId,
+    /// Offset in that partition.
+    pub offset: Offset,
+}
+
+/// Options of one fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Stop adding batches past this many bytes (at least one whole batch is returned).
+    pub max_bytes: usize,
+    /// Wait this long for data when there is none past the offset (at most 60 s).
+    pub max_wait: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            max_bytes: 1024 * 1024,
+            max_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Records from one fetch.
+#[derive(Clone, Debug, Default)]
+pub struct FetchResult {
+    /// Records in offset order, all below `high_watermark`.
+    pub records: Vec<FetchedRecord>,
+    /// Where the next fetch should start.
+    pub next_offset: Offset,
+    /// The partition's high watermark when the fetch was planned.
+    pub high_watermark: Offset,
+    /// The first readable offset when the fetch was planned.
+    pub log_start_offset: Offset,
+}
+
+/// One topic's partition actors.
+pub(crate) struct TopicHandle {
+    config: TopicConfig,
+    partitions: Vec<Addr<PartitionActor>>,
+    round_robin: AtomicU32,
+}
+
+impl TopicHandle {
+    fn partition(&self, partition: PartitionId) -> Option<&Addr<PartitionActor>> {
+        self.partitions.get(partition.0 as usize)
+    }
+
+    fn partition_count(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    fn next_round_robin(&self) -> PartitionId {
+        PartitionId(self.round_robin.fetch_add(1, Relaxed) % self.partition_count())
+    }
+}
+
+/// A running millrace: its actors, threads and data directory.
+///
+/// Dropping it without [`Runtime::shutdown`] stops everything too; nothing
+/// acknowledged is lost either way, because acknowledgement waits for fsync.
+pub struct Runtime {
+    inner: Option<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    topics: HashMap<String, Arc<TopicHandle>>,
+    /// Topic names in config order (stable output).
+    topic_order: Vec<String>,
+    system: actix::System,
+    system_thread: Option<JoinHandle<()>>,
+    arbiters: Vec<Arbiter>,
+    deleter: DeleterHandle,
+    metrics: Arc<Metrics>,
+    gauges: Vec<Arc<PartitionGauges>>,
+    _metadata: sled::Db,
+    _lock: File,
+}
+
+impl Runtime {
+    /// Reads `path` and starts a runtime for it.
+    pub fn start_from_file(path: &Path) -> Result<Runtime, StartError> {
+        Runtime::start(Config::from_file(path)?)
+    }
+
+    /// Validates `config`, locks its data directory, recovers every
+    /// partition and starts the actors. Blocks until they serve.
+    pub fn start(config: Config) -> Result<Runtime, StartError> {
+        config.validate()?;
+        create_directory(&config.data_dir)?;
+        let lock = lock_data_directory(&config.data_dir)?;
+        let metadata = open_metadata(&config)?;
+        let metrics = Arc::new(Metrics::default());
+        let logs = open_partition_logs(&config, &metrics)?;
+        let deleter = DeleterHandle::spawn(metrics.clone()).map_err(|source| StartError::Io {
+            operation: "spawn deletion thread",
+            path: config.data_dir.clone(),
+            source,
+        })?;
+
+        let mut gauges = Vec::new();
+        let mut actor_specs = Vec::new();
+        for (topic, partition, log) in logs {
+            let partition_gauges = PartitionGauges::new(&topic.name, partition.0);
+            gauges.push(partition_gauges.clone());
+            actor_specs.push((topic, partition, log, partition_gauges));
+        }
+        let arbiter_count = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, actor_specs.len().max(1));
+        let deleter_sender = deleter.sender();
+        let actor_metrics = metrics.clone();
+        let (started_sender, started_receiver) = std::sync::mpsc::channel();
+        let system_thread = std::thread::Builder::new()
+            .name("millrace-system".into())
+            .spawn(move || {
+                let system = actix::System::new();
+                system.block_on(async move {
+                    let arbiters: Vec<Arbiter> =
+                        (0..arbiter_count).map(|_| Arbiter::new()).collect();
+                    let mut addresses: Vec<(String, PartitionId, Addr<PartitionActor>)> =
+                        Vec::new();
+                    for (index, (topic, partition, log, partition_gauges)) in
+                        actor_specs.into_iter().enumerate()
+                    {
+                        let deleter = deleter_sender.clone();
+                        let metrics = actor_metrics.clone();
+                        let name = topic.name.clone();
+                        let address = PartitionActor::start_in_arbiter(
+                            &arbiters[index % arbiter_count].handle(),
+                            move |_| {
+                                PartitionActor::new(
+                                    &topic,
+                                    partition,
+                                    log,
+                                    deleter,
+                                    metrics,
+                                    partition_gauges,
+                                )
+                            },
+                        );
+                        addresses.push((name, partition, address));
+                    }
+                    let _ = started_sender.send((actix::System::current(), arbiters, addresses));
+                });
+                system.run().ok();
+            })
+            .map_err(|source| StartError::Io {
+                operation: "spawn actor system thread",
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let (system, arbiters, addresses) =
+            started_receiver.recv().map_err(|_| StartError::Io {
+                operation: "start actor system",
+                path: config.data_dir.clone(),
+                source: std::io::Error::other("actor system thread exited during start"),
+            })?;
+
+        let mut topics: HashMap<String, Arc<TopicHandle>> = HashMap::new();
+        for topic in &config.topics {
+            let partitions = addresses
+                .iter()
+                .filter(|(name, _, _)| *name == topic.name)
+                .map(|(_, _, address)| address.clone())
+                .collect();
+            topics.insert(
+                topic.name.clone(),
+                Arc::new(TopicHandle {
+                    config: topic.clone(),
+                    partitions,
+                    round_robin: AtomicU32::new(0),
+                }),
+            );
+        }
+        tracing::info!(data_dir = %config.data_dir.display(), topics = config.topics.len(), partitions = gauges.len(), "millrace started");
+        let topic_order = config
+            .topics
+            .iter()
+            .map(|topic| topic.name.clone())
+            .collect();
+        Ok(Runtime {
+            inner: Some(Inner {
+                config,
+                topics,
+                topic_order,
+                system,
+                system_thread: Some(system_thread),
+                arbiters,
+                deleter,
+                metrics,
+                gauges,
+                _metadata: metadata,
+                _lock: lock,
+            }),
+        })
+    }
+
+    fn inner(&self) -> &Inner {
+        self.inner.as_ref().expect("runtime used after shutdown")
+    }
+
+    fn topic(&self, topic: &str) -> Option<Arc<TopicHandle>> {
+        self.inner().topics.get(topic).cloned()
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner().config
+    }
+
+    /// A producer for `topic`.
+    pub fn producer(&self, topic: &str) -> Result<Producer, ProduceError> {
+        let handle = self
+            .topic(topic)
+            .ok_or_else(|| ProduceError::UnknownTopic(topic.to_owned()))?;
+        Ok(Producer { topic: handle })
+    }
+
+    /// A consumer of one partition, starting at `offset`.
+    pub fn consumer(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<PartitionConsumer, FetchError> {
+        let handle = self
+            .topic(topic)
+            .ok_or_else(|| FetchError::UnknownTopic(topic.to_owned()))?;
+        let address = fetch_address(&handle, partition)?.clone();
+        Ok(PartitionConsumer {
+            address,
+            position: offset,
+            options: FetchOptions::default(),
+        })
+    }
+
+    /// Fetches from `offset` of one partition (long-polls up to `options.max_wait`).
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+        options: FetchOptions,
+    ) -> Result<FetchResult, FetchError> {
+        let handle = self
+            .topic(topic)
+            .ok_or_else(|| FetchError::UnknownTopic(topic.to_owned()))?;
+        fetch_from(fetch_address(&handle, partition)?, offset, options).await
+    }
+
+    /// [`Runtime::fetch`], blocking the calling thread.
+    pub fn fetch_blocking(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+        options: FetchOptions,
+    ) -> Result<FetchResult, FetchError> {
+        futures_executor::block_on(self.fetch(topic, partition, offset, options))
+    }
+
+    /// Topic names, in config order.
+    pub fn topics(&self) -> Vec<String> {
+        self.inner().topic_order.clone()
+    }
+
+    /// Partition count of `topic`.
+    pub fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.topic(topic).map(|handle| handle.partition_count())
+    }
+
+    /// Log start, log end and high watermark of one partition.
+    pub async fn offsets(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<PartitionOffsets, FetchError> {
+        let handle = self
+            .topic(topic)
+            .ok_or_else(|| FetchError::UnknownTopic(topic.to_owned()))?;
+        fetch_address(&handle, partition)?
+            .send(Describe)
+            .await
+            .map_err(|_| FetchError::Unavailable)
+    }
+
+    /// [`Runtime::offsets`], blocking the calling thread.
+    pub fn offsets_blocking(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<PartitionOffsets, FetchError> {
+        futures_executor::block_on(self.offsets(topic, partition))
+    }
+
+    /// A copy of every metric.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let inner = self.inner();
+        inner.metrics.snapshot(&inner.gauges)
+    }
+
+    /// Metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics().to_prometheus()
+    }
+
+    /// Stops gracefully: refuses new produce (`ShuttingDown`), waits until
+    /// every accepted batch is durable and acknowledged, stops the writer
+    /// threads, the actors and the actor system. When it returns, no thread
+    /// of the runtime is running.
+    pub fn shutdown(mut self) -> Result<(), ShutdownError> {
+        let inner = self.inner.take().expect("shutdown twice");
+        inner.stop()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let _ = inner.stop();
+        }
+    }
+}
+
+impl Inner {
+    fn stop(mut self) -> Result<(), ShutdownError> {
+        let mut first_error = None;
+        let mut drains = Vec::new();
+        for name in &self.topic_order {
+            let topic = &self.topics[name];
+            for (index, address) in topic.partitions.iter().enumerate() {
+                let (reply, receiver) = oneshot::channel();
+                address.do_send(Drain { reply });
+                drains.push((name.clone(), PartitionId(index as u32), receiver));
+            }
+        }
+        for (topic, partition, receiver) in drains {
+            let outcome = futures_executor::block_on(receiver);
+            let reason = match outcome {
+                Ok(Ok(())) => continue,
+                Ok(Err(reason)) => reason,
+                Err(_) => "partition actor stopped before draining".to_owned(),
+            };
+            first_error.get_or_insert(ShutdownError::Partition {
+                topic,
+                partition,
+                reason,
+            });
+        }
+        for arbiter in self.arbiters.drain(..) {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+        self.system.stop();
+        if let Some(thread) = self.system_thread.take() {
+            if thread.join().is_err() {
+                first_error.get_or_insert(ShutdownError::ThreadPanicked);
+            }
+        }
+        self.deleter.stop();
+        tracing::info!(data_dir = %self.config.data_dir.display(), "millrace stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn fetch_address(
+    handle: &TopicHandle,
+    partition: PartitionId,
+) -> Result<&Addr<PartitionActor>, FetchError> {
+    handle
+        .partition(partition)
+        .ok_or_else(|| FetchError::UnknownPartition {
+            topic: handle.config.name.clone(),
+            partition,
+            partitions: handle.partition_count(),
+        })
+}
+
+async fn fetch_from(
+    address: &Addr<PartitionActor>,
+    offset: Offset,
+    options: FetchOptions,
+) -> Result<FetchResult, FetchError> {
+    let (reply, receiver) = oneshot::channel();
+    let max_wait = options.max_wait.min(FETCH_WAIT_MAX);
+    address
+        .send(Fetch {
+            offset,
+            max_bytes: options.max_bytes,
+            max_wait,
+            reply,
+        })
+        .await
+        .map_err(|_| FetchError::Unavailable)?;
+    let reply = receiver.await.map_err(|_| FetchError::Unavailable)??;
+    let Some(plan) = reply.plan else {
+        return Ok(FetchResult {
+            records: Vec::new(),
+            next_offset: offset,
+            high_watermark: reply.high_watermark,
+            log_start_offset: reply.log_start_offset,
+        });
+    };
+    let read = plan.execute(options.max_bytes)?;
+    Ok(FetchResult {
+        records: read.records,
+        next_offset: read.next_offset,
+        high_watermark: reply.high_watermark,
+        log_start_offset: reply.log_start_offset,
+    })
+}
+
+/// Produces to one topic. Cheap to clone; share it between tasks.
+#[derive(Clone)]
+pub struct Producer {
+    topic: Arc<TopicHandle>,
+}
+
+impl Producer {
+    /// The topic it produces to.
+    pub fn topic(&self) -> &str {
+        &self.topic.config.name
+    }
+
+    /// Sends one record; returns where it went once it is durable. A keyed
+    /// record goes to `murmur2(key) % partitions`; others round-robin.
+    pub async fn send(&self, record: Record) -> Result<RecordMetadata, ProduceError> {
+        let partition = self.choose_partition(&record);
+        let ack = self.send_batch_to(partition, vec![record]).await?;
+        Ok(RecordMetadata {
+            partition,
+            offset: ack.base_offset,
+        })
+    }
+
+    /// [`Producer::send`], blocking the calling thread.
+    pub fn send_blocking(&self, record: Record) -> Result<RecordMetadata, ProduceError> {
+        futures_executor::block_on(self.send(record))
+    }
+
+    /// Sends records as one atomic batch to one partition (all stored or
+    /// none); returns its offsets once durable.
+    pub async fn send_batch_to(
+        &self,
+        partition: PartitionId,
+        records: Vec<Record>,
+    ) -> Result<AppendAck, ProduceError> {
+        let address =
+            self.topic
+                .partition(partition)
+                .ok_or_else(|| ProduceError::UnknownPartition {
+                    topic: self.topic.config.name.clone(),
+                    partition,
+                    partitions: self.topic.partition_count(),
+                })?;
+        let (reply, receiver) = oneshot::channel();
+        address
+            .send(Produce { records, reply })
+            .await
+            .map_err(|_| ProduceError::Unavailable)?;
+        receiver.await.map_err(|_| ProduceError::Unavailable)?
+    }
+
+    /// [`Producer::send_batch_to`], blocking the calling thread.
+    pub fn send_batch_to_blocking(
+        &self,
+        partition: PartitionId,
+        records: Vec<Record>,
+    ) -> Result<AppendAck, ProduceError> {
+        futures_executor::block_on(self.send_batch_to(partition, records))
+    }
+
+    /// Sends records, each to its partition (keyed by hash; unkeyed records
+    /// of one call all go to the next round-robin partition, so they stay
+    /// one batch). Each partition's share is one atomic batch; shares on
+    /// different partitions are independent. Returns each record's place,
+    /// in input order.
+    pub async fn send_batch(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<Vec<RecordMetadata>, ProduceError> {
+        if records.is_empty() {
+            return Err(ProduceError::Empty);
+        }
+        let unkeyed_partition = self.topic.next_round_robin();
+        let partition_count = self.topic.partition_count();
+        let mut shares: Vec<(PartitionId, Vec<usize>, Vec<Record>)> = Vec::new();
+        for (index, record) in records.into_iter().enumerate() {
+            let partition = match &record.key {
+                Some(key) => PartitionId(partition_for_key(key, partition_count)),
+                None => unkeyed_partition,
+            };
+            match shares
+                .iter_mut()
+                .find(|(candidate, _, _)| *candidate == partition)
+            {
+                Some((_, indexes, share)) => {
+                    indexes.push(index);
+                    share.push(record);
+                }
+                None => shares.push((partition, vec![index], vec![record])),
+            }
+        }
+        let total = shares.iter().map(|(_, indexes, _)| indexes.len()).sum();
+        let sends = shares
+            .into_iter()
+            .map(|(partition, indexes, share)| async move {
+                self.send_batch_to(partition, share)
+                    .await
+                    .map(|ack| (indexes, ack))
+            });
+        let mut placed = vec![
+            RecordMetadata {
+                partition: PartitionId(0),
+                offset: Offset(0)
+            };
+            total
+        ];
+        for result in futures_util::future::join_all(sends).await {
+            let (indexes, ack) = result?;
+            for (position, index) in indexes.into_iter().enumerate() {
+                placed[index] = RecordMetadata {
+                    partition: ack.partition,
+                    offset: Offset(ack.base_offset.0 + position as u64),
+                };
+            }
+        }
+        Ok(placed)
+    }
+
+    /// [`Producer::send_batch`], blocking the calling thread.
+    pub fn send_batch_blocking(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<Vec<RecordMetadata>, ProduceError> {
+        futures_executor::block_on(self.send_batch(records))
+    }
+
+    fn choose_partition(&self, record: &Record) -> PartitionId {
+        match &record.key {
+            Some(key) => PartitionId(partition_for_key(key, self.topic.partition_count())),
+            None => self.topic.next_round_robin(),
+        }
+    }
+}
+
+/// Reads one partition in order from a position it keeps.
+pub struct PartitionConsumer {
+    address: Addr<PartitionActor>,
+    position: Offset,
+    options: FetchOptions,
+}
+
+impl PartitionConsumer {
+    /// The next offset it will read.
+    pub fn position(&self) -> Offset {
+        self.position
+    }
+
+    /// Sets fetch size and wait.
+    pub fn set_options(&mut self, options: FetchOptions) {
+        self.options = options;
+    }
+
+    /// The next records (empty if none arrived within `max_wait`). At
+    /// shutdown it returns `Ok(None)`: no more records, not an error.
+    pub async fn poll(&mut self) -> Result<Option<FetchResult>, FetchError> {
+        match fetch_from(&self.address, self.position, self.options).await {
+            Ok(result) => {
+                self.position = result.next_offset;
+                Ok(Some(result))
+            }
+            Err(FetchError::ShuttingDown) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// [`PartitionConsumer::poll`], blocking the calling thread.
+    pub fn poll_blocking(&mut self) -> Result<Option<FetchResult>, FetchError> {
+        futures_executor::block_on(self.poll())
+    }
+}
+
+fn create_directory(path: &Path) -> Result<(), StartError> {
+    std::fs::create_dir_all(path).map_err(|source| StartError::Io {
+        operation: "create directory",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Takes an exclusive advisory lock on `DATA_DIR/LOCK` and writes our pid
+/// in it, so a second process gets an error naming the holder.
+fn lock_data_directory(directory: &Path) -> Result<File, StartError> {
+    let lock_file = directory.join(LOCK_FILE_NAME);
+    let io_error = |operation, source| StartError::Io {
+        operation,
+        path: lock_file.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_file)
+        .map_err(|source| io_error("open lock file", source))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "another process".to_owned(),
+                pid => format!("process {pid}"),
+            };
+            return Err(StartError::Locked {
+                directory: directory.to_owned(),
+                lock_file,
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(io_error("lock", source)),
+    }
+    file.set_len(0)
+        .map_err(|source| io_error("truncate lock file", source))?;
+    file.rewind()
+        .map_err(|source| io_error("rewind lock file", source))?;
+    write!(file, "{}", std::process::id()).map_err(|source| io_error("write lock file", source))?;
+    Ok(file)
+}
+
+/// Opens the metadata store and checks the config against the topics it
+/// knows: a topic's partition count can grow, never shrink (keyed records
+/// would silently move and data of removed partitions would be orphaned).
+fn open_metadata(config: &Config) -> Result<sled::Db, StartError> {
+    let path = config.data_dir.join("meta");
+    let metadata_error = |message: String| StartError::Metadata {
+        path: path.clone(),
+        message,
+    };
+    let database = sled::Config::new()
+        .path(&path)
+        .open()
+        .map_err(|error| metadata_error(error.to_string()))?;
+    let topics = database
+        .open_tree("topics")
+        .map_err(|error| metadata_error(error.to_string()))?;
+    for topic in &config.topics {
+        let stored = topics
+            .get(topic.name.as_bytes())
+            .map_err(|error| metadata_error(error.to_string()))?;
+        if let Some(stored) = stored {
+            let stored: [u8; 4] = stored.as_ref().try_into().map_err(|_| {
+                metadata_error(format!(
+                    "topic {}: stored partition count has {} bytes, expected 4",
+                    topic.name,
+                    stored.len()
+                ))
+            })?;
+            let stored = u32::from_le_bytes(stored);
+            if topic.partitions < stored {
+                return Err(metadata_error(format!(
+                    "topic {} has {stored} partitions on disk but the config says {}; partitions can be added, never removed",
+                    topic.name, topic.partitions
+                )));
+            }
+        }
+        topics
+            .insert(topic.name.as_bytes(), &topic.partitions.to_le_bytes())
+            .map_err(|error| metadata_error(error.to_string()))?;
+    }
+    database
+        .flush()
+        .map_err(|error| metadata_error(error.to_string()))?;
+    Ok(database)
+}
+
+/// The directory of one partition.
+pub(crate) fn partition_directory(data_dir: &Path, topic: &str, partition: PartitionId) -> PathBuf {
+    data_dir
+        .join("topics")
+        .join(format!("{topic}-{}", partition.0))
+}
+
+pub(crate) fn log_options(topic: &TopicConfig) -> LogOptions {
+    LogOptions {
+        segment_bytes: topic.segment_bytes,
+        segment_age: topic.segment_age,
+        index_interval_bytes: topic.index_interval_bytes,
+        batch_bytes_max: topic.max_batch_bytes as usize,
+        retention: topic.retention,
+        retention_bytes: topic.retention_bytes,
+    }
+}
+
+type OpenedLogs = Vec<(TopicConfig, PartitionId, PartitionLog)>;
+
+/// Recovers every partition, several at a time (recovery is I/O bound).
+fn open_partition_logs(config: &Config, metrics: &Metrics) -> Result<OpenedLogs, StartError> {
+    let work: Vec<(TopicConfig, PartitionId)> = config
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            (0..topic.partitions).map(move |index| (topic.clone(), PartitionId(index)))
+        })
+        .collect();
+    let results: Vec<Result<(TopicConfig, PartitionId, PartitionLog, RecoveryReport), StartError>> =
+        std::thread::scope(|scope| {
+            let chunk_size = work.len().div_ceil(4).max(1);
+            let handles: Vec<_> = work
+                .chunks(chunk_size)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(topic, partition)| {
+                                let directory =
+                                    partition_directory(&config.data_dir, &topic.name, *partition);
+                                PartitionLog::open(&directory, log_options(topic))
+                                    .map(|(log, report)| (topic.clone(), *partition, log, report))
+                                    .map_err(|source| StartError::Open {
+                                        topic: topic.name.clone(),
+                                        partition: *partition,
+                                        source,
+                                    })
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|handle| handle.join().expect("recovery thread panicked"))
+                .collect()
+        });
+    let mut logs = Vec::with_capacity(results.len());
+    for result in results {
+        let (topic, partition, log, report) = result?;
+        record_recovery(metrics, &topic.name, partition, &report);
+        logs.push((topic, partition, log));
+    }
+    Ok(logs)
+}
+
+fn record_recovery(
+    metrics: &Metrics,
+    topic: &str,
+    partition: PartitionId,
+    report: &RecoveryReport,
+) {
+    metrics
+        .orphaned_blocks_cleaned_total
+        .fetch_add(report.orphans_removed, Relaxed);
+    metrics
+        .torn_tail_bytes_total
+        .fetch_add(report.torn_tail_bytes, Relaxed);
+    metrics
+        .corruptions_total
+        .fetch_add(report.corruptions.len() as u64, Relaxed);
+    if report.torn_tail_bytes > 0 {
+        tracing::warn!(%topic, %partition, bytes = report.torn_tail_bytes, "truncated a torn tail (bytes kept in a .broken file)");
+    }
+    for corruption in &report.corruptions {
+        tracing::error!(%topic, %partition, %corruption, "corrupt data quarantined; it will not be returned to readers");
+    }
+}

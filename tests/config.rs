@@ -1,0 +1,573 @@
+//! The configuration through the public API: what parses, to what, and what
+//! each bad input's error says (origin, line:column, key path, rule).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use millrace::config::*;
+
+const ORIGIN: &str = "test.toml";
+
+fn parse(text: &str) -> Config {
+    match Config::from_toml_str(text, ORIGIN) {
+        Ok(config) => config,
+        Err(error) => panic!("expected {text:?} to parse, got: {error}"),
+    }
+}
+
+/// Parses `text`, expecting an error whose one-line message starts with
+/// `prefix` (origin and location) and contains every piece of `rule`.
+fn assert_error(text: &str, prefix: &str, rule: &[&str]) -> ConfigError {
+    let error = match Config::from_toml_str(text, ORIGIN) {
+        Ok(config) => panic!("expected {text:?} to fail, parsed {config:?}"),
+        Err(error) => error,
+    };
+    let shown = error.to_string();
+    assert!(
+        shown.starts_with(prefix),
+        "error {shown:?} should start with {prefix:?}"
+    );
+    for piece in rule {
+        assert!(
+            shown.contains(piece),
+            "error {shown:?} should contain {piece:?}"
+        );
+    }
+    assert!(!shown.contains('\n'), "error should be one line: {shown:?}");
+    assert_eq!(error.origin, ORIGIN);
+    error
+}
+
+/// A config with one topic table made of `topic_lines` (the topic starts on line 2).
+fn with_topic(topic_lines: &str) -> String {
+    format!("data_dir = \"/var/lib/millrace\"\n[[topic]]\n{topic_lines}")
+}
+
+#[test]
+fn full_config_parses_to_expected_values() {
+    let config = parse(
+        r#"
+data_dir = "/srv/millrace"
+
+[[topic]]
+name = "events"
+partitions = 4
+segment_bytes = "128 MiB"
+segment_age = "1h"
+retention = "7d"
+retention_bytes = "10 GiB"
+fsync = "10ms"
+max_batch_bytes = "2 MiB"
+index_interval_bytes = 8192
+cleanup = "delete"
+replication_factor = 1
+
+[[topic]]
+name = "audit.log_v2-x"
+segment_bytes = 1048576
+retention_bytes = "1.5 GB"
+"#,
+    );
+    assert_eq!(config.data_dir, PathBuf::from("/srv/millrace"));
+    assert_eq!(config.topics.len(), 2);
+    let events = config.topic("events").expect("events");
+    assert_eq!(events.name, "events");
+    assert_eq!(events.partitions, 4);
+    assert_eq!(events.segment_bytes, 128 << 20);
+    assert_eq!(events.segment_age, Some(Duration::from_secs(3600)));
+    assert_eq!(events.retention, Some(Duration::from_secs(7 * 24 * 3600)));
+    assert_eq!(events.retention_bytes, Some(10 << 30));
+    assert_eq!(
+        events.fsync,
+        FsyncPolicy::Interval(Duration::from_millis(10))
+    );
+    assert_eq!(events.max_batch_bytes, 2 << 20);
+    assert_eq!(events.index_interval_bytes, 8192);
+    assert_eq!(events.cleanup, CleanupPolicy::Delete);
+    assert_eq!(events.replication_factor, 1);
+
+    let audit = &config.topics[1];
+    assert_eq!(audit.name, "audit.log_v2-x");
+    assert_eq!(audit.segment_bytes, 1 << 20);
+    assert_eq!(audit.retention_bytes, Some(1_500_000_000));
+    assert_eq!(audit.partitions, 1);
+    assert!(config.topic("missing").is_none());
+    assert_eq!(config.validate(), Ok(()));
+}
+
+#[test]
+fn defaults() {
+    let config = parse("data_dir = \"data\"\n[[topic]]\nname = \"t\"\n");
+    let topic = &config.topics[0];
+    assert_eq!(topic, &TopicConfig::with_defaults("t"));
+    assert_eq!(topic.partitions, 1);
+    assert_eq!(topic.segment_bytes, 64 << 20);
+    assert_eq!(topic.segment_age, None);
+    assert_eq!(topic.retention, None);
+    assert_eq!(topic.retention_bytes, None);
+    assert_eq!(topic.fsync, FsyncPolicy::Always);
+    assert_eq!(topic.max_batch_bytes, 1 << 20);
+    assert_eq!(topic.index_interval_bytes, 4 << 10);
+    assert_eq!(topic.cleanup, CleanupPolicy::Delete);
+    assert_eq!(topic.replication_factor, 1);
+}
+
+#[test]
+fn no_topics_and_relative_data_dir_kept_as_written() {
+    let config = parse("data_dir = \"./data/../data\"\n");
+    assert_eq!(config.data_dir, PathBuf::from("./data/../data"));
+    assert!(config.topics.is_empty());
+    assert_eq!(config, Config::new("./data/../data"));
+}
+
+#[test]
+fn inline_topic_tables_parse_too() {
+    let config =
+        parse("data_dir = \"d\"\ntopic = [{ name = \"a\", partitions = 2 }, { name = \"b\" }]\n");
+    assert_eq!(config.topics.len(), 2);
+    assert_eq!(config.topics[0].partitions, 2);
+}
+
+#[test]
+fn the_example_file_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml");
+    let config = Config::from_file(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.data_dir, PathBuf::from("./data"));
+    let events = config.topic("events").expect("topic events");
+    assert_eq!(events.partitions, 4);
+    let expected = TopicConfig {
+        partitions: 4,
+        ..TopicConfig::with_defaults("events")
+    };
+    assert_eq!(events, &expected, "the example shows the defaults");
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let error = Config::from_file(Path::new("/nonexistent/millrace.toml")).unwrap_err();
+    assert_eq!(error.origin, "/nonexistent/millrace.toml");
+    assert!(
+        error.to_string().contains("cannot read the config file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn file_errors_name_the_file_and_line() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("bad.toml");
+    std::fs::write(&path, "data_dir = \"d\"\n\n[[topic]]\nname = \"a b\"\n").expect("write");
+    let error = Config::from_file(&path).unwrap_err();
+    let shown = error.to_string();
+    let prefix = format!(
+        "{}:4:8 (topic[0].name): invalid topic name \"a b\"",
+        path.display()
+    );
+    assert!(
+        shown.starts_with(&prefix),
+        "{shown:?} should start with {prefix:?}"
+    );
+}
+
+#[test]
+fn malformed_toml() {
+    assert_error("data_dir = \"d\"\n[[topic]\n", "test.toml:2:", &["invalid"]);
+    assert_error("data_dir = \n", "test.toml:1:", &[]);
+    assert_error("data_dir = \"unterminated\n", "test.toml:1:", &[]);
+}
+
+#[test]
+fn duplicate_key() {
+    assert_error(
+        &with_topic("name = \"a\"\npartitions = 1\npartitions = 2\n"),
+        "test.toml:5:1",
+        &["duplicate key `partitions`"],
+    );
+}
+
+#[test]
+fn unknown_top_level_key() {
+    assert_error(
+        "data_dir = \"d\"\ndata_directory = \"x\"\n",
+        "test.toml:2:1 (data_directory): ",
+        &["unknown key `data_directory`", "`data_dir`"],
+    );
+}
+
+#[test]
+fn unknown_topic_key() {
+    assert_error(
+        &with_topic("name = \"a\"\npartitons = 3\n"),
+        "test.toml:4:1 (topic[0].partitons): ",
+        &["unknown key `partitons`", "`partitions`"],
+    );
+    // In the second topic, to check the index in the key path.
+    assert_error(
+        "data_dir = \"d\"\n[[topic]]\nname = \"a\"\n[[topic]]\nname = \"b\"\nretention_ms = 5\n",
+        "test.toml:6:1 (topic[1].retention_ms): ",
+        &["unknown key `retention_ms`"],
+    );
+}
+
+#[test]
+fn unknown_keys_in_other_shapes() {
+    // A dotted key, at the top level and inside a topic.
+    assert_error(
+        "data_dir = \"d\"\nfoo.bar = 1\n",
+        "test.toml:2:1 (foo): ",
+        &["unknown key `foo`"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nsegment.bytes = 3\n"),
+        "test.toml:4:1 (topic[0].segment): ",
+        &["unknown key `segment`"],
+    );
+    // Topics as an inline array of tables.
+    assert_error(
+        "data_dir = \"d\"\ntopic = [{ name = \"a\" }, { name = \"b\", foo = 1 }]\n",
+        "test.toml:2:40 (topic[1].foo): ",
+        &["unknown key `foo`"],
+    );
+    // A section another issue will bring is unknown until then.
+    assert_error(
+        "data_dir = \"d\"\n[cluster]\nid = 1\n",
+        "test.toml:2:2 (cluster): ",
+        &["unknown key `cluster`"],
+    );
+}
+
+#[test]
+fn topic_must_be_an_array_of_tables() {
+    assert_error(
+        "data_dir = \"d\"\n[topic]\nname = \"a\"\n",
+        "test.toml:2:1",
+        &["expected a sequence"],
+    );
+}
+
+#[test]
+fn wrong_value_type_names_the_key() {
+    assert_error(
+        &with_topic("name = \"a\"\npartitions = \"four\"\n"),
+        "test.toml:4:14 (topic[0].partitions): ",
+        &["invalid type: string \"four\""],
+    );
+    assert_error(
+        "data_dir = 5\n",
+        "test.toml:1:12 (data_dir): ",
+        &["invalid type: integer `5`"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nsegment_bytes = 1.5\n"),
+        "test.toml:4:17 (topic[0].segment_bytes): ",
+        &["a size: an integer number of bytes or a string like \"64 MiB\""],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nretention = 3600\n"),
+        "test.toml:4:13 (topic[0].retention): ",
+        &["invalid type: integer `3600`"],
+    );
+}
+
+#[test]
+fn bad_topic_names() {
+    let long = "x".repeat(250);
+    for name in ["", ".", "..", "a/b", "a b", "ünïcode", long.as_str()] {
+        let error = assert_error(
+            &with_topic(&format!("name = \"{name}\"\n")),
+            "test.toml:3:8 (topic[0].name): invalid topic name ",
+            &[
+                "[A-Za-z0-9._-]",
+                "1 to 249 characters",
+                "not \".\" or \"..\"",
+            ],
+        );
+        assert_eq!(validate_topic_name(name).err(), Some(error.message));
+    }
+    assert_error(
+        &with_topic(&format!("name = \"{long}\"\n")),
+        "test.toml:3:8",
+        &["250 characters"],
+    );
+    assert_error(
+        &with_topic("name = \"a/b\"\n"),
+        "test.toml:3:8",
+        &["'/' is not allowed"],
+    );
+    assert_eq!(validate_topic_name(&"x".repeat(249)), Ok(()));
+    assert_eq!(validate_topic_name("a.b_c-D9"), Ok(()));
+}
+
+#[test]
+fn topic_without_name() {
+    assert_error(
+        "data_dir = \"d\"\n[[topic]]\npartitions = 2\n",
+        "test.toml:2:1 (topic[0].name): ",
+        &["missing required key `name`"],
+    );
+}
+
+#[test]
+fn partitions_out_of_range() {
+    for (value, shown) in [
+        ("0", "got 0"),
+        ("-1", "got -1"),
+        ("10001", "got 10001"),
+        ("4294967297", "got 4294967297"),
+    ] {
+        assert_error(
+            &with_topic(&format!("name = \"a\"\npartitions = {value}\n")),
+            "test.toml:4:14 (topic[0].partitions): ",
+            &["partitions must be between 1 and 10000", shown],
+        );
+    }
+    assert_eq!(
+        parse(&with_topic("name = \"a\"\npartitions = 10000\n")).topics[0].partitions,
+        10_000
+    );
+}
+
+#[test]
+fn bad_sizes() {
+    assert_error(
+        &with_topic("name = \"a\"\nsegment_bytes = \"64 MiBs\"\n"),
+        "test.toml:4:17 (topic[0].segment_bytes): ",
+        &["invalid size \"64 MiBs\"", "unknown unit \"MiBs\""],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nretention_bytes = \"lots\"\n"),
+        "test.toml:4:19 (topic[0].retention_bytes): ",
+        &["invalid size \"lots\""],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nmax_batch_bytes = -1\n"),
+        "test.toml:4:19 (topic[0].max_batch_bytes): ",
+        &["must not be negative"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nsegment_bytes = \"100000000 TiB\"\n"),
+        "test.toml:4:17 (topic[0].segment_bytes): ",
+        &["more than 2^64 - 1 bytes"],
+    );
+}
+
+#[test]
+fn sizes_out_of_bounds() {
+    assert_error(
+        &with_topic("name = \"a\"\nsegment_bytes = \"1 KiB\"\n"),
+        "test.toml:4:17 (topic[0].segment_bytes): ",
+        &["segment_bytes must be between 4 KiB and 1 GiB, got 1 KiB"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nmax_batch_bytes = \"65 MiB\"\n"),
+        "test.toml:4:19 (topic[0].max_batch_bytes): ",
+        &["max_batch_bytes must be between 1 KiB and 64 MiB, got 65 MiB"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nindex_interval_bytes = 0\n"),
+        "test.toml:4:24 (topic[0].index_interval_bytes): ",
+        &["index_interval_bytes must be between"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nretention_bytes = 0\n"),
+        "test.toml:4:19 (topic[0].retention_bytes): ",
+        &["retention_bytes must be more than 0 B"],
+    );
+}
+
+#[test]
+fn bad_durations() {
+    assert_error(
+        &with_topic("name = \"a\"\nretention = \"7 dayz\"\n"),
+        "test.toml:4:13 (topic[0].retention): ",
+        &["invalid retention \"7 dayz\"", "\"250ms\""],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nsegment_age = \"soon\"\n"),
+        "test.toml:4:15 (topic[0].segment_age): ",
+        &["invalid segment_age \"soon\""],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nretention = \"0s\"\n"),
+        "test.toml:4:13 (topic[0].retention): ",
+        &["retention must be more than 0s"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nsegment_age = \"200years\"\n"),
+        "test.toml:4:15 (topic[0].segment_age): ",
+        &["at most 36500d"],
+    );
+}
+
+#[test]
+fn bad_fsync() {
+    assert_error(
+        &with_topic("name = \"a\"\nfsync = \"sometimes\"\n"),
+        "test.toml:4:9 (topic[0].fsync): ",
+        &[
+            "invalid fsync \"sometimes\"",
+            "expected \"always\" or a duration like \"10ms\"",
+        ],
+    );
+    for value in ["0ms", "11s"] {
+        assert_error(
+            &with_topic(&format!("name = \"a\"\nfsync = \"{value}\"\n")),
+            "test.toml:4:9 (topic[0].fsync): ",
+            &["fsync interval must be more than 0s and at most 10s"],
+        );
+    }
+    let config = parse(&with_topic("name = \"a\"\nfsync = \"10s\"\n"));
+    assert_eq!(
+        config.topics[0].fsync,
+        FsyncPolicy::Interval(Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn duplicate_topic() {
+    let text = "data_dir = \"d\"\n[[topic]]\nname = \"events\"\n[[topic]]\nname = \"other\"\n[[topic]]\nname = \"events\"\n";
+    assert_error(
+        text,
+        "test.toml:7:8 (topic[2].name): ",
+        &["duplicate topic name \"events\"", "topic[0]"],
+    );
+    // Differing only in case: they would share directories on macOS and Windows.
+    let text = "data_dir = \"d\"\n[[topic]]\nname = \"Events\"\n[[topic]]\nname = \"events\"\n";
+    assert_error(
+        text,
+        "test.toml:5:8 (topic[1].name): ",
+        &["duplicate topic name \"events\"", "\"Events\""],
+    );
+}
+
+#[test]
+fn missing_data_dir() {
+    assert_error(
+        "[[topic]]\nname = \"a\"\n",
+        "test.toml (data_dir): ",
+        &["missing required key `data_dir`"],
+    );
+    assert_error(
+        "",
+        "test.toml (data_dir): ",
+        &["missing required key `data_dir`"],
+    );
+    assert_error(
+        "data_dir = \"\"\n",
+        "test.toml:1:12 (data_dir): ",
+        &["data_dir must not be empty"],
+    );
+}
+
+#[test]
+fn cleanup_compact_is_not_implemented() {
+    for value in ["compact", "compact,delete"] {
+        assert_error(
+            &with_topic(&format!("name = \"a\"\ncleanup = \"{value}\"\n")),
+            "test.toml:4:11 (topic[0].cleanup): ",
+            &["key compaction is not implemented yet"],
+        );
+    }
+    assert_error(
+        &with_topic("name = \"a\"\ncleanup = \"purge\"\n"),
+        "test.toml:4:11 (topic[0].cleanup): ",
+        &["invalid cleanup \"purge\""],
+    );
+}
+
+#[test]
+fn replication_factor_other_than_one_is_not_implemented() {
+    assert_error(
+        &with_topic("name = \"a\"\nreplication_factor = 3\n"),
+        "test.toml:4:22 (topic[0].replication_factor): ",
+        &["replication is not implemented yet"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nreplication_factor = 0\n"),
+        "test.toml:4:22 (topic[0].replication_factor): ",
+        &["replication_factor must be at least 1"],
+    );
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    // "é" is two bytes in UTF-8 but one column.
+    assert_error(
+        "# café\ndata_dir = \"d\"\n[[topic]]\nname = \"é\"\n",
+        "test.toml:4:8 (topic[0].name): ",
+        &["'é' is not allowed"],
+    );
+}
+
+#[test]
+fn validate_checks_configs_built_in_code() {
+    let mut config = Config::new("data");
+    config.topics.push(TopicConfig::with_defaults("events"));
+    assert_eq!(config.validate(), Ok(()));
+
+    let broken = |edit: Edit| {
+        let mut config = config.clone();
+        config.topics.push(TopicConfig::with_defaults("second"));
+        edit(&mut config.topics[1]);
+        config
+            .validate()
+            .expect_err("should be invalid")
+            .to_string()
+    };
+    type Edit = fn(&mut TopicConfig);
+    let cases: [(Edit, &str); 10] = [
+        (
+            |t| t.name = "a b".into(),
+            "<config> (topic[1].name): invalid topic name",
+        ),
+        (
+            |t| t.name = "EVENTS".into(),
+            "<config> (topic[1].name): duplicate topic name",
+        ),
+        (
+            |t| t.partitions = 0,
+            "<config> (topic[1].partitions): partitions must be between 1 and 10000",
+        ),
+        (
+            |t| t.segment_bytes = 1,
+            "<config> (topic[1].segment_bytes): segment_bytes must be between",
+        ),
+        (
+            |t| t.segment_age = Some(Duration::ZERO),
+            "<config> (topic[1].segment_age): ",
+        ),
+        (
+            |t| t.retention = Some(Duration::MAX),
+            "<config> (topic[1].retention): ",
+        ),
+        (
+            |t| t.retention_bytes = Some(0),
+            "<config> (topic[1].retention_bytes): ",
+        ),
+        (
+            |t| t.fsync = FsyncPolicy::Interval(Duration::ZERO),
+            "<config> (topic[1].fsync): ",
+        ),
+        (
+            |t| t.max_batch_bytes = 1 << 30,
+            "<config> (topic[1].max_batch_bytes): ",
+        ),
+        (
+            |t| t.replication_factor = 2,
+            "<config> (topic[1].replication_factor): replication_factor = 2: replication is not implemented yet",
+        ),
+    ];
+    for (edit, prefix) in cases {
+        let shown = broken(edit);
+        assert!(
+            shown.starts_with(prefix),
+            "{shown:?} should start with {prefix:?}"
+        );
+    }
+
+    let empty = Config::new("");
+    assert_eq!(
+        empty.validate().unwrap_err().to_string(),
+        "<config> (data_dir): data_dir must not be empty"
+    );
+}
