@@ -1009,11 +1009,11 @@ impl PartitionLog {
         let path = SegmentFile::wal_path(&self.directory, self.active.base_offset);
         let format_error = |reason: String| OpenError::Format {
             file: path.clone(),
-            reason,
+            reason: format!("cannot truncate from offset {from}: {reason}"),
         };
         if from < self.active.base_offset || from > self.log_end_offset {
             return Err(format_error(format!(
-                "cannot truncate from offset {from}: only offsets inside the active segment [{}, {}] can be truncated",
+                "only offsets inside the active segment [{}, {}] can be truncated",
                 self.active.base_offset, self.log_end_offset
             )));
         }
@@ -1030,21 +1030,27 @@ impl PartitionLog {
             SCAN_CHUNK_BYTES,
         );
         let cut_position = loop {
-            match reader.next_frame() {
-                Ok(Some((position, view))) if view.header.base_offset == from => break position,
-                Ok(Some((_, view))) if view.header.next_offset() <= from => continue,
-                Ok(Some((_, view))) => {
+            let (position, header) = match reader.next_frame() {
+                Ok(Some((position, view))) => (position, view.header),
+                Ok(None) => return Err(format_error("no batch starts there".to_string())),
+                Err(FrameReadError::Io(error)) => {
+                    return Err(OpenError::Io(io_error("read", &path, error)))
+                }
+                Err(FrameReadError::Frame { position, error }) => {
                     return Err(format_error(format!(
-                        "cannot truncate from offset {from}: it is inside the batch [{}, {}], not at a batch boundary",
-                        view.header.base_offset,
-                        view.header.last_offset()
+                        "damaged frame at byte {position}: {error}"
                     )))
                 }
-                Ok(None) => return Err(format_error(format!("cannot truncate from offset {from}: no batch starts there"))),
-                Err(FrameReadError::Io(error)) => return Err(OpenError::Io(io_error("read", &path, error))),
-                Err(FrameReadError::Frame { position, error }) => {
-                    return Err(format_error(format!("cannot truncate from offset {from}: damaged frame at byte {position}: {error}")))
-                }
+            };
+            if header.base_offset == from {
+                break position;
+            }
+            if header.next_offset() > from {
+                return Err(format_error(format!(
+                    "it is inside the batch [{}, {}], not at a batch boundary",
+                    header.base_offset,
+                    header.last_offset()
+                )));
             }
         };
         self.active
@@ -1376,7 +1382,8 @@ impl Recovery<'_> {
             if name.ends_with(".tmp") {
                 io::delete_file(&entry.path())?;
                 self.report.orphans_removed += 1;
-                tracing::info!(file = %entry.path().display(), "removed a temp file left by an interrupted write");
+                let file = entry.path();
+                tracing::info!(file = %file.display(), "removed a temp file left by a crash");
                 continue;
             }
             match parse_segment_name(name) {
@@ -1409,7 +1416,8 @@ impl Recovery<'_> {
     }
 
     fn report_corruption(&mut self, corruption: &Corruption) {
-        tracing::error!(%corruption, "damaged segment quarantined: reads at or past the damage report corruption");
+        // Reads at or past the damage report it; nothing is cut.
+        tracing::error!(%corruption, "damaged segment quarantined");
         self.report.corruptions.push(corruption.clone());
     }
 
@@ -1427,7 +1435,9 @@ impl Recovery<'_> {
             Ok(bytes) => match SegmentIndex::decode(&bytes) {
                 Ok(index) if index.segment_bytes == size_bytes => Some(index),
                 Ok(index) => {
-                    tracing::warn!(file = %index_path.display(), indexed = index.segment_bytes, size_bytes, "stale index, rebuilding");
+                    let indexed_bytes = index.segment_bytes;
+                    let file = index_path.display();
+                    tracing::warn!(%file, indexed_bytes, size_bytes, "stale index, rebuilding");
                     None
                 }
                 Err(reason) => {
@@ -1571,7 +1581,8 @@ impl Recovery<'_> {
             broken
                 .sync_all()
                 .map_err(|error| io_error("fsync", &broken_path, error))?;
-            tracing::warn!(file = %path.display(), position = from, bytes = end - from, "cut a torn tail, kept in .broken");
+            let (file, bytes) = (path.display(), end - from);
+            tracing::warn!(%file, position = from, bytes, "cut a torn tail, kept in .broken");
         }
         file.file
             .set_len(from)
@@ -1595,7 +1606,10 @@ impl Recovery<'_> {
         if base_offset < previous_next_offset && scan.damage.is_none() {
             scan.damage = Some(Damage {
                 position: SEGMENT_HEADER_BYTES.min(scan.file_bytes),
-                reason: format!("base offset {base_offset} overlaps the previous block, which ends at {previous_next_offset}"),
+                reason: format!(
+                    "base offset {base_offset} overlaps the previous block, \
+                     which ends at {previous_next_offset}"
+                ),
                 later_next_offset: Some(scan.index.next_offset),
                 order_violation: true,
             });
@@ -2298,6 +2312,34 @@ mod tests {
         assert!(SegmentFile::log_path(directory.path(), Offset(0)).exists());
         assert_eq!(log.log_end_offset(), log_end_offset);
         assert_values(&read_all(&log, Offset(0), 1 << 20), 0, log_end_offset.0);
+    }
+
+    #[test]
+    fn a_crash_right_after_a_roll_seals_the_old_file_and_keeps_the_new_one() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let rolled_base = loop {
+            let first = log.log_end_offset().0;
+            let outcome = log.append(&records(first, 3), Term(0), 0).unwrap();
+            if matches!(outcome.jobs.first(), Some(IoJob::Seal(_))) {
+                // Crash: neither the seal nor the first write to the new file ran.
+                break outcome.base_offset;
+            }
+            run_jobs(&mut log, outcome.jobs);
+        };
+        drop(log);
+        let new_wal = SegmentFile::wal_path(directory.path(), rolled_base);
+        assert_eq!(std::fs::metadata(&new_wal).unwrap().len(), 0);
+
+        let (mut log, report) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        assert_eq!((report.seals_completed, report.sealed_blocks), (1, 1));
+        assert!(report.corruptions.is_empty());
+        assert_eq!(log.log_end_offset(), rolled_base);
+        assert_eq!(std::fs::read(&new_wal).unwrap(), encode_header());
+        assert!(SegmentFile::log_path(directory.path(), Offset(0)).exists());
+        assert!(SegmentFile::index_path(directory.path(), Offset(0)).exists());
+        append_batches(&mut log, 1, 3);
+        assert_values(&read_all(&log, Offset(0), 1 << 20), 0, rolled_base.0 + 3);
     }
 
     #[test]
