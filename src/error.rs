@@ -133,6 +133,17 @@ pub enum FetchError {
     /// Stored data is damaged; it is not returned. Final until repaired.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The offset is in a block the startup load has not reached yet, and
+    /// it was not loaded within the fetch's `max_wait`. Retryable.
+    #[error("offset {requested} is still loading (block {block_base_offset}; background load {loaded_percent}% done)")]
+    Loading {
+        /// The offset asked for.
+        requested: Offset,
+        /// The block holding it.
+        block_base_offset: Offset,
+        /// Bytes of sealed blocks loaded, in percent.
+        loaded_percent: u8,
+    },
     /// An I/O error while reading. Retryable.
     #[error("read error: {0}")]
     Io(String),
@@ -157,6 +168,14 @@ impl From<ReadError> for FetchError {
                 high_watermark,
             },
             ReadError::Corrupt(message) => FetchError::Corrupt(message),
+            ReadError::NotLoaded {
+                requested,
+                block_base_offset,
+            } => FetchError::Loading {
+                requested,
+                block_base_offset,
+                loaded_percent: 0,
+            },
             ReadError::Io { file, message } => {
                 FetchError::Io(format!("{}: {message}", file.display()))
             }

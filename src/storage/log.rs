@@ -4,7 +4,7 @@ use super::batch::{
     decode_frame, encode_frame, peek_frame_len, FrameError, FrameView, ProducerFields,
     BATCH_HEADER_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
-use super::index::SegmentIndex;
+use super::index::{SegmentIndex, INDEX_HEADER_BYTES, INDEX_MAGIC};
 use super::io::{self, AppendJob, DeleteJob, IoError, IoJob, SealJob};
 use super::segment::{check_header, encode_header, SegmentFile, SEGMENT_HEADER_BYTES};
 use crate::types::{FetchedRecord, Offset, Record, Term};
@@ -141,6 +141,15 @@ pub enum ReadError {
     /// The data is damaged; it is not returned. Final until repaired.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The offset is in a sealed block the startup load has not reached
+    /// yet. Retryable: the block is being loaded in the background.
+    #[error("offset {requested} is in block {block_base_offset}, which is not loaded yet")]
+    NotLoaded {
+        /// The offset asked for.
+        requested: Offset,
+        /// Base offset of the block holding it.
+        block_base_offset: Offset,
+    },
     /// An I/O error while reading. Retryable.
     #[error("read {file}: {message}")]
     Io {
@@ -533,11 +542,54 @@ struct UnsyncedAppend {
 
 /// One segment as a reader sees it.
 struct SegmentView<'a> {
+    base_offset: Offset,
     file: &'a Arc<SegmentFile>,
     index: &'a SegmentIndex,
     next_offset: Offset,
     end_position: u64,
     corrupt_from: Option<&'a Corruption>,
+}
+
+impl From<LoadedBlock> for Block {
+    fn from(loaded: LoadedBlock) -> Block {
+        Block {
+            file: loaded.file,
+            index: loaded.index,
+            size_bytes: loaded.size_bytes,
+            durable_bytes: loaded.size_bytes,
+            corrupt_from: loaded.corrupt_from,
+            seal: SealState::Sealed,
+        }
+    }
+}
+
+/// The first offset the log holds: the oldest block, loaded or not, or the
+/// active segment.
+fn first_base_offset(
+    blocks: &BTreeMap<Offset, Block>,
+    unloaded: &BTreeMap<Offset, UnloadedBlock>,
+    active: &ActiveSegment,
+) -> Offset {
+    let oldest_loaded = blocks.keys().next().copied();
+    let oldest_unloaded = unloaded.keys().next().copied();
+    match (oldest_loaded, oldest_unloaded) {
+        (Some(loaded), Some(listed)) => loaded.min(listed),
+        (Some(base), None) | (None, Some(base)) => base,
+        (None, None) => active.base_offset,
+    }
+}
+
+/// `max_timestamp_ms` from an index file's header (bytes 40..48), without
+/// verifying the file: `None` if it cannot be read or has no magic.
+fn read_index_timestamp_hint(index_path: &Path) -> Option<i64> {
+    let file = File::open(index_path).ok()?;
+    let mut header = [0u8; INDEX_HEADER_BYTES];
+    file.read_exact_at(&mut header, 0).ok()?;
+    if header[..INDEX_MAGIC.len()] != INDEX_MAGIC {
+        return None;
+    }
+    let bytes: [u8; 8] = header[40..48].try_into().ok()?;
+    Some(i64::from_le_bytes(bytes))
 }
 
 /// An index with no batches for a segment starting at `base_offset`.
@@ -549,6 +601,153 @@ fn empty_index(base_offset: Offset) -> SegmentIndex {
     }
 }
 
+/// A sealed block known by its file name, not loaded yet: reads of its
+/// offsets answer [`ReadError::NotLoaded`] until [`PartitionLog::register_block`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnloadedBlock {
+    /// Its base offset (from the file name).
+    pub base_offset: Offset,
+    /// Bytes of its `.log` file.
+    pub size_bytes: u64,
+    /// Largest timestamp according to its index header, unverified: only
+    /// used to decide whether the block is in the hot window.
+    pub max_timestamp_hint_ms: Option<i64>,
+}
+
+/// How much [`load_block`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Read every frame and check its CRC; rebuild the index if it is
+    /// missing, damaged or does not match the data.
+    Full,
+    /// Trust a valid index; scan only when it is missing, damaged or stale.
+    /// Reads still verify every frame they return.
+    TrustIndex,
+}
+
+/// A block read (and verified) away from its partition, ready for
+/// [`PartitionLog::register_block`].
+#[derive(Debug)]
+pub struct LoadedBlock {
+    /// Its base offset.
+    pub base_offset: Offset,
+    /// Bytes of its file.
+    pub size_bytes: u64,
+    /// Damage found: reads at or past it report corruption. The block is
+    /// kept (quarantined), never cut.
+    pub corrupt_from: Option<Corruption>,
+    /// The index was missing, damaged or stale and was rewritten.
+    pub index_rebuilt: bool,
+    /// Leftover temp files removed while rewriting the index.
+    pub orphans_removed: u64,
+    file: Arc<SegmentFile>,
+    index: SegmentIndex,
+}
+
+/// Loads one sealed block: opens it, checks it as `verification` says,
+/// rebuilds its index if needed (atomically: temp file, fsync, rename).
+/// Runs on any thread; the result goes to the partition by message.
+pub fn load_block(
+    directory: &Path,
+    base_offset: Offset,
+    index_interval_bytes: u64,
+    verification: Verification,
+) -> Result<LoadedBlock, OpenError> {
+    let path = SegmentFile::log_path(directory, base_offset);
+    let file = SegmentFile::open(&path, directory, base_offset)?;
+    let size_bytes = file
+        .file
+        .metadata()
+        .map_err(|error| io_error("stat", &path, error))?
+        .len();
+    let index_path = SegmentFile::index_path(directory, base_offset);
+    let stored = match std::fs::read(&index_path) {
+        Ok(bytes) => match SegmentIndex::decode(&bytes) {
+            Ok(index) if index.segment_bytes == size_bytes => Some(index),
+            Ok(index) => {
+                let indexed_bytes = index.segment_bytes;
+                let file = index_path.display();
+                tracing::warn!(%file, indexed_bytes, size_bytes, "stale index, rebuilding");
+                None
+            }
+            Err(reason) => {
+                tracing::warn!(file = %index_path.display(), %reason, "bad index, rebuilding");
+                None
+            }
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(io_error("read", &index_path, error).into()),
+    };
+    if verification == Verification::TrustIndex {
+        if let Some(index) = stored {
+            return Ok(LoadedBlock {
+                base_offset,
+                size_bytes,
+                corrupt_from: None,
+                index_rebuilt: false,
+                orphans_removed: 0,
+                file: Arc::new(file),
+                index,
+            });
+        }
+    }
+    let scan = scan_segment(&file, &path, base_offset, index_interval_bytes)?;
+    // In a sealed block every kind of damage is damage: it was complete when sealed.
+    let (index, corrupt_from) = quarantine_scan(scan, &path);
+    let file = Arc::new(file);
+    let index_rebuilt = stored.as_ref() != Some(&index);
+    let mut orphans_removed = 0;
+    if index_rebuilt {
+        // A seal of an already renamed file only (re)writes its index, atomically.
+        let job = SealJob {
+            file: Arc::clone(&file),
+            base_offset,
+            index_bytes: index.encode(),
+        };
+        orphans_removed = io::run_seal(&job)?.orphans_removed;
+        tracing::info!(file = %index_path.display(), "rebuilt a block index");
+    }
+    Ok(LoadedBlock {
+        base_offset,
+        size_bytes,
+        corrupt_from,
+        index_rebuilt,
+        orphans_removed,
+        file,
+        index,
+    })
+}
+
+/// The index (and corruption, if any) of a segment kept whole despite
+/// damage: its index claims every offset seen in it, so a read of an offset
+/// past the damage reports the damage instead of skipping it.
+fn quarantine_scan(scan: SegmentScan, path: &Path) -> (SegmentIndex, Option<Corruption>) {
+    let mut index = scan.index;
+    index.segment_bytes = scan.file_bytes;
+    let Some(damage) = scan.damage else {
+        return (index, None);
+    };
+    let corruption = Corruption {
+        file: path.to_path_buf(),
+        position: damage.position,
+        offset: Some(index.next_offset),
+        reason: damage.reason,
+    };
+    index.next_offset = index
+        .next_offset
+        .max(damage.later_next_offset.unwrap_or(index.next_offset));
+    (index, Some(corruption))
+}
+
+/// Whether `open` loads sealed blocks or only lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockLoading {
+    /// Register every block from its index now.
+    Eager,
+    /// List blocks as unloaded; the owner loads and registers them.
+    Deferred,
+}
+
 /// One partition's log. See the [module docs](super).
 #[derive(Debug)]
 pub struct PartitionLog {
@@ -556,6 +755,8 @@ pub struct PartitionLog {
     options: LogOptions,
     /// Sealed blocks (and blocks being sealed), by base offset.
     blocks: BTreeMap<Offset, Block>,
+    /// Sealed blocks listed at open and not loaded yet, by base offset.
+    unloaded: BTreeMap<Offset, UnloadedBlock>,
     active: ActiveSegment,
     log_end_offset: Offset,
     high_watermark: Offset,
@@ -576,6 +777,26 @@ impl PartitionLog {
     pub fn open(
         directory: &Path,
         options: LogOptions,
+    ) -> Result<(PartitionLog, RecoveryReport), OpenError> {
+        PartitionLog::open_with(directory, options, BlockLoading::Eager)
+    }
+
+    /// Like [`PartitionLog::open`], but sealed blocks are only listed (file
+    /// names and sizes), not read: the active segment is recovered and
+    /// served at once, and the owner loads blocks with [`load_block`] and
+    /// [`PartitionLog::register_block`] in the order it likes (the chunked
+    /// startup load). Until then their offsets answer `NotLoaded`.
+    pub fn open_deferred(
+        directory: &Path,
+        options: LogOptions,
+    ) -> Result<(PartitionLog, RecoveryReport), OpenError> {
+        PartitionLog::open_with(directory, options, BlockLoading::Deferred)
+    }
+
+    fn open_with(
+        directory: &Path,
+        options: LogOptions,
+        loading: BlockLoading,
     ) -> Result<(PartitionLog, RecoveryReport), OpenError> {
         std::fs::create_dir_all(directory)
             .map_err(|error| io_error("create directory", directory, error))?;
@@ -610,12 +831,20 @@ impl PartitionLog {
         );
         block_bases.sort_unstable();
         let mut blocks = BTreeMap::new();
+        let mut unloaded = BTreeMap::new();
         let mut previous_next_offset = Offset(0);
         for (base, kind) in block_bases {
             let base_offset = Offset(base);
-            let block = match kind {
-                SegmentKind::Sealed => Some(recovery.load_block(base_offset)?),
-                SegmentKind::Unsealed => recovery.finish_seal(base_offset)?,
+            let block = match (kind, loading) {
+                (SegmentKind::Sealed, BlockLoading::Eager) => {
+                    Some(recovery.load_block(base_offset)?)
+                }
+                (SegmentKind::Sealed, BlockLoading::Deferred) => {
+                    unloaded.insert(base_offset, recovery.list_block(base_offset)?);
+                    continue;
+                }
+                // Interrupted seals are recent data: finished now either way.
+                (SegmentKind::Unsealed, _) => recovery.finish_seal(base_offset)?,
             };
             let Some(mut block) = block else { continue };
             if base_offset < previous_next_offset && block.corrupt_from.is_none() {
@@ -660,11 +889,12 @@ impl PartitionLog {
         let mut report = recovery.report;
         report.sealed_blocks = blocks.len();
         let log_end_offset = active.index.next_offset.max(active.base_offset);
-        let log_start_offset = blocks.keys().next().copied().unwrap_or(active.base_offset);
+        let log_start_offset = first_base_offset(&blocks, &unloaded, &active);
         let log = PartitionLog {
             directory: directory.to_path_buf(),
             options,
             blocks,
+            unloaded,
             active,
             log_end_offset,
             high_watermark: log_end_offset,
@@ -889,10 +1119,15 @@ impl PartitionLog {
     /// The oldest block, if it is sealed. A block still being sealed stops
     /// retention: deleting past it would leave a hole in the log.
     fn oldest_sealed_block(&self) -> Option<&Block> {
-        self.blocks
-            .values()
+        let (base_offset, block) = self.blocks.iter().next()?;
+        // A block not loaded yet stops retention too: its age is unknown
+        // until the background load reaches it.
+        let older_unloaded = self
+            .unloaded
+            .keys()
             .next()
-            .filter(|block| block.seal == SealState::Sealed)
+            .is_some_and(|unloaded_base| unloaded_base < base_offset);
+        (block.seal == SealState::Sealed && !older_unloaded).then_some(block)
     }
 
     fn remove_oldest_block(&mut self) -> IoJob {
@@ -900,12 +1135,7 @@ impl PartitionLog {
             .blocks
             .pop_first()
             .expect("called only when a sealed block exists");
-        self.log_start_offset = self
-            .blocks
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.active.base_offset);
+        self.log_start_offset = first_base_offset(&self.blocks, &self.unloaded, &self.active);
         IoJob::Delete(DeleteJob {
             base_offset,
             paths: vec![
@@ -932,9 +1162,38 @@ impl PartitionLog {
         if offset == self.high_watermark {
             return Ok(None);
         }
+        let holder_loaded = self
+            .blocks
+            .range(..=offset)
+            .next_back()
+            .map(|(base, _)| *base);
+        let holder_unloaded = self
+            .unloaded
+            .range(..=offset)
+            .next_back()
+            .map(|(base, _)| *base);
+        if let Some(unloaded_base) = holder_unloaded {
+            if offset < self.active.base_offset
+                && holder_loaded.is_none_or(|base| base < unloaded_base)
+            {
+                return Err(ReadError::NotLoaded {
+                    requested: offset,
+                    block_base_offset: unloaded_base,
+                });
+            }
+        }
+        // A plan stops before the next block that is not loaded yet.
+        let stop_before = self
+            .unloaded
+            .range(offset.next()..)
+            .next()
+            .map(|(base, _)| *base);
         let mut ranges: Vec<ReadRange> = Vec::new();
         let mut planned_bytes = 0u64;
         for view in self.segments_from(offset) {
+            if !ranges.is_empty() && stop_before.is_some_and(|stop| view.base_offset >= stop) {
+                break;
+            }
             if ranges.is_empty() && view.next_offset <= offset {
                 // A gap (e.g. compacted away): the next segment has the offset.
                 // Offsets lost to damage are not a gap: a damaged block's
@@ -982,6 +1241,7 @@ impl PartitionLog {
             None => self.blocks.range(..),
         };
         let active = SegmentView {
+            base_offset: self.active.base_offset,
             file: &self.active.file,
             index: &self.active.index,
             next_offset: self.log_end_offset,
@@ -989,7 +1249,8 @@ impl PartitionLog {
             corrupt_from: None,
         };
         blocks
-            .map(|(_, block)| SegmentView {
+            .map(|(base_offset, block)| SegmentView {
+                base_offset: *base_offset,
                 file: &block.file,
                 index: &block.index,
                 next_offset: block.index.next_offset,
@@ -1124,11 +1385,68 @@ impl PartitionLog {
             .values()
             .map(|block| block.size_bytes)
             .sum::<u64>()
+            + self.unloaded_bytes()
             + self.active.write_position
     }
-    /// Sealed blocks plus the active segment.
+    /// Sealed blocks (loaded or not) plus the active segment.
     pub fn segment_count(&self) -> usize {
-        self.blocks.len() + 1
+        self.blocks.len() + self.unloaded.len() + 1
+    }
+    /// Sealed blocks listed at open and not registered yet, newest first.
+    pub fn unloaded_blocks(&self) -> impl Iterator<Item = &UnloadedBlock> {
+        self.unloaded.values().rev()
+    }
+    /// Bytes of the blocks not loaded yet.
+    pub fn unloaded_bytes(&self) -> u64 {
+        self.unloaded.values().map(|block| block.size_bytes).sum()
+    }
+    /// Bytes of the loaded sealed blocks.
+    pub fn loaded_block_bytes(&self) -> u64 {
+        self.blocks.values().map(|block| block.size_bytes).sum()
+    }
+
+    /// Registers a block loaded by [`load_block`]: its offsets become
+    /// readable. Returns `false` (and drops it) if the log was not waiting
+    /// for that block. A block whose offsets overlap a loaded neighbour is
+    /// registered quarantined (reads report the overlap as corruption).
+    pub fn register_block(&mut self, mut loaded: LoadedBlock) -> bool {
+        if self.unloaded.remove(&loaded.base_offset).is_none() {
+            return false;
+        }
+        let base_offset = loaded.base_offset;
+        let previous_end = self
+            .blocks
+            .range(..base_offset)
+            .next_back()
+            .map(|(_, block)| block.index.next_offset);
+        let next_base = self
+            .blocks
+            .range(base_offset.next()..)
+            .next()
+            .map(|(base, _)| *base)
+            .unwrap_or(self.active.base_offset);
+        let overlap = if previous_end.is_some_and(|end| end > base_offset) {
+            Some(format!(
+                "base offset {base_offset} overlaps the previous block"
+            ))
+        } else if loaded.index.next_offset > next_base {
+            Some(format!(
+                "block ends at {} past the next segment's base {next_base}",
+                loaded.index.next_offset
+            ))
+        } else {
+            None
+        };
+        if let (Some(reason), None) = (overlap, &loaded.corrupt_from) {
+            loaded.corrupt_from = Some(Corruption {
+                file: SegmentFile::log_path(&self.directory, base_offset),
+                position: SEGMENT_HEADER_BYTES,
+                offset: Some(base_offset),
+                reason,
+            });
+        }
+        self.blocks.insert(base_offset, Block::from(loaded));
+        true
     }
     /// The partition directory.
     pub fn directory(&self) -> &Path {
@@ -1423,62 +1741,32 @@ impl Recovery<'_> {
 
     /// A sealed block: its index if valid, else a scan that rebuilds it.
     fn load_block(&mut self, base_offset: Offset) -> Result<Block, OpenError> {
+        let loaded = load_block(
+            self.directory,
+            base_offset,
+            self.options.index_interval_bytes,
+            Verification::TrustIndex,
+        )?;
+        self.report.orphans_removed += loaded.orphans_removed;
+        if let Some(corruption) = &loaded.corrupt_from {
+            self.report_corruption(corruption);
+        }
+        Ok(Block::from(loaded))
+    }
+
+    /// A sealed block listed but not read: its size, and the largest
+    /// timestamp its index header claims (a hint for the hot window).
+    fn list_block(&mut self, base_offset: Offset) -> Result<UnloadedBlock, OpenError> {
         let path = SegmentFile::log_path(self.directory, base_offset);
-        let file = SegmentFile::open(&path, self.directory, base_offset)?;
-        let size_bytes = file
-            .file
-            .metadata()
+        let size_bytes = std::fs::metadata(&path)
             .map_err(|error| io_error("stat", &path, error))?
             .len();
         let index_path = SegmentFile::index_path(self.directory, base_offset);
-        let loaded = match std::fs::read(&index_path) {
-            Ok(bytes) => match SegmentIndex::decode(&bytes) {
-                Ok(index) if index.segment_bytes == size_bytes => Some(index),
-                Ok(index) => {
-                    let indexed_bytes = index.segment_bytes;
-                    let file = index_path.display();
-                    tracing::warn!(%file, indexed_bytes, size_bytes, "stale index, rebuilding");
-                    None
-                }
-                Err(reason) => {
-                    tracing::warn!(file = %index_path.display(), %reason, "bad index, rebuilding");
-                    None
-                }
-            },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(io_error("read", &index_path, error).into()),
-        };
-        if let Some(index) = loaded {
-            // A good index is trusted: startup does not CRC-scan sealed data
-            // (reads verify every frame they return).
-            return Ok(Block {
-                file: Arc::new(file),
-                index,
-                size_bytes,
-                durable_bytes: size_bytes,
-                corrupt_from: None,
-                seal: SealState::Sealed,
-            });
-        }
-        let scan = scan_segment(&file, &path, base_offset, self.options.index_interval_bytes)?;
-        // In a sealed block every kind of damage is damage: it was complete when sealed.
-        let (index, corrupt_from) = self.quarantine(scan, &path);
-        // A seal of an already renamed file only (re)writes its index, atomically.
-        let file = Arc::new(file);
-        let job = SealJob {
-            file: Arc::clone(&file),
+        let max_timestamp_hint_ms = read_index_timestamp_hint(&index_path);
+        Ok(UnloadedBlock {
             base_offset,
-            index_bytes: index.encode(),
-        };
-        self.report.orphans_removed += io::run_seal(&job)?.orphans_removed;
-        tracing::info!(file = %index_path.display(), "rebuilt a block index");
-        Ok(Block {
-            file,
-            index,
             size_bytes,
-            durable_bytes: size_bytes,
-            corrupt_from,
-            seal: SealState::Sealed,
+            max_timestamp_hint_ms,
         })
     }
 
@@ -1486,22 +1774,11 @@ impl Recovery<'_> {
     /// damage: its index claims every offset seen in it, so a read of an
     /// offset past the damage reports the damage instead of skipping it.
     fn quarantine(&mut self, scan: SegmentScan, path: &Path) -> (SegmentIndex, Option<Corruption>) {
-        let mut index = scan.index;
-        index.segment_bytes = scan.file_bytes;
-        let Some(damage) = scan.damage else {
-            return (index, None);
-        };
-        let corruption = Corruption {
-            file: path.to_path_buf(),
-            position: damage.position,
-            offset: Some(index.next_offset),
-            reason: damage.reason,
-        };
-        index.next_offset = index
-            .next_offset
-            .max(damage.later_next_offset.unwrap_or(index.next_offset));
-        self.report_corruption(&corruption);
-        (index, Some(corruption))
+        let (index, corruption) = quarantine_scan(scan, path);
+        if let Some(corruption) = &corruption {
+            self.report_corruption(corruption);
+        }
+        (index, corruption)
     }
 
     /// An older `.wal`: a seal a crash interrupted. Scans it (a torn tail is
@@ -2514,6 +2791,109 @@ mod tests {
         run_jobs(&mut log, jobs);
         assert!(log.retention_jobs(0).is_empty());
         assert!(!SegmentFile::log_path(directory.path(), bases[0]).exists());
+    }
+
+    /// Builds a log with several sealed blocks, closes it, and reopens it
+    /// deferred: the blocks are listed, not loaded.
+    fn deferred_log_with_blocks(directory: &Path) -> PartitionLog {
+        let (mut log, _) = PartitionLog::open(directory, small_segments()).unwrap();
+        append_batches(&mut log, 30, 4);
+        drop(log);
+        let (log, _) = PartitionLog::open_deferred(directory, small_segments()).unwrap();
+        log
+    }
+
+    #[test]
+    fn a_deferred_open_serves_the_active_segment_and_reports_unloaded_blocks() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut log = deferred_log_with_blocks(directory.path());
+        let unloaded: Vec<Offset> = log
+            .unloaded_blocks()
+            .map(|block| block.base_offset)
+            .collect();
+        assert!(
+            unloaded.len() >= 3,
+            "the fixture must have several blocks: {unloaded:?}"
+        );
+        assert!(
+            unloaded.windows(2).all(|pair| pair[0] > pair[1]),
+            "newest first"
+        );
+        assert!(log
+            .unloaded_blocks()
+            .all(|block| block.max_timestamp_hint_ms == Some(1_000)));
+        assert_eq!(log.log_start_offset(), Offset(0));
+        assert_eq!(log.high_watermark(), Offset(120));
+        // The oldest offset is in a block that is not loaded: a typed answer.
+        let oldest_base = *unloaded.last().unwrap();
+        assert_eq!(
+            log.read_plan(Offset(0), 1 << 20).unwrap_err(),
+            ReadError::NotLoaded {
+                requested: Offset(0),
+                block_base_offset: oldest_base
+            }
+        );
+        // The active segment is served, and appends go on.
+        let active_base = log.active.base_offset;
+        let tail = read_all(&log, active_base, 1 << 20);
+        assert_values(&tail, active_base.0, 120 - active_base.0);
+        append_batches(&mut log, 1, 4);
+        assert_eq!(log.high_watermark(), Offset(124));
+        // Retention cannot judge a block it has not loaded.
+        log.options.retention_bytes = Some(1);
+        assert!(log.retention_jobs(i64::MAX).is_empty());
+    }
+
+    #[test]
+    fn registering_blocks_newest_first_makes_every_offset_readable() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut log = deferred_log_with_blocks(directory.path());
+        let bases: Vec<Offset> = log
+            .unloaded_blocks()
+            .map(|block| block.base_offset)
+            .collect();
+        for (loaded_count, base) in bases.iter().enumerate() {
+            let loaded = load_block(directory.path(), *base, 128, Verification::Full).unwrap();
+            assert!(loaded.corrupt_from.is_none());
+            assert!(
+                !loaded.index_rebuilt,
+                "the index written at seal matches the data"
+            );
+            assert!(log.register_block(loaded));
+            // A read from the newest loaded block runs to the end without
+            // entering blocks that are still unloaded.
+            let from = read_all(&log, *base, 1 << 20);
+            assert_values(&from, base.0, 120 - base.0);
+            assert_eq!(
+                log.unloaded_blocks().count(),
+                bases.len() - loaded_count - 1
+            );
+        }
+        assert_values(&read_all(&log, Offset(0), 256), 0, 120);
+        // A block registered twice is refused the second time.
+        let again = load_block(directory.path(), bases[0], 128, Verification::Full).unwrap();
+        assert!(!log.register_block(again));
+    }
+
+    #[test]
+    fn a_full_load_finds_a_flipped_bit_that_the_index_alone_would_trust() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = deferred_log_with_blocks(directory.path());
+        let base = log.unloaded_blocks().last().unwrap().base_offset;
+        let path = SegmentFile::log_path(directory.path(), base);
+        let positions = frame_positions(&path);
+        flip_bit(&path, positions[1] + 30);
+        let trusted = load_block(directory.path(), base, 128, Verification::TrustIndex).unwrap();
+        assert!(
+            trusted.corrupt_from.is_none(),
+            "trusting the index skips the scan"
+        );
+        let verified = load_block(directory.path(), base, 128, Verification::Full).unwrap();
+        let corruption = verified
+            .corrupt_from
+            .expect("a full load verifies every frame");
+        assert_eq!(corruption.position, positions[1]);
+        assert_eq!(corruption.file, path);
     }
 
     #[test]
