@@ -101,6 +101,56 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Topics, in file order.
     pub topics: Vec<TopicConfig>,
+    /// `[startup]`: the chunked startup load.
+    pub startup: StartupConfig,
+    /// `[http]`: the health and metrics listener; `None` (the default) = off.
+    pub http: Option<HttpConfig>,
+    /// `shutdown_timeout` (default "30s"): how long `Runtime::shutdown` waits
+    /// for in-flight appends to drain before it stops everything anyway.
+    pub shutdown_timeout: Duration,
+}
+
+/// Default `shutdown_timeout`.
+pub const SHUTDOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// The `[startup]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartupConfig {
+    /// `hot_window` (default "24h"): sealed blocks with records this recent
+    /// are loaded (verified, indexed) in chunks before a partition serves;
+    /// older blocks load in the background. `"0s"` turns the startup load
+    /// off: every block is registered from its index at open, and the load
+    /// is complete at once.
+    pub hot_window: Duration,
+    /// `chunk_bytes` (default "64 MiB"): bytes of blocks loaded per step of
+    /// the hot load; the partition serves after the first chunk.
+    pub chunk_bytes: u64,
+    /// `background_load_rate` (default none = as fast as the disk allows):
+    /// bytes per second the background loader reads, e.g. "200 MiB".
+    pub background_load_bytes_per_second: Option<u64>,
+}
+
+/// Default `[startup] hot_window`.
+pub const HOT_WINDOW_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default `[startup] chunk_bytes`.
+pub const CHUNK_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+impl Default for StartupConfig {
+    fn default() -> Self {
+        StartupConfig {
+            hot_window: HOT_WINDOW_DEFAULT,
+            chunk_bytes: CHUNK_BYTES_DEFAULT,
+            background_load_bytes_per_second: None,
+        }
+    }
+}
+
+/// The `[http]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// `listen`: address of `/health`, `/ready` and `/metrics`
+    /// (`"127.0.0.1:9644"`; port 0 picks a free port).
+    pub listen: std::net::SocketAddr,
 }
 
 /// One `[[topic]]` table.
@@ -175,6 +225,9 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             topics: Vec::new(),
+            startup: StartupConfig::default(),
+            http: None,
+            shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
         }
     }
 
@@ -741,7 +794,13 @@ impl RawConfig {
                 )
             })?;
         }
-        Ok(Config { data_dir, topics })
+        Ok(Config {
+            data_dir,
+            topics,
+            startup: StartupConfig::default(),
+            http: None,
+            shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
+        })
     }
 }
 

@@ -34,6 +34,7 @@
 mod actors;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod partitioner;
 pub mod runtime;
