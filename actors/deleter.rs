@@ -34,36 +34,47 @@ pub(crate) struct DeleteRequest {
     pub(crate) reply_to: Recipient<DeletionOutcome>,
 }
 
+/// What the deletion thread is asked to do.
+pub(crate) enum DeleterCommand {
+    Delete(DeleteRequest),
+    /// Finish what is queued before this, then exit (partitions may still
+    /// hold senders; their later requests fail and are retried at next start).
+    Stop,
+}
+
 /// Owner's end of the deletion thread. Dropping it finishes queued
 /// deletions and joins the thread.
 pub(crate) struct DeleterHandle {
-    sender: Option<Sender<DeleteRequest>>,
+    sender: Sender<DeleterCommand>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl DeleterHandle {
     pub(crate) fn spawn(metrics: Arc<Metrics>) -> std::io::Result<DeleterHandle> {
-        let (sender, receiver) = crossbeam_channel::bounded::<DeleteRequest>(DELETE_QUEUE_MAX);
+        let (sender, receiver) = crossbeam_channel::bounded::<DeleterCommand>(DELETE_QUEUE_MAX);
         let thread = std::thread::Builder::new()
             .name("millrace-deleter".into())
             .spawn(move || {
-                for request in receiver {
-                    delete_block(request, &metrics);
+                for command in receiver {
+                    match command {
+                        DeleterCommand::Delete(request) => delete_block(request, &metrics),
+                        DeleterCommand::Stop => return,
+                    }
                 }
             })?;
         Ok(DeleterHandle {
-            sender: Some(sender),
+            sender,
             thread: Some(thread),
         })
     }
 
-    pub(crate) fn sender(&self) -> Sender<DeleteRequest> {
-        self.sender.clone().expect("deleter used after stop")
+    pub(crate) fn sender(&self) -> Sender<DeleterCommand> {
+        self.sender.clone()
     }
 
     pub(crate) fn stop(&mut self) {
-        self.sender.take();
         if let Some(thread) = self.thread.take() {
+            let _ = self.sender.send(DeleterCommand::Stop);
             let _ = thread.join();
         }
     }

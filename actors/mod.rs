@@ -6,5 +6,6 @@
 //! - [`deleter`]: the runtime's file-deletion thread.
 
 pub(crate) mod deleter;
+pub(crate) mod loader;
 pub(crate) mod partition;
 pub(crate) mod writer;

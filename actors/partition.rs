@@ -1,37 +1,61 @@
 //! The partition actor: owns one partition's [`PartitionLog`], its writer
-//! thread, the acknowledgements waiting for durability, and the fetches
-//! waiting for data.
+//! thread, the acknowledgements waiting for durability, the fetches waiting
+//! for data, and its startup load.
 //!
 //! Produce: the log assigns offsets and plans the write; the jobs go to the
 //! writer; the acknowledgement waits in `pending_acks` until the writer
 //! reports the batch durable. Fetch: the actor only *plans* a read (an index
 //! lookup); the caller executes it on its own thread, so reads never stall
 //! appends. A fetch at the high watermark waits here until data arrives or
-//! its `max_wait` passes.
+//! its `max_wait` passes; a fetch of a block not loaded yet waits for that
+//! block the same way and then answers `FetchError::Loading`.
+//!
+//! Startup: the runtime recovers the active segment and lists the sealed
+//! blocks ([`PartitionLog::open_deferred`]). In `started` the actor loads
+//! the first chunk of blocks inside the hot window (newest first) before it
+//! handles any message, so it serves as soon as that chunk is in; the rest of
+//! the hot window loads in further chunks (one message each, so produce and
+//! fetch interleave). The end of the hot load builds [`HotLoadComplete`] and
+//! sends it to the BlockLoader: the only way a background load begins.
+//!
+//! Supervision: a panic in a handler is caught at the handler boundary; the
+//! actor stops and its `Supervisor` restarts it, which reopens the log from
+//! disk after a backoff. Producers waiting on it get `Unavailable`
+//! (retryable). An fsync failure instead fail-stops the partition: it stays
+//! stopped until the runtime restarts, because data under it may be lost.
 
-use super::deleter::{DeleteRequest, DeletionOutcome};
-use super::writer::{WriterEvent, WriterHandle};
-use crate::config::{FsyncPolicy, TopicConfig};
+use super::deleter::{DeleteRequest, DeleterCommand, DeletionOutcome};
+use super::loader::{BlockLoaded, BlockLoader, PartitionWork};
+use super::writer::{WriterEvent, WriterHandle, WriterReport};
+use crate::config::{StartupConfig, TopicConfig};
 use crate::error::{FetchError, ProduceError};
+use crate::health::{LoadProgress, LoadState, PartitionHealth, Phase};
 use crate::metrics::{Metrics, PartitionGauges};
-use crate::storage::{AppendError, IoJob, PartitionLog, ReadPlan};
+use crate::storage::log::{load_block, LoadedBlock, UnloadedBlock, Verification};
+use crate::storage::{AppendError, IoJob, OpenError, PartitionLog, ReadError, ReadPlan};
 use crate::types::{Offset, PartitionId, Record, Term};
 use actix::prelude::*;
 use crossbeam_channel::Sender;
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// Messages waiting in a partition's mailbox before senders wait.
 pub(crate) const MAILBOX_CAPACITY: usize = 1024;
-/// Fetches parked at the high watermark; more are answered empty at once.
+/// Fetches parked (at the high watermark or on an unloaded block); more are answered at once.
 const WAITING_FETCHES_MAX: usize = 4096;
 /// Longest a fetch may wait for data.
 pub(crate) const FETCH_WAIT_MAX: Duration = Duration::from_secs(60);
 /// How often retention and seal retries run.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// First restart backoff; doubles per restart up to `RESTART_BACKOFF_MAX`.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest restart backoff.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Offsets of an acknowledged batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,12 +109,76 @@ pub struct PartitionOffsets {
 #[rtype(result = "PartitionOffsets")]
 pub(crate) struct Describe;
 
+/// This partition's health, answered on a channel the asker can time out.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct GetHealth {
+    pub(crate) reply: crossbeam_channel::Sender<PartitionHealth>,
+}
+
 /// Stop accepting produce, wait until every accepted batch is durable (or
 /// failed), stop the writer. The reply carries the fail-stop reason if any.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Drain {
-    pub(crate) reply: oneshot::Sender<Result<(), String>>,
+    pub(crate) reply: crossbeam_channel::Sender<Result<(), String>>,
+}
+
+/// The hot load is done: what the BlockLoader needs to load the rest.
+///
+/// Its fields are private to this module and it is built in one place,
+/// [`PartitionActor::finish_hot_load`]: a background load cannot begin
+/// before the hot load has finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct HotLoadComplete {
+    work: PartitionWork,
+}
+
+impl HotLoadComplete {
+    /// The work it hands over (for the loader).
+    pub(crate) fn into_work(self) -> PartitionWork {
+        self.work
+    }
+
+    #[cfg(test)]
+    pub(crate) fn oldest_loaded(&self) -> Offset {
+        self.work.oldest_loaded
+    }
+}
+
+/// Load the next chunk of the hot window.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LoadHotChunk;
+
+/// Reopen the log from disk (after a restart's backoff).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reopen;
+
+/// What a partition needs to (re)open its log.
+#[derive(Clone)]
+pub(crate) struct PartitionSettings {
+    pub(crate) topic: TopicConfig,
+    pub(crate) partition: PartitionId,
+    pub(crate) directory: PathBuf,
+    pub(crate) startup: StartupConfig,
+}
+
+impl PartitionSettings {
+    /// Opens the log: deferred (blocks listed, loaded by the startup load)
+    /// unless the hot window is 0, which turns the startup load off.
+    pub(crate) fn open_log(
+        &self,
+    ) -> Result<(PartitionLog, crate::storage::RecoveryReport), OpenError> {
+        let options = crate::runtime::log_options(&self.topic);
+        if self.startup.hot_window.is_zero() {
+            PartitionLog::open(&self.directory, options)
+        } else {
+            PartitionLog::open_deferred(&self.directory, options)
+        }
+    }
 }
 
 struct PendingAck {
@@ -108,43 +196,73 @@ struct WaitingFetch {
     reply: oneshot::Sender<Result<FetchReply, FetchError>>,
 }
 
+/// The startup load of this partition's sealed blocks.
+#[derive(Default)]
+struct StartupLoad {
+    /// Hot blocks not loaded yet, newest first.
+    hot: VecDeque<UnloadedBlock>,
+    /// Blocks older than the hot window, newest first, for the BlockLoader.
+    background: VecDeque<UnloadedBlock>,
+    /// Blocks and bytes to load and loaded, hot and background together.
+    progress: LoadProgress,
+    quarantined: Vec<(Offset, u64)>,
+    failed: Option<String>,
+    hot_done: bool,
+    started: Option<Instant>,
+}
+
 pub(crate) struct PartitionActor {
     name: String,
-    partition: PartitionId,
+    settings: PartitionSettings,
     log: PartitionLog,
-    fsync: FsyncPolicy,
     writer: Option<WriterHandle>,
-    deleter: Sender<DeleteRequest>,
+    writer_generation: u64,
+    deleter: Sender<DeleterCommand>,
+    loader: Addr<BlockLoader>,
     pending_acks: VecDeque<PendingAck>,
+    /// Fetches at the high watermark, waiting for data.
     waiting_fetches: Vec<WaitingFetch>,
+    /// Fetches of offsets in blocks not loaded yet.
+    waiting_for_blocks: Vec<WaitingFetch>,
     next_fetch_id: u64,
+    load: StartupLoad,
+    serving: bool,
     fail_stopped: Option<String>,
+    /// Set while restarting: why, and produce/fetch answer `Unavailable`.
+    restarting: Option<String>,
+    restarts: u64,
     accepting: bool,
-    drain_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    drain_waiters: Vec<crossbeam_channel::Sender<Result<(), String>>>,
     metrics: Arc<Metrics>,
     gauges: Arc<PartitionGauges>,
 }
 
 impl PartitionActor {
     pub(crate) fn new(
-        topic: &TopicConfig,
-        partition: PartitionId,
+        settings: PartitionSettings,
         log: PartitionLog,
-        deleter: Sender<DeleteRequest>,
+        deleter: Sender<DeleterCommand>,
+        loader: Addr<BlockLoader>,
         metrics: Arc<Metrics>,
         gauges: Arc<PartitionGauges>,
     ) -> PartitionActor {
         PartitionActor {
-            name: format!("{}-{}", topic.name, partition.0),
-            partition,
+            name: format!("{}-{}", settings.topic.name, settings.partition.0),
+            settings,
             log,
-            fsync: topic.fsync,
             writer: None,
+            writer_generation: 0,
             deleter,
+            loader,
             pending_acks: VecDeque::new(),
             waiting_fetches: Vec::new(),
+            waiting_for_blocks: Vec::new(),
             next_fetch_id: 0,
+            load: StartupLoad::default(),
+            serving: false,
             fail_stopped: None,
+            restarting: None,
+            restarts: 0,
             accepting: true,
             drain_waiters: Vec::new(),
             metrics,
@@ -163,10 +281,45 @@ impl PartitionActor {
             .high_watermark
             .store(self.log.high_watermark().0, Relaxed);
         self.gauges.size_bytes.store(self.log.size_bytes(), Relaxed);
+        self.gauges.serving.store(
+            u64::from(self.serving && self.restarting.is_none()),
+            Relaxed,
+        );
+    }
+
+    /// Runs a handler body; a panic in it stops the actor so its supervisor
+    /// restarts it from disk. Replies captured by the body are dropped, so
+    /// their callers see `Unavailable` (retryable).
+    fn guarded(
+        &mut self,
+        context: &mut Context<Self>,
+        handler: &'static str,
+        body: impl FnOnce(&mut Self, &mut Context<Self>),
+    ) {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(self, context)));
+        if let Err(panic) = outcome {
+            let reason = panic_message(panic.as_ref());
+            tracing::error!(partition = %self.name, handler, %reason, "partition handler panicked; restarting it from disk");
+            self.restarting = Some(format!("{handler} panicked: {reason}"));
+            context.stop();
+        }
     }
 
     fn fetch_reply(&self, offset: Offset, max_bytes: usize) -> Result<FetchReply, FetchError> {
-        let plan = self.log.read_plan(offset, max_bytes)?;
+        let plan = self
+            .log
+            .read_plan(offset, max_bytes)
+            .map_err(|error| match error {
+                ReadError::NotLoaded {
+                    requested,
+                    block_base_offset,
+                } => FetchError::Loading {
+                    requested,
+                    block_base_offset,
+                    loaded_percent: self.load.progress.percent(),
+                },
+                other => FetchError::from(other),
+            })?;
         Ok(FetchReply {
             plan,
             high_watermark: self.log.high_watermark(),
@@ -184,7 +337,7 @@ impl PartitionActor {
                         topic_partition: self.name.clone(),
                         reply_to: context.address().recipient(),
                     };
-                    let _ = self.deleter.send(request);
+                    let _ = self.deleter.send(DeleterCommand::Delete(request));
                 }
                 other => writes.push(other),
             }
@@ -195,6 +348,22 @@ impl PartitionActor {
         match &self.writer {
             Some(writer) => writer.submit(writes),
             None => debug_assert!(false, "{}: jobs after the writer stopped", self.name),
+        }
+    }
+
+    fn start_writer(&mut self, context: &mut Context<Self>) {
+        self.writer_generation += 1;
+        let events = context.address().recipient::<WriterReport>();
+        let name = format!("millrace-wal-{}", self.name);
+        match WriterHandle::spawn(
+            name,
+            self.settings.topic.fsync,
+            events,
+            self.writer_generation,
+            self.metrics.clone(),
+        ) {
+            Ok(writer) => self.writer = Some(writer),
+            Err(error) => self.fail_stop(format!("cannot start the writer thread: {error}")),
         }
     }
 
@@ -224,13 +393,52 @@ impl PartitionActor {
         }
     }
 
+    /// Answers the fetches whose block has loaded since they parked.
+    fn wake_block_fetches(&mut self) {
+        let mut still_waiting = Vec::new();
+        for fetch in std::mem::take(&mut self.waiting_for_blocks) {
+            match self.fetch_reply(fetch.offset, fetch.max_bytes) {
+                Err(FetchError::Loading { .. }) if self.load.failed.is_none() => {
+                    still_waiting.push(fetch)
+                }
+                answer => {
+                    let _ = fetch.reply.send(answer);
+                }
+            }
+        }
+        self.waiting_for_blocks = still_waiting;
+    }
+
     fn expire_fetch(&mut self, id: u64) {
-        if let Some(index) = self.waiting_fetches.iter().position(|fetch| fetch.id == id) {
-            let fetch = self.waiting_fetches.swap_remove(index);
+        let parked = [&mut self.waiting_fetches, &mut self.waiting_for_blocks];
+        let found = parked.into_iter().find_map(|list| {
+            let index = list.iter().position(|fetch| fetch.id == id)?;
+            Some(list.swap_remove(index))
+        });
+        if let Some(fetch) = found {
             let _ = fetch
                 .reply
                 .send(self.fetch_reply(fetch.offset, fetch.max_bytes));
         }
+    }
+
+    fn park_fetch(&mut self, message: Fetch, at_block: bool, context: &mut Context<Self>) {
+        let id = self.next_fetch_id;
+        self.next_fetch_id += 1;
+        let fetch = WaitingFetch {
+            id,
+            offset: message.offset,
+            max_bytes: message.max_bytes,
+            reply: message.reply,
+        };
+        if at_block {
+            self.waiting_for_blocks.push(fetch);
+        } else {
+            self.waiting_fetches.push(fetch);
+        }
+        context.run_later(message.max_wait.min(FETCH_WAIT_MAX), move |actor, _| {
+            actor.expire_fetch(id)
+        });
     }
 
     fn finish_drain_if_idle(&mut self) {
@@ -247,13 +455,285 @@ impl PartitionActor {
     }
 
     fn maintenance(&mut self, context: &mut Context<Self>) {
-        if self.fail_stopped.is_some() || self.writer.is_none() {
+        if self.fail_stopped.is_some() || self.restarting.is_some() || self.writer.is_none() {
             return;
         }
         let mut jobs = self.log.retry_jobs();
         jobs.extend(self.log.retention_jobs(now_ms()));
         self.submit(jobs, context);
         self.publish_gauges();
+    }
+
+    // ---- startup load -------------------------------------------------
+
+    /// Splits the listed blocks into the hot window and the rest, loads the
+    /// first hot chunk now, and queues the others.
+    fn begin_load(&mut self, context: &mut Context<Self>) {
+        let hot_window_ms = self.settings.startup.hot_window.as_millis() as i64;
+        let cutoff_ms = now_ms().saturating_sub(hot_window_ms);
+        let mut load = StartupLoad {
+            started: Some(Instant::now()),
+            ..StartupLoad::default()
+        };
+        // Newest first: blocks are hot until the first one older than the
+        // window; everything from there on loads in the background.
+        for block in self.log.unloaded_blocks() {
+            load.progress.total_blocks += 1;
+            load.progress.total_bytes += block.size_bytes;
+            let hot = load.background.is_empty()
+                && block
+                    .max_timestamp_hint_ms
+                    .is_none_or(|newest| newest >= cutoff_ms);
+            if hot {
+                load.hot.push_back(block.clone());
+            } else {
+                load.background.push_back(block.clone());
+            }
+        }
+        self.load = load;
+        self.load_hot_chunk(context);
+        self.serving = true;
+        self.publish_gauges();
+    }
+
+    /// Loads up to `chunk_bytes` of hot blocks (at least one).
+    fn load_hot_chunk(&mut self, context: &mut Context<Self>) {
+        let mut chunk_bytes = 0;
+        while let Some(block) = self.load.hot.pop_front() {
+            chunk_bytes += block.size_bytes;
+            let result = load_block(
+                &self.settings.directory,
+                block.base_offset,
+                self.settings.topic.index_interval_bytes,
+                Verification::Full,
+            );
+            self.on_block_loaded(block.base_offset, block.size_bytes, result);
+            if chunk_bytes >= self.settings.startup.chunk_bytes || self.load.failed.is_some() {
+                break;
+            }
+        }
+        if self.load.hot.is_empty() || self.load.failed.is_some() {
+            self.finish_hot_load(context);
+        } else {
+            context.notify(LoadHotChunk);
+        }
+    }
+
+    /// The hot load is over: hand the rest to the BlockLoader, or end the
+    /// load here if there is nothing left.
+    fn finish_hot_load(&mut self, _context: &mut Context<Self>) {
+        self.load.hot_done = true;
+        let seconds = self
+            .load
+            .started
+            .map_or(0.0, |started| started.elapsed().as_secs_f64());
+        tracing::info!(
+            partition = %self.name,
+            blocks = self.load.progress.loaded_blocks,
+            bytes = self.load.progress.loaded_bytes,
+            seconds,
+            "hot load complete"
+        );
+        if self.load.failed.is_some() || self.load.background.is_empty() {
+            self.log_terminal_state();
+            return;
+        }
+        let oldest_loaded = self
+            .log
+            .loaded_oldest_base_offset()
+            .unwrap_or_else(|| self.log.log_end_offset());
+        let message = HotLoadComplete {
+            work: PartitionWork {
+                name: self.name.clone(),
+                directory: self.settings.directory.clone(),
+                index_interval_bytes: self.settings.topic.index_interval_bytes,
+                blocks: std::mem::take(&mut self.load.background),
+                oldest_loaded,
+                reply_to: _context.address().recipient(),
+                started: Instant::now(),
+                loaded_bytes: 0,
+            },
+        };
+        // `try_send`: the loader's mailbox is bounded; if it is full the
+        // load cannot go on, which must end in a terminal state, not a hang.
+        if let Err(error) = self.loader.try_send(message) {
+            self.load.failed = Some(format!(
+                "cannot hand the background load to the loader: {error}"
+            ));
+            self.log_terminal_state();
+        }
+    }
+
+    fn on_block_loaded(
+        &mut self,
+        base_offset: Offset,
+        size_bytes: u64,
+        result: Result<LoadedBlock, OpenError>,
+    ) {
+        match result {
+            Ok(loaded) => {
+                self.metrics
+                    .orphaned_blocks_cleaned_total
+                    .fetch_add(loaded.orphans_removed, Relaxed);
+                if let Some(corruption) = &loaded.corrupt_from {
+                    tracing::error!(partition = %self.name, block = base_offset.0, %corruption, "damaged block quarantined; the load goes on");
+                    self.metrics.blocks_quarantined_total.fetch_add(1, Relaxed);
+                    self.metrics.corruptions_total.fetch_add(1, Relaxed);
+                    self.load.quarantined.push((base_offset, size_bytes));
+                }
+                self.log.register_block(loaded);
+                self.metrics.blocks_loaded_total.fetch_add(1, Relaxed);
+                self.load.progress.loaded_blocks += 1;
+                self.load.progress.loaded_bytes += size_bytes;
+            }
+            Err(error) => {
+                tracing::error!(partition = %self.name, block = base_offset.0, %error, "loading a block failed; the startup load stops");
+                self.load.failed = Some(format!("block {}: {error}", base_offset.0));
+            }
+        }
+        self.wake_block_fetches();
+        let everything_tried = self.load.hot_done && self.log.unloaded_blocks().next().is_none();
+        if self.load.hot_done && (everything_tried || self.load.failed.is_some()) {
+            self.log_terminal_state();
+        }
+        self.publish_gauges();
+    }
+
+    fn load_state(&self) -> LoadState {
+        if let Some(error) = &self.load.failed {
+            return LoadState::Failed {
+                error: error.clone(),
+            };
+        }
+        if !self.load.hot_done {
+            return LoadState::WaitingForHotLoad;
+        }
+        if self.log.unloaded_blocks().next().is_some() {
+            return LoadState::Loading(self.load.progress);
+        }
+        let quarantined_bytes: u64 = self.load.quarantined.iter().map(|(_, bytes)| bytes).sum();
+        let sealed_bytes = self.log.loaded_block_bytes();
+        let coverage_percent = if sealed_bytes == 0 {
+            100.0
+        } else {
+            100.0 * sealed_bytes.saturating_sub(quarantined_bytes) as f64 / sealed_bytes as f64
+        };
+        LoadState::Complete {
+            coverage_percent,
+            quarantined_blocks: self
+                .load
+                .quarantined
+                .iter()
+                .map(|(base, _)| base.0)
+                .collect(),
+        }
+    }
+
+    fn log_terminal_state(&self) {
+        let seconds = self
+            .load
+            .started
+            .map_or(0.0, |started| started.elapsed().as_secs_f64());
+        match self.load_state() {
+            LoadState::Complete {
+                coverage_percent,
+                quarantined_blocks,
+            } => tracing::info!(
+                partition = %self.name,
+                blocks = self.load.progress.loaded_blocks,
+                bytes = self.load.progress.loaded_bytes,
+                coverage_percent,
+                quarantined = quarantined_blocks.len(),
+                seconds,
+                "startup load complete"
+            ),
+            LoadState::Failed { error } => {
+                tracing::error!(partition = %self.name, %error, seconds, "startup load failed")
+            }
+            _ => {}
+        }
+    }
+
+    fn health(&self) -> PartitionHealth {
+        let phase = if let Some(reason) = &self.fail_stopped {
+            Phase::FailStopped {
+                reason: reason.clone(),
+            }
+        } else if let Some(reason) = &self.restarting {
+            Phase::Restarting {
+                attempt: self.restarts,
+                reason: reason.clone(),
+            }
+        } else if self.serving {
+            Phase::Serving
+        } else {
+            Phase::Recovering
+        };
+        let mut degraded = Vec::new();
+        for (base, _) in &self.load.quarantined {
+            degraded.push(format!("block {} is damaged and quarantined", base.0));
+        }
+        if let Some(error) = &self.load.failed {
+            degraded.push(format!("startup load failed: {error}"));
+        }
+        if let Some(reason) = &self.fail_stopped {
+            degraded.push(format!("fail-stopped: {reason}"));
+        }
+        if self.restarts > 0 {
+            degraded.push(format!("restarted {} times", self.restarts));
+        }
+        PartitionHealth {
+            topic: self.settings.topic.name.clone(),
+            partition: self.settings.partition.0,
+            phase,
+            load: self.load_state(),
+            degraded,
+            restarts: self.restarts,
+            log_start_offset: self.log.log_start_offset().0,
+            log_end_offset: self.log.log_end_offset().0,
+            high_watermark: self.log.high_watermark().0,
+        }
+    }
+
+    // ---- restart ------------------------------------------------------
+
+    fn restart_backoff(&self) -> Duration {
+        let exponent = self.restarts.saturating_sub(1).min(16) as u32;
+        (RESTART_BACKOFF_MIN * 2u32.pow(exponent)).min(RESTART_BACKOFF_MAX)
+    }
+
+    fn reopen(&mut self, context: &mut Context<Self>) {
+        match self.settings.open_log() {
+            Ok((log, report)) => {
+                crate::runtime::record_recovery(
+                    &self.metrics,
+                    &self.settings.topic.name,
+                    self.settings.partition,
+                    &report,
+                );
+                self.log = log;
+                self.restarting = None;
+                tracing::info!(partition = %self.name, restarts = self.restarts, "partition restarted from disk");
+                self.begin_load(context);
+            }
+            Err(error) => {
+                let reason = format!("reopen failed: {error}");
+                tracing::warn!(partition = %self.name, %reason, "partition restart failed; retrying");
+                self.restarting = Some(reason);
+                context.notify_later(Reopen, self.restart_backoff());
+            }
+        }
+        self.publish_gauges();
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
     }
 }
 
@@ -268,20 +748,17 @@ impl Actor for PartitionActor {
 
     fn started(&mut self, context: &mut Context<Self>) {
         context.set_mailbox_capacity(MAILBOX_CAPACITY);
-        let events = context.address().recipient::<WriterEvent>();
-        match WriterHandle::spawn(
-            format!("millrace-wal-{}", self.name),
-            self.fsync,
-            events,
-            self.metrics.clone(),
-        ) {
-            Ok(writer) => self.writer = Some(writer),
-            Err(error) => self.fail_stop(format!("cannot start the writer thread: {error}")),
-        }
-        self.publish_gauges();
+        self.start_writer(context);
         context.run_interval(MAINTENANCE_INTERVAL, |actor, context| {
             actor.maintenance(context)
         });
+        if self.restarts == 0 {
+            // The first chunk loads here, before any message is handled.
+            self.begin_load(context);
+        } else {
+            context.notify_later(Reopen, self.restart_backoff());
+        }
+        self.publish_gauges();
     }
 
     fn stopped(&mut self, _context: &mut Context<Self>) {
@@ -293,10 +770,38 @@ impl Actor for PartitionActor {
     }
 }
 
+impl actix::Supervised for PartitionActor {
+    /// Called by the supervisor before `started` runs again: everything in
+    /// memory is dropped; the log is reopened from disk after a backoff.
+    fn restarting(&mut self, _context: &mut Context<Self>) {
+        if let Some(mut writer) = self.writer.take() {
+            writer.stop();
+        }
+        // Dropping the reply senders tells every waiting caller `Unavailable`.
+        self.pending_acks.clear();
+        self.waiting_fetches.clear();
+        self.waiting_for_blocks.clear();
+        self.serving = false;
+        self.restarts += 1;
+        self.restarting.get_or_insert_with(|| "stopped".to_owned());
+        self.metrics.partition_restarts_total.fetch_add(1, Relaxed);
+        self.publish_gauges();
+    }
+}
+
 impl Handler<Produce> for PartitionActor {
     type Result = ();
 
     fn handle(&mut self, message: Produce, context: &mut Context<Self>) {
+        self.guarded(context, "produce", |actor, context| {
+            actor.produce(message, context)
+        });
+    }
+}
+
+impl PartitionActor {
+    fn produce(&mut self, message: Produce, context: &mut Context<Self>) {
+        fail::fail_point!("partition::produce");
         if !self.accepting {
             let _ = message.reply.send(Err(ProduceError::ShuttingDown));
             return;
@@ -307,6 +812,10 @@ impl Handler<Produce> for PartitionActor {
             }));
             return;
         }
+        if self.restarting.is_some() {
+            let _ = message.reply.send(Err(ProduceError::Unavailable));
+            return;
+        }
         let record_count = message.records.len() as u64;
         let outcome = match self.log.append(&message.records, Term(0), now_ms()) {
             Ok(outcome) => outcome,
@@ -315,7 +824,8 @@ impl Handler<Produce> for PartitionActor {
                     AppendError::Empty => ProduceError::Empty,
                     AppendError::TooLarge { bytes, max } => ProduceError::TooLarge { bytes, max },
                     AppendError::Io(error) => {
-                        ProduceError::Unavailable.with_log(&self.name, &error)
+                        tracing::warn!(partition = %self.name, %error, "append refused");
+                        ProduceError::Unavailable
                     }
                 };
                 let _ = message.reply.send(Err(error));
@@ -333,7 +843,7 @@ impl Handler<Produce> for PartitionActor {
         self.pending_acks.push_back(PendingAck {
             next_offset: outcome.last_offset.next(),
             ack: AppendAck {
-                partition: self.partition,
+                partition: self.settings.partition,
                 base_offset: outcome.base_offset,
                 last_offset: outcome.last_offset,
             },
@@ -343,19 +853,8 @@ impl Handler<Produce> for PartitionActor {
         });
         self.submit(outcome.jobs, context);
     }
-}
 
-impl ProduceError {
-    fn with_log(self, partition: &str, error: &dyn std::fmt::Display) -> ProduceError {
-        tracing::warn!(%partition, %error, "append refused");
-        self
-    }
-}
-
-impl Handler<WriterEvent> for PartitionActor {
-    type Result = ();
-
-    fn handle(&mut self, event: WriterEvent, _context: &mut Context<Self>) {
+    fn on_writer_event(&mut self, event: WriterEvent) {
         match event {
             WriterEvent::Durable { next_offset } => {
                 if self.fail_stopped.is_some() {
@@ -407,6 +906,19 @@ impl Handler<WriterEvent> for PartitionActor {
     }
 }
 
+impl Handler<WriterReport> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, report: WriterReport, context: &mut Context<Self>) {
+        if report.generation != self.writer_generation {
+            return; // from the writer of a previous incarnation
+        }
+        self.guarded(context, "writer event", |actor, _| {
+            actor.on_writer_event(report.event)
+        });
+    }
+}
+
 impl Handler<DeletionOutcome> for PartitionActor {
     type Result = ();
 
@@ -423,27 +935,65 @@ impl Handler<Fetch> for PartitionActor {
     type Result = ();
 
     fn handle(&mut self, message: Fetch, context: &mut Context<Self>) {
-        let waits = message.offset == self.log.high_watermark()
-            && !message.max_wait.is_zero()
-            && self.accepting
-            && self.waiting_fetches.len() < WAITING_FETCHES_MAX;
-        if !waits {
-            let _ = message
-                .reply
-                .send(self.fetch_reply(message.offset, message.max_bytes));
+        self.guarded(context, "fetch", |actor, context| {
+            actor.fetch(message, context)
+        });
+    }
+}
+
+impl PartitionActor {
+    fn fetch(&mut self, message: Fetch, context: &mut Context<Self>) {
+        if self.restarting.is_some() {
+            let _ = message.reply.send(Err(FetchError::Unavailable));
             return;
         }
-        let id = self.next_fetch_id;
-        self.next_fetch_id += 1;
-        self.waiting_fetches.push(WaitingFetch {
-            id,
-            offset: message.offset,
-            max_bytes: message.max_bytes,
-            reply: message.reply,
+        let can_wait = !message.max_wait.is_zero()
+            && self.accepting
+            && self.waiting_fetches.len() + self.waiting_for_blocks.len() < WAITING_FETCHES_MAX;
+        if can_wait && message.offset == self.log.high_watermark() {
+            self.park_fetch(message, false, context);
+            return;
+        }
+        let reply = self.fetch_reply(message.offset, message.max_bytes);
+        if can_wait
+            && self.load.failed.is_none()
+            && matches!(reply, Err(FetchError::Loading { .. }))
+        {
+            self.park_fetch(message, true, context);
+            return;
+        }
+        let _ = message.reply.send(reply);
+    }
+}
+
+impl Handler<LoadHotChunk> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, _message: LoadHotChunk, context: &mut Context<Self>) {
+        self.guarded(context, "hot load", |actor, context| {
+            actor.load_hot_chunk(context)
         });
-        context.run_later(message.max_wait.min(FETCH_WAIT_MAX), move |actor, _| {
-            actor.expire_fetch(id)
+    }
+}
+
+impl Handler<BlockLoaded> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, message: BlockLoaded, context: &mut Context<Self>) {
+        if self.restarting.is_some() {
+            return; // the reopened log lists its blocks again
+        }
+        self.guarded(context, "block loaded", |actor, _| {
+            actor.on_block_loaded(message.base_offset, message.size_bytes, message.result)
         });
+    }
+}
+
+impl Handler<Reopen> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, _message: Reopen, context: &mut Context<Self>) {
+        self.guarded(context, "reopen", |actor, context| actor.reopen(context));
     }
 }
 
@@ -459,13 +1009,24 @@ impl Handler<Describe> for PartitionActor {
     }
 }
 
+impl Handler<GetHealth> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, message: GetHealth, _context: &mut Context<Self>) {
+        let _ = message.reply.send(self.health());
+    }
+}
+
 impl Handler<Drain> for PartitionActor {
     type Result = ();
 
     fn handle(&mut self, message: Drain, _context: &mut Context<Self>) {
         self.accepting = false;
         // A consumer waiting at the end gets "no more records" now.
-        for fetch in std::mem::take(&mut self.waiting_fetches) {
+        for fetch in std::mem::take(&mut self.waiting_fetches)
+            .into_iter()
+            .chain(std::mem::take(&mut self.waiting_for_blocks))
+        {
             let _ = fetch.reply.send(Err(FetchError::ShuttingDown));
         }
         self.drain_waiters.push(message.reply);

@@ -68,6 +68,10 @@ pub(crate) struct Metrics {
     pub(crate) segments_sealed_total: AtomicU64,
     pub(crate) seal_failures_total: AtomicU64,
     pub(crate) blocks_deleted_total: AtomicU64,
+    pub(crate) blocks_loaded_total: AtomicU64,
+    pub(crate) blocks_quarantined_total: AtomicU64,
+    pub(crate) background_load_bytes_total: AtomicU64,
+    pub(crate) partition_restarts_total: AtomicU64,
 }
 
 /// Gauges of one partition, written only by its actor.
@@ -80,6 +84,8 @@ pub(crate) struct PartitionGauges {
     pub(crate) high_watermark: AtomicU64,
     pub(crate) size_bytes: AtomicU64,
     pub(crate) fail_stopped: AtomicU64,
+    /// 1 once the partition serves (its first hot chunk is loaded).
+    pub(crate) serving: AtomicU64,
 }
 
 impl PartitionGauges {
@@ -92,6 +98,7 @@ impl PartitionGauges {
             high_watermark: AtomicU64::new(0),
             size_bytes: AtomicU64::new(0),
             fail_stopped: AtomicU64::new(0),
+            serving: AtomicU64::new(0),
         })
     }
 }
@@ -151,6 +158,14 @@ pub struct MetricsSnapshot {
     pub seal_failures_total: u64,
     /// Blocks deleted by retention.
     pub blocks_deleted_total: u64,
+    /// Sealed blocks loaded at startup (hot and background).
+    pub blocks_loaded_total: u64,
+    /// Blocks found damaged while loading, quarantined.
+    pub blocks_quarantined_total: u64,
+    /// Bytes verified by the background loader.
+    pub background_load_bytes_total: u64,
+    /// Partition actors restarted after a failure.
+    pub partition_restarts_total: u64,
     /// Per partition, in topic then partition order.
     pub partitions: Vec<PartitionMetrics>,
 }
@@ -169,6 +184,10 @@ impl Metrics {
             segments_sealed_total: self.segments_sealed_total.load(Relaxed),
             seal_failures_total: self.seal_failures_total.load(Relaxed),
             blocks_deleted_total: self.blocks_deleted_total.load(Relaxed),
+            blocks_loaded_total: self.blocks_loaded_total.load(Relaxed),
+            blocks_quarantined_total: self.blocks_quarantined_total.load(Relaxed),
+            background_load_bytes_total: self.background_load_bytes_total.load(Relaxed),
+            partition_restarts_total: self.partition_restarts_total.load(Relaxed),
             partitions: partitions
                 .iter()
                 .map(|gauges| PartitionMetrics {
@@ -239,6 +258,26 @@ impl MetricsSnapshot {
                 "millrace_blocks_deleted_total",
                 "Blocks deleted by retention.",
                 self.blocks_deleted_total,
+            ),
+            (
+                "millrace_blocks_loaded_total",
+                "Sealed blocks loaded at startup.",
+                self.blocks_loaded_total,
+            ),
+            (
+                "millrace_blocks_quarantined_total",
+                "Blocks found damaged while loading, quarantined.",
+                self.blocks_quarantined_total,
+            ),
+            (
+                "millrace_background_load_bytes_total",
+                "Bytes verified by the background loader.",
+                self.background_load_bytes_total,
+            ),
+            (
+                "millrace_partition_restarts_total",
+                "Partition actors restarted after a failure.",
+                self.partition_restarts_total,
             ),
         ];
         for (name, help, value) in counters {

@@ -1400,6 +1400,17 @@ impl PartitionLog {
     pub fn unloaded_bytes(&self) -> u64 {
         self.unloaded.values().map(|block| block.size_bytes).sum()
     }
+    /// Base offset of the oldest loaded block (or the active segment when
+    /// no block is loaded).
+    pub fn loaded_oldest_base_offset(&self) -> Option<Offset> {
+        Some(
+            self.blocks
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(self.active.base_offset),
+        )
+    }
     /// Bytes of the loaded sealed blocks.
     pub fn loaded_block_bytes(&self) -> u64 {
         self.blocks.values().map(|block| block.size_bytes).sum()
