@@ -46,6 +46,16 @@ pub enum StartError {
         #[source]
         source: OpenError,
     },
+    /// The `[http]` listener could not bind its address. Retryable once the
+    /// address is free.
+    #[error("http listener {address}: {source}")]
+    Listen {
+        /// The address in `[http] listen`.
+        address: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The metadata store failed or holds something this config contradicts.
     #[error("metadata store {path}: {message}")]
     Metadata {

@@ -14,6 +14,7 @@ use crate::actors::partition::{
 use crate::config::{Config, TopicConfig};
 use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
 use crate::health::{Health, LoadState, PartitionHealth, Phase};
+use crate::http::{HttpServer, Probe};
 use crate::metrics::{Metrics, MetricsSnapshot, PartitionGauges};
 use crate::partitioner::partition_for_key;
 use crate::storage::{LogOptions, PartitionLog, RecoveryReport};
@@ -111,6 +112,7 @@ struct Inner {
     loader: Addr<BlockLoader>,
     loader_arbiter: Option<Arbiter>,
     deleter: DeleterHandle,
+    http: Option<HttpServer>,
     _metadata: sled::Db,
     _lock: File,
 }
@@ -129,6 +131,16 @@ pub(crate) struct Shared {
 
 /// How long `health()` waits for each partition to answer.
 const HEALTH_ANSWER_WAIT: Duration = Duration::from_secs(1);
+
+impl Probe for Shared {
+    fn health(&self) -> Health {
+        Shared::health(self)
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics().to_prometheus()
+    }
+}
 
 impl Shared {
     fn partitions(&self) -> impl Iterator<Item = (&str, PartitionId, &Addr<PartitionActor>)> + '_ {
@@ -311,6 +323,7 @@ impl Runtime {
             .iter()
             .map(|topic| topic.name.clone())
             .collect();
+        let http_address = config.http.as_ref().map(|http| http.listen);
         let shared = Arc::new(Shared {
             config,
             topics,
@@ -319,19 +332,30 @@ impl Runtime {
             gauges,
             draining: AtomicBool::new(false),
         });
-        Ok(Runtime {
+        let mut runtime = Runtime {
             inner: Some(Inner {
-                shared,
+                shared: Arc::clone(&shared),
                 system,
                 system_thread: Some(system_thread),
                 arbiters,
                 loader,
                 loader_arbiter: Some(loader_arbiter),
                 deleter,
+                http: None,
                 _metadata: metadata,
                 _lock: lock,
             }),
-        })
+        };
+        if let Some(address) = http_address {
+            // On failure, dropping `runtime` stops what was started.
+            let server = HttpServer::start(address, shared)
+                .map_err(|source| StartError::Listen { address, source })?;
+            tracing::info!(address = %server.local_address(), "http listener serving /health, /ready, /metrics");
+            if let Some(inner) = runtime.inner.as_mut() {
+                inner.http = Some(server);
+            }
+        }
+        Ok(runtime)
     }
 
     fn inner(&self) -> &Inner {
@@ -442,6 +466,11 @@ impl Runtime {
         self.inner().shared.health()
     }
 
+    /// The address of the `[http]` listener, if it is on (useful with port 0).
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        self.inner().http.as_ref().map(HttpServer::local_address)
+    }
+
     /// True when every partition serves (its first hot chunk is loaded) and
     /// the runtime is not shutting down.
     pub fn ready(&self) -> bool {
@@ -532,6 +561,10 @@ impl Inner {
             if thread.join().is_err() {
                 first_error.get_or_insert(ShutdownError::ThreadPanicked);
             }
+        }
+        // /ready answered 503 while draining; the listener goes last.
+        if let Some(mut http) = self.http.take() {
+            http.stop();
         }
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(data_dir = %shared.config.data_dir.display(), seconds, "millrace stopped");
