@@ -125,6 +125,7 @@ impl LoadState {
 impl Health {
     /// The health as JSON (the `/health` body).
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
     }
 }

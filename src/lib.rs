@@ -35,6 +35,7 @@ mod actors;
 pub mod config;
 pub mod error;
 pub mod health;
+pub(crate) mod http;
 pub mod metrics;
 pub mod partitioner;
 pub mod runtime;
