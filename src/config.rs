@@ -16,8 +16,8 @@
 //!    span of the key that broke it.
 //!
 //! Every error is a [`ConfigError`]: origin (file path or `"<string>"`),
-//! `:LINE:COLUMN` and/or ` (key path)` such as `topic[1].partitions`, and the
-//! rule broken.
+//! `:LINE:COLUMN` and/or ` (key path)` such as `topic[1].partitions` or
+//! `startup.chunk_bytes`, and the rule broken.
 //!
 //! # Limits
 //!
@@ -107,33 +107,49 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// `shutdown_timeout` (default "30s"): how long `Runtime::shutdown` waits
     /// for in-flight appends to drain before it stops everything anyway.
+    /// More than zero, at most [`SHUTDOWN_TIMEOUT_MAX`].
     pub shutdown_timeout: Duration,
 }
 
 /// Default `shutdown_timeout`.
 pub const SHUTDOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Longest `shutdown_timeout`: a drain that has not finished in an hour is
+/// stuck, and service managers kill a process long before that anyway.
+pub const SHUTDOWN_TIMEOUT_MAX: Duration = Duration::from_secs(60 * 60);
 
 /// The `[startup]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartupConfig {
-    /// `hot_window` (default "24h"): sealed blocks with records this recent
-    /// are loaded (verified, indexed) in chunks before a partition serves;
-    /// older blocks load in the background. `"0s"` turns the startup load
-    /// off: every block is registered from its index at open, and the load
-    /// is complete at once.
+    /// `hot_window` (default "24h", at most [`HOT_WINDOW_MAX`]): sealed
+    /// blocks with records this recent are loaded (verified, indexed) in
+    /// chunks at startup, newest first; a partition serves as soon as its
+    /// first chunk is in. Older blocks load in the background after the hot
+    /// load completes.
+    /// `"0s"` turns the startup load off: every block is registered from its
+    /// index at open, and the load is complete at once.
     pub hot_window: Duration,
-    /// `chunk_bytes` (default "64 MiB"): bytes of blocks loaded per step of
+    /// `chunk_bytes` (default "16 MiB"): bytes of blocks loaded per step of
     /// the hot load; the partition serves after the first chunk.
+    /// Between [`CHUNK_BYTES_MIN`] and [`CHUNK_BYTES_MAX`].
     pub chunk_bytes: u64,
     /// `background_load_rate` (default none = as fast as the disk allows):
-    /// bytes per second the background loader reads, e.g. "200 MiB".
+    /// bytes per second the background loader reads, e.g. "200 MiB" (or
+    /// "200 MiB/s"). More than zero.
     pub background_load_bytes_per_second: Option<u64>,
 }
 
 /// Default `[startup] hot_window`.
 pub const HOT_WINDOW_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest `[startup] hot_window` (the same bound as ages: [`AGE_MAX`]).
+pub const HOT_WINDOW_MAX: Duration = AGE_MAX;
 /// Default `[startup] chunk_bytes`.
-pub const CHUNK_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const CHUNK_BYTES_DEFAULT: u64 = 16 * MIB;
+/// Smallest `[startup] chunk_bytes`: smaller chunks make the hot load a
+/// long series of tiny steps, each with its own round trip to the actor.
+pub const CHUNK_BYTES_MIN: u64 = 64 * KIB;
+/// Largest `[startup] chunk_bytes`: bounds the bytes (and so the time) of
+/// one step of the load.
+pub const CHUNK_BYTES_MAX: u64 = 4 * GIB;
 
 impl Default for StartupConfig {
     fn default() -> Self {
@@ -148,8 +164,9 @@ impl Default for StartupConfig {
 /// The `[http]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
-    /// `listen`: address of `/health`, `/ready` and `/metrics`
-    /// (`"127.0.0.1:9644"`; port 0 picks a free port).
+    /// `listen` (required in `[http]`): address of `/health`, `/ready` and
+    /// `/metrics`, an IP address and port (`"127.0.0.1:9644"`, `"[::1]:9644"`;
+    /// not a host name). Port 0 picks a free port.
     pub listen: std::net::SocketAddr,
 }
 
@@ -265,6 +282,10 @@ impl Config {
             message,
         };
         check_data_dir(&self.data_dir).map_err(|message| error("data_dir".to_owned(), message))?;
+        check_shutdown_timeout(self.shutdown_timeout)
+            .map_err(|message| error("shutdown_timeout".to_owned(), message))?;
+        check_startup(&self.startup)
+            .map_err(|broken| error(format!("startup.{}", broken.key), broken.message))?;
         for (index, topic) in self.topics.iter().enumerate() {
             check_topic(topic).map_err(|broken| {
                 error(format!("topic[{index}].{}", broken.key), broken.message)
@@ -432,9 +453,9 @@ fn format_size(bytes: u64) -> String {
 // ---------------------------------------------------------------------------
 // Semantic rules, shared by parsing (located by span) and `validate`.
 
-/// A rule one topic key broke.
+/// A rule one key of a table broke.
 struct BrokenRule {
-    /// The key inside the topic table, e.g. `partitions`.
+    /// The key inside the table, e.g. `partitions`.
     key: &'static str,
     /// The rule, e.g. "partitions must be between 1 and 10000, got 0".
     message: String,
@@ -445,6 +466,67 @@ fn check_data_dir(data_dir: &Path) -> Result<(), String> {
         return Err("data_dir must not be empty".to_owned());
     }
     Ok(())
+}
+
+fn check_shutdown_timeout(timeout: Duration) -> Result<(), String> {
+    if timeout.is_zero() || timeout > SHUTDOWN_TIMEOUT_MAX {
+        return Err(format!(
+            "shutdown_timeout must be more than 0s and at most {}, got {}",
+            humantime::format_duration(SHUTDOWN_TIMEOUT_MAX),
+            humantime::format_duration(timeout)
+        ));
+    }
+    Ok(())
+}
+
+/// Every `[startup]` rule, in key order; the first one broken.
+fn check_startup(startup: &StartupConfig) -> Result<(), BrokenRule> {
+    let checks: [(&'static str, Result<(), String>); 3] = [
+        ("hot_window", check_hot_window(startup.hot_window)),
+        (
+            "chunk_bytes",
+            check_bytes(
+                "chunk_bytes",
+                startup.chunk_bytes,
+                CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX,
+            ),
+        ),
+        (
+            "background_load_rate",
+            check_background_load_rate(startup.background_load_bytes_per_second),
+        ),
+    ];
+    first_broken(checks)
+}
+
+fn check_hot_window(hot_window: Duration) -> Result<(), String> {
+    if hot_window > HOT_WINDOW_MAX {
+        return Err(format!(
+            "hot_window must be at most {AGE_MAX_TEXT}, got {} (\"0s\" turns the startup load off)",
+            humantime::format_duration(hot_window)
+        ));
+    }
+    Ok(())
+}
+
+fn check_background_load_rate(bytes_per_second: Option<u64>) -> Result<(), String> {
+    if bytes_per_second == Some(0) {
+        return Err(
+            "background_load_rate must be more than 0 B per second (leave it out for no limit)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// The first of `checks` that failed, with its key.
+fn first_broken<const N: usize>(
+    checks: [(&'static str, Result<(), String>); N],
+) -> Result<(), BrokenRule> {
+    checks
+        .into_iter()
+        .find_map(|(key, result)| result.err().map(|message| BrokenRule { key, message }))
+        .map_or(Ok(()), Err)
 }
 
 /// Every per-topic rule, in file key order; the first one broken.
@@ -488,10 +570,7 @@ fn check_topic(topic: &TopicConfig) -> Result<(), BrokenRule> {
             check_replication_factor(i64::from(topic.replication_factor)),
         ),
     ];
-    checks
-        .into_iter()
-        .find_map(|(key, result)| result.err().map(|message| BrokenRule { key, message }))
-        .map_or(Ok(()), Err)
+    first_broken(checks)
 }
 
 fn check_partitions(partitions: i64) -> Result<(), String> {
@@ -587,6 +666,23 @@ struct RawConfig {
     data_dir: Option<Spanned<String>>,
     #[serde(default)]
     topic: Vec<Spanned<RawTopic>>,
+    shutdown_timeout: Option<Spanned<String>>,
+    startup: Option<Spanned<RawStartup>>,
+    http: Option<Spanned<RawHttp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStartup {
+    hot_window: Option<Spanned<String>>,
+    chunk_bytes: Option<Spanned<RawSize>>,
+    background_load_rate: Option<Spanned<RawSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -757,12 +853,65 @@ fn key_path_at(text: &str, offset: usize, unknown_key: Option<&str>) -> Option<S
         .as_ref()
         .and_then(value_at)
     {
-        return Some(key);
+        let inner = section_key_at(text, &key, offset, unknown_key);
+        return Some(match inner {
+            Some(inner) => format!("{key}.{inner}"),
+            None => key,
+        });
     }
     let top: toml::Table = toml::from_str(text).ok()?;
     unknown_key
         .filter(|key| top.contains_key(*key))
         .map(str::to_owned)
+}
+
+/// The single tables (`[startup]`, `[http]`) with the span of each value,
+/// leniently: any keys, any value types.
+#[derive(Deserialize)]
+struct SectionValueSpans {
+    startup: Option<SpannedValues>,
+    http: Option<SpannedValues>,
+}
+
+/// The single tables, leniently, to tell whether an unknown key is in one.
+#[derive(Deserialize)]
+struct SectionTables {
+    startup: Option<toml::Table>,
+    http: Option<toml::Table>,
+}
+
+/// The key inside the single table `section` at byte `offset` (which is
+/// inside that table), or `unknown_key` if the table has it. `None` for
+/// other top-level keys and documents that cannot be read leniently.
+fn section_key_at(
+    text: &str,
+    section: &str,
+    offset: usize,
+    unknown_key: Option<&str>,
+) -> Option<String> {
+    fn pick<T>(section: &str, startup: Option<T>, http: Option<T>) -> Option<T> {
+        match section {
+            "startup" => startup,
+            "http" => http,
+            _ => None,
+        }
+    }
+    let at_value = toml::from_str::<SectionValueSpans>(text)
+        .ok()
+        .and_then(|spans| pick(section, spans.startup, spans.http))
+        .and_then(|table| {
+            table
+                .into_iter()
+                .find(|(_, value)| value.span().contains(&offset))
+                .map(|(key, _)| key)
+        });
+    at_value.or_else(|| {
+        let tables = toml::from_str::<SectionTables>(text).ok()?;
+        let table = pick(section, tables.startup, tables.http)?;
+        unknown_key
+            .filter(|key| table.contains_key(*key))
+            .map(str::to_owned)
+    })
 }
 
 impl RawConfig {
@@ -794,13 +943,91 @@ impl RawConfig {
                 )
             })?;
         }
-        Ok(Config {
+        let mut config = Config {
             data_dir,
             topics,
             startup: StartupConfig::default(),
             http: None,
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
-        })
+        };
+        if let Some(timeout) = self.shutdown_timeout {
+            let span = timeout.span();
+            let fail =
+                |message| source.error(Some(span.clone()), Some("shutdown_timeout"), message);
+            config.shutdown_timeout =
+                duration_value("shutdown_timeout", timeout.get_ref()).map_err(fail)?;
+            check_shutdown_timeout(config.shutdown_timeout).map_err(fail)?;
+        }
+        if let Some(startup) = self.startup {
+            let table_span = startup.span();
+            config.startup = startup.into_inner().into_startup(table_span, source)?;
+        }
+        if let Some(http) = self.http {
+            let table_span = http.span();
+            config.http = Some(http.into_inner().into_http(table_span, source)?);
+        }
+        Ok(config)
+    }
+}
+
+impl RawStartup {
+    /// Converts the `[startup]` table (at `table_span`) and checks its rules.
+    fn into_startup(
+        self,
+        table_span: Range<usize>,
+        source: &Source<'_>,
+    ) -> Result<StartupConfig, ConfigError> {
+        let mut spans = KeySpans::default();
+        spans.record("hot_window", &self.hot_window);
+        spans.record("chunk_bytes", &self.chunk_bytes);
+        spans.record("background_load_rate", &self.background_load_rate);
+        let fail = |key: &str, message: String| {
+            source.error(
+                Some(spans.get(key).unwrap_or_else(|| table_span.clone())),
+                Some(&format!("startup.{key}")),
+                message,
+            )
+        };
+        let mut startup = StartupConfig::default();
+        if let Some(window) = self.hot_window {
+            startup.hot_window = duration_value("hot_window", window.get_ref())
+                .map_err(|m| fail("hot_window", m))?;
+        }
+        if let Some(size) = self.chunk_bytes {
+            startup.chunk_bytes =
+                size_value("chunk_bytes", size.get_ref()).map_err(|m| fail("chunk_bytes", m))?;
+        }
+        if let Some(rate) = self.background_load_rate {
+            startup.background_load_bytes_per_second = Some(
+                rate_value("background_load_rate", rate.get_ref())
+                    .map_err(|m| fail("background_load_rate", m))?,
+            );
+        }
+        check_startup(&startup).map_err(|broken| fail(broken.key, broken.message))?;
+        Ok(startup)
+    }
+}
+
+impl RawHttp {
+    /// Converts the `[http]` table (at `table_span`).
+    fn into_http(
+        self,
+        table_span: Range<usize>,
+        source: &Source<'_>,
+    ) -> Result<HttpConfig, ConfigError> {
+        let listen = self.listen.ok_or_else(|| {
+            source.error(
+                Some(table_span),
+                Some("http.listen"),
+                "missing required key `listen` in [http] (e.g. listen = \"127.0.0.1:9644\"; \
+                 leave [http] out to turn the listener off)"
+                    .to_owned(),
+            )
+        })?;
+        let listen_span = listen.span();
+        let listen = listen_value(listen.get_ref())
+            .map_err(|m| source.error(Some(listen_span), Some("http.listen"), m))?;
+        Ok(HttpConfig { listen })
     }
 }
 
@@ -921,6 +1148,28 @@ fn size_value(key: &str, size: &RawSize) -> Result<u64, String> {
         }
         RawSize::Text(text) => parse_size(text),
     }
+}
+
+/// A size per second: a size, optionally followed by "/s" (`"200 MiB/s"`).
+fn rate_value(key: &str, rate: &RawSize) -> Result<u64, String> {
+    match rate {
+        RawSize::Text(text) => {
+            let per_second = text.trim_end();
+            let size = per_second.strip_suffix("/s").unwrap_or(per_second);
+            parse_size(size)
+                .map_err(|error| format!("invalid {key}: {error}, optionally with \"/s\""))
+        }
+        RawSize::Bytes(_) => size_value(key, rate),
+    }
+}
+
+fn listen_value(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.trim().parse().map_err(|error| {
+        format!(
+            "invalid listen {text:?}: {error}; expected an IP address and port like \
+             \"127.0.0.1:9644\" or \"[::1]:9644\" (not a host name)"
+        )
+    })
 }
 
 fn duration_value(key: &str, text: &str) -> Result<Duration, String> {

@@ -38,9 +38,6 @@
 //! `GET` routes need none of HTTP's hard parts, so this small server keeps
 //! every resource bounded instead (test `huge_declared_body_is_not_read`).
 
-// Nothing starts the listener until the runtime wires `[http]` to it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -155,7 +152,12 @@ impl HttpServer {
             self.local_address.port(),
         );
         if let Err(error) = TcpStream::connect_timeout(&wake_address, WAKE_CONNECT_TIMEOUT) {
-            tracing::warn!(%error, address = %wake_address, "HTTP listener: could not wake the listener to stop it; it stops at the next connection");
+            tracing::warn!(
+                %error,
+                address = %wake_address,
+                "HTTP listener: could not wake the listener to stop it; \
+                 it stops at the next connection"
+            );
         }
         if thread.join().is_err() {
             tracing::warn!("HTTP listener: the listener thread panicked");

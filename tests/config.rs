@@ -140,6 +140,9 @@ fn the_example_file_parses() {
         ..TopicConfig::with_defaults("events")
     };
     assert_eq!(events, &expected, "the example shows the defaults");
+    assert_eq!(config.shutdown_timeout, SHUTDOWN_TIMEOUT_DEFAULT);
+    assert_eq!(config.startup, StartupConfig::default());
+    assert_eq!(config.http, None, "the example keeps [http] commented out");
 }
 
 #[test]
@@ -570,4 +573,269 @@ fn validate_checks_configs_built_in_code() {
         empty.validate().unwrap_err().to_string(),
         "<config> (data_dir): data_dir must not be empty"
     );
+}
+
+/// A config whose lines after `data_dir` (line 1) are `lines`.
+fn after_data_dir(lines: &str) -> String {
+    format!("data_dir = \"d\"\n{lines}")
+}
+
+#[test]
+fn startup_http_and_shutdown_timeout_defaults() {
+    let config = parse("data_dir = \"d\"\n");
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(config.startup.hot_window, Duration::from_secs(24 * 3600));
+    assert_eq!(config.startup.chunk_bytes, CHUNK_BYTES_DEFAULT);
+    assert_eq!(config.startup.background_load_bytes_per_second, None);
+    assert_eq!(config.startup, StartupConfig::default());
+    assert_eq!(config.http, None);
+    // An empty [startup] table is all defaults too.
+    assert_eq!(
+        parse(&after_data_dir("[startup]\n")).startup,
+        StartupConfig::default()
+    );
+}
+
+#[test]
+fn startup_keys_parse() {
+    let config = parse(&after_data_dir(
+        "[startup]\nhot_window = \"2h 30m\"\nchunk_bytes = \"128 MiB\"\nbackground_load_rate = \"200 MiB\"\n",
+    ));
+    assert_eq!(
+        config.startup,
+        StartupConfig {
+            hot_window: Duration::from_secs(9000),
+            chunk_bytes: 128 << 20,
+            background_load_bytes_per_second: Some(200 << 20),
+        }
+    );
+    let rate = |value: &str| {
+        parse(&after_data_dir(&format!(
+            "[startup]\nbackground_load_rate = {value}\n"
+        )))
+        .startup
+        .background_load_bytes_per_second
+    };
+    assert_eq!(rate("\"200 MiB/s\""), Some(200 << 20));
+    assert_eq!(rate("\"1.5GB/s\""), Some(1_500_000_000));
+    assert_eq!(rate("1048576"), Some(1 << 20));
+    let startup = |lines: &str| parse(&after_data_dir(&format!("[startup]\n{lines}\n"))).startup;
+    assert_eq!(startup("hot_window = \"0s\"").hot_window, Duration::ZERO);
+    assert_eq!(
+        startup("hot_window = \"36500d\"").hot_window,
+        HOT_WINDOW_MAX
+    );
+    assert_eq!(startup("chunk_bytes = 65536").chunk_bytes, 64 << 10);
+    assert_eq!(startup("chunk_bytes = \"4 GiB\"").chunk_bytes, 4 << 30);
+    // [startup] may come after the topics.
+    let config = parse(&after_data_dir(
+        "[[topic]]\nname = \"a\"\n[startup]\nhot_window = \"1h\"\n",
+    ));
+    assert_eq!(config.startup.hot_window, Duration::from_secs(3600));
+    assert_eq!(config.topics.len(), 1);
+}
+
+#[test]
+fn shutdown_timeout_parses() {
+    let timeout = |value: &str| {
+        parse(&after_data_dir(&format!(
+            "shutdown_timeout = \"{value}\"\n"
+        )))
+        .shutdown_timeout
+    };
+    assert_eq!(timeout("5s"), Duration::from_secs(5));
+    assert_eq!(timeout("250ms"), Duration::from_millis(250));
+    assert_eq!(timeout("1h"), SHUTDOWN_TIMEOUT_MAX);
+}
+
+#[test]
+fn http_listen_parses() {
+    let listen = |value: &str| {
+        parse(&after_data_dir(&format!("[http]\nlisten = \"{value}\"\n")))
+            .http
+            .expect("[http] is present")
+            .listen
+    };
+    assert_eq!(listen("127.0.0.1:9644"), "127.0.0.1:9644".parse().unwrap());
+    assert_eq!(listen("0.0.0.0:0").port(), 0);
+    assert_eq!(listen("[::1]:9644"), "[::1]:9644".parse().unwrap());
+}
+
+#[test]
+fn bad_shutdown_timeout() {
+    for value in ["0s", "61m"] {
+        assert_error(
+            &after_data_dir(&format!("shutdown_timeout = \"{value}\"\n")),
+            "test.toml:2:20 (shutdown_timeout): ",
+            &["shutdown_timeout must be more than 0s and at most 1h"],
+        );
+    }
+    assert_error(
+        &after_data_dir("shutdown_timeout = \"soon\"\n"),
+        "test.toml:2:20 (shutdown_timeout): ",
+        &["invalid shutdown_timeout \"soon\"", "\"250ms\""],
+    );
+    assert_error(
+        &after_data_dir("shutdown_timeout = 30\n"),
+        "test.toml:2:20 (shutdown_timeout): ",
+        &["invalid type: integer `30`"],
+    );
+}
+
+#[test]
+fn bad_startup_values() {
+    let cases = [
+        (
+            "hot_window = \"36501d\"",
+            "test.toml:3:14 (startup.hot_window): ",
+            "hot_window must be at most 36500d",
+        ),
+        (
+            "hot_window = \"yesterday\"",
+            "test.toml:3:14 (startup.hot_window): ",
+            "invalid hot_window \"yesterday\"",
+        ),
+        (
+            "hot_window = 86400",
+            "test.toml:3:14 (startup.hot_window): ",
+            "invalid type: integer `86400`",
+        ),
+        (
+            "chunk_bytes = \"32 KiB\"",
+            "test.toml:3:15 (startup.chunk_bytes): ",
+            "chunk_bytes must be between 64 KiB and 4 GiB, got 32 KiB",
+        ),
+        (
+            "chunk_bytes = \"5 GiB\"",
+            "test.toml:3:15 (startup.chunk_bytes): ",
+            "chunk_bytes must be between 64 KiB and 4 GiB, got 5 GiB",
+        ),
+        (
+            "chunk_bytes = -1",
+            "test.toml:3:15 (startup.chunk_bytes): ",
+            "chunk_bytes must not be negative",
+        ),
+        (
+            "chunk_bytes = \"lots\"",
+            "test.toml:3:15 (startup.chunk_bytes): ",
+            "invalid size \"lots\"",
+        ),
+        (
+            "background_load_rate = \"0 MiB/s\"",
+            "test.toml:3:24 (startup.background_load_rate): ",
+            "background_load_rate must be more than 0 B per second",
+        ),
+        (
+            "background_load_rate = 0",
+            "test.toml:3:24 (startup.background_load_rate): ",
+            "background_load_rate must be more than 0 B per second",
+        ),
+        (
+            "background_load_rate = \"fast\"",
+            "test.toml:3:24 (startup.background_load_rate): ",
+            "invalid background_load_rate: invalid size \"fast\"",
+        ),
+    ];
+    for (line, prefix, rule) in cases {
+        assert_error(
+            &after_data_dir(&format!("[startup]\n{line}\n")),
+            prefix,
+            &[rule],
+        );
+    }
+}
+
+#[test]
+fn bad_http_values() {
+    for value in ["localhost:9644", "127.0.0.1", "127.0.0.1:70000", ""] {
+        assert_error(
+            &after_data_dir(&format!("[http]\nlisten = \"{value}\"\n")),
+            "test.toml:3:10 (http.listen): ",
+            &[
+                &format!("invalid listen \"{value}\""),
+                "expected an IP address and port like \"127.0.0.1:9644\"",
+            ],
+        );
+    }
+    assert_error(
+        &after_data_dir("[http]\nlisten = 9644\n"),
+        "test.toml:3:10 (http.listen): ",
+        &["invalid type: integer `9644`"],
+    );
+    assert_error(
+        &after_data_dir("[http]\n"),
+        "test.toml:2:1 (http.listen): ",
+        &["missing required key `listen` in [http]"],
+    );
+}
+
+#[test]
+fn unknown_keys_in_startup_and_http() {
+    assert_error(
+        &after_data_dir("[startup]\nhot_window = \"1h\"\nhot_windw = \"2h\"\n"),
+        "test.toml:4:1 (startup.hot_windw): ",
+        &["unknown key `hot_windw`", "`hot_window`", "`chunk_bytes`"],
+    );
+    assert_error(
+        &after_data_dir("[http]\nlisten = \"127.0.0.1:0\"\nport = 9644\n"),
+        "test.toml:4:1 (http.port): ",
+        &["unknown key `port`", "`listen`"],
+    );
+    // Keys of a section written at the top level are unknown there.
+    assert_error(
+        &after_data_dir("hot_window = \"1h\"\n"),
+        "test.toml:2:1 (hot_window): ",
+        &["unknown key `hot_window`"],
+    );
+}
+
+#[test]
+fn validate_checks_startup_and_shutdown_timeout_built_in_code() {
+    let mut config = Config::new("data");
+    config.http = Some(HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    });
+    config.startup.hot_window = Duration::ZERO;
+    config.startup.background_load_bytes_per_second = Some(1);
+    assert_eq!(config.validate(), Ok(()));
+
+    type Edit = fn(&mut Config);
+    let cases: [(Edit, &str); 6] = [
+        (
+            |c| c.shutdown_timeout = Duration::ZERO,
+            "<config> (shutdown_timeout): shutdown_timeout must be more than 0s",
+        ),
+        (
+            |c| c.shutdown_timeout = SHUTDOWN_TIMEOUT_MAX + Duration::from_nanos(1),
+            "<config> (shutdown_timeout): ",
+        ),
+        (
+            |c| c.startup.hot_window = Duration::MAX,
+            "<config> (startup.hot_window): hot_window must be at most 36500d",
+        ),
+        (
+            |c| c.startup.chunk_bytes = CHUNK_BYTES_MIN - 1,
+            "<config> (startup.chunk_bytes): chunk_bytes must be between 64 KiB and 4 GiB",
+        ),
+        (
+            |c| c.startup.chunk_bytes = CHUNK_BYTES_MAX + 1,
+            "<config> (startup.chunk_bytes): ",
+        ),
+        (
+            |c| c.startup.background_load_bytes_per_second = Some(0),
+            "<config> (startup.background_load_rate): background_load_rate must be more than 0",
+        ),
+    ];
+    for (edit, prefix) in cases {
+        let mut broken = config.clone();
+        edit(&mut broken);
+        let shown = broken
+            .validate()
+            .expect_err("should be invalid")
+            .to_string();
+        assert!(
+            shown.starts_with(prefix),
+            "{shown:?} should start with {prefix:?}"
+        );
+    }
 }
