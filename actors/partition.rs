@@ -140,11 +140,6 @@ impl HotLoadComplete {
     pub(crate) fn into_work(self) -> PartitionWork {
         self.work
     }
-
-    #[cfg(test)]
-    pub(crate) fn oldest_loaded(&self) -> Offset {
-        self.work.oldest_loaded
-    }
 }
 
 /// Load the next chunk of the hot window.
@@ -943,6 +938,12 @@ impl Handler<Fetch> for PartitionActor {
 
 impl PartitionActor {
     fn fetch(&mut self, message: Fetch, context: &mut Context<Self>) {
+        if !self.accepting {
+            // Draining: a consumer gets "no more records" whether it was
+            // parked when the drain began or arrives after it.
+            let _ = message.reply.send(Err(FetchError::ShuttingDown));
+            return;
+        }
         if self.restarting.is_some() {
             let _ = message.reply.send(Err(FetchError::Unavailable));
             return;

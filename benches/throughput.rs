@@ -45,7 +45,7 @@ const IN_FLIGHT_DEFAULT: usize = 8;
 const PRODUCERS_DEFAULT: usize = 256;
 const SINGLE_PARTITIONS: u32 = 16;
 const CLIENT_WORKER_THREADS: usize = 2;
-const FETCH_MAX_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
+const FETCH_MAX_BYTES_DEFAULT: usize = millrace::runtime::FETCH_MAX_BYTES_DEFAULT;
 /// Marks the internal invocation that runs one measurement.
 const CHILD_FLAG: &str = "--child";
 

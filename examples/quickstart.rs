@@ -65,8 +65,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut consumer =
             runtime.consumer(topic, PartitionId(partition), before[partition as usize])?;
         consumer.set_options(FetchOptions {
-            max_bytes: 1 << 20,
             max_wait: Duration::ZERO,
+            ..FetchOptions::default()
         });
         loop {
             let Some(fetched) = consumer.poll_blocking()? else {

@@ -179,8 +179,28 @@ fn topics(config: PathBuf) -> CliResult {
 
 /// One stdin line, or why reading stopped.
 enum Line {
-    Record(Record),
+    /// A record and its 1-based line number (for errors).
+    Record(u64, Record),
     Invalid(String),
+}
+
+/// Most bytes the batch encoding adds around its records: frame header and
+/// record batch header.
+const BATCH_OVERHEAD_BYTES: usize =
+    millrace::storage::batch::FRAME_HEADER_BYTES + millrace::storage::batch::BATCH_HEADER_BYTES;
+/// Most bytes a record without headers takes in a batch besides its key and
+/// value: length varint (5), attributes (1), timestamp delta varlong (10),
+/// offset delta varint (5), key and value length varints (5 each), header
+/// count varint (5).
+const RECORD_OVERHEAD_BYTES_MAX: usize = 36;
+
+/// An upper bound of what `record` adds to an encoded batch, so the CLI never
+/// gathers lines into a batch over the topic's `max_batch_bytes` (the limit
+/// is per produce call; how many lines go in one call is the CLI's choice).
+fn record_bytes_max(record: &Record) -> usize {
+    RECORD_OVERHEAD_BYTES_MAX
+        + record.key.as_ref().map_or(0, |key| key.len())
+        + record.value.as_ref().map_or(0, |value| value.len())
 }
 
 fn produce(arguments: ProduceArgs) -> CliResult {
@@ -219,6 +239,7 @@ fn produce_with(runtime: &Runtime, arguments: &ProduceArgs) -> CliResult {
         .name("millrace-stdin".into())
         .spawn(move || read_stdin_lines(lines, delimiter, line_bytes_max))
         .map_err(|error| format!("cannot start the stdin reader: {error}"))?;
+    let batch_bytes_max = line_bytes_max;
     let print = arguments.print_acks;
     let partition = arguments.partition;
 
@@ -234,42 +255,60 @@ fn produce_with(runtime: &Runtime, arguments: &ProduceArgs) -> CliResult {
             Ok::<(), String>(())
         });
         let mut failure = None;
-        while let Some(first) = receiver.recv().await {
-            let mut batch = Vec::new();
-            let mut next = Some(first);
-            while let Some(line) = next.take() {
-                match line {
-                    Line::Record(record) => batch.push(record),
-                    Line::Invalid(message) => {
+        // A record that did not fit in the previous batch starts the next one.
+        let mut carried: Option<(u64, Record)> = None;
+        let mut stopped = false;
+        loop {
+            let (first_line, first) = match carried.take() {
+                Some(carried) => carried,
+                None => match receiver.recv().await {
+                    Some(Line::Record(number, record)) => (number, record),
+                    Some(Line::Invalid(message)) => {
                         failure = Some(message);
                         break;
                     }
-                }
-                if batch.len() < PRODUCE_BATCH_RECORDS_MAX {
-                    next = receiver.try_recv().ok();
+                    None => break,
+                },
+            };
+            let mut batch_bytes = BATCH_OVERHEAD_BYTES + record_bytes_max(&first);
+            let mut batch = vec![first];
+            while batch.len() < PRODUCE_BATCH_RECORDS_MAX {
+                match receiver.try_recv() {
+                    Ok(Line::Record(number, record)) => {
+                        let bytes = record_bytes_max(&record);
+                        if batch_bytes + bytes > batch_bytes_max {
+                            carried = Some((number, record));
+                            break;
+                        }
+                        batch_bytes += bytes;
+                        batch.push(record);
+                    }
+                    Ok(Line::Invalid(message)) => {
+                        failure = Some(message);
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
-            if !batch.is_empty() {
-                let producer = producer.clone();
-                let send = tokio::spawn(async move {
-                    match partition {
-                        Some(partition) => producer
-                            .send_batch_to(PartitionId(partition), batch)
-                            .await
-                            .map(|ack| {
-                                (0..=ack.last_offset.0 - ack.base_offset.0)
-                                    .map(|delta| RecordMetadata {
-                                        partition: ack.partition,
-                                        offset: Offset(ack.base_offset.0 + delta),
-                                    })
-                                    .collect()
-                            }),
-                        None => producer.send_batch(batch).await,
-                    }
-                });
-                if sends.send(send).await.is_err() {
-                    break; // the printer stopped on an error; it reports it below
+            let send = send_records(producer.clone(), partition, batch, first_line);
+            // Only a record alone in its batch can be over the limit (the
+            // bound is conservative, so it may still fit). Its outcome is
+            // awaited before anything after it is sent, so that if it is
+            // refused, no later line is stored.
+            let handle = if batch_bytes > batch_bytes_max {
+                let outcome = send.await;
+                if outcome.is_err() {
+                    stopped = true;
                 }
+                tokio::spawn(async move { outcome })
+            } else {
+                tokio::spawn(send)
+            };
+            if sends.send(handle).await.is_err() {
+                break; // the printer stopped on an error; it reports it below
+            }
+            if stopped {
+                break;
             }
             if failure.is_some() {
                 break;
@@ -285,13 +324,42 @@ fn produce_with(runtime: &Runtime, arguments: &ProduceArgs) -> CliResult {
     })
 }
 
-type SendOutcome =
-    Result<Result<Vec<RecordMetadata>, millrace::ProduceError>, tokio::task::JoinError>;
+/// Sends one batch (to `partition`, or by key / round-robin) and returns each
+/// record's place. An oversized record alone in its batch is named by its
+/// stdin line.
+async fn send_records(
+    producer: millrace::Producer,
+    partition: Option<u32>,
+    batch: Vec<Record>,
+    first_line: u64,
+) -> Result<Vec<RecordMetadata>, String> {
+    let alone = batch.len() == 1;
+    let sent = match partition {
+        Some(partition) => producer
+            .send_batch_to(PartitionId(partition), batch)
+            .await
+            .map(|ack| {
+                (0..=ack.last_offset.0 - ack.base_offset.0)
+                    .map(|delta| RecordMetadata {
+                        partition: ack.partition,
+                        offset: Offset(ack.base_offset.0 + delta),
+                    })
+                    .collect()
+            }),
+        None => producer.send_batch(batch).await,
+    };
+    sent.map_err(|error| match error {
+        millrace::ProduceError::TooLarge { .. } if alone => {
+            format!("stdin line {first_line}: record too large: {error}")
+        }
+        error => error.to_string(),
+    })
+}
+
+type SendOutcome = Result<Result<Vec<RecordMetadata>, String>, tokio::task::JoinError>;
 
 fn print_acks(outcome: SendOutcome, print: bool, out: &mut impl Write) -> CliResult {
-    let placed = outcome
-        .map_err(|error| format!("produce task failed: {error}"))?
-        .map_err(|error| error.to_string())?;
+    let placed = outcome.map_err(|error| format!("produce task failed: {error}"))??;
     if print {
         for record in placed {
             writeln!(out, "{} {}", record.partition, record.offset)
@@ -338,12 +406,12 @@ fn read_stdin_lines(
             return;
         }
         let parsed = match &delimiter {
-            None => Line::Record(Record::new(line)),
+            None => Line::Record(number, Record::new(line)),
             Some(delimiter) => match find(&line, delimiter) {
                 Some(at) => {
                     let value = line[at + delimiter.len()..].to_vec();
                     line.truncate(at);
-                    Line::Record(Record::new(value).with_key(line))
+                    Line::Record(number, Record::new(value).with_key(line))
                 }
                 None => Line::Invalid(format!(
                     "stdin line {number}: no key delimiter {:?} (with -K each line is \"key DELIM value\")",
@@ -431,7 +499,7 @@ async fn consume_with(runtime: &Runtime, arguments: &ConsumeArgs) -> CliResult {
         let mut received = false;
         for cursor in &mut cursors {
             let options = FetchOptions {
-                max_bytes: 1024 * 1024,
+                max_bytes: millrace::runtime::FETCH_MAX_BYTES_DEFAULT,
                 max_wait,
             };
             let fetch = runtime.fetch(topic, cursor.partition, cursor.position, options);

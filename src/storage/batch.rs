@@ -180,16 +180,36 @@ impl FrameView {
     /// Decodes the records; keys, values and header values are slices of
     /// the frame, not copies.
     pub fn records(&self) -> Result<Vec<FetchedRecord>, FrameError> {
+        let mut records = Vec::new();
+        self.records_into(&mut records, Offset(0))?;
+        Ok(records)
+    }
+
+    /// Appends the records at or after `from_offset` to `out` (one growth
+    /// of `out` per batch at most, no temporary vector). On error, `out` is
+    /// left as it was.
+    pub fn records_into(
+        &self,
+        out: &mut Vec<FetchedRecord>,
+        from_offset: Offset,
+    ) -> Result<(), FrameError> {
         let batch = self.frame.get(FRAME_HEADER_BYTES..).unwrap_or_default();
         check_record_count(&self.header, batch.len())?;
+        // Bounded: the count was checked against the bytes it needs.
+        out.reserve(self.header.record_count as usize);
+        let length_before = out.len();
         let mut collector = RecordCollector {
             frame: &self.frame,
             header: &self.header,
-            // Bounded: the count was checked against the bytes it needs.
-            records: Vec::with_capacity(self.header.record_count as usize),
+            from_offset,
+            records: out,
+            skipping: false,
         };
-        walk_records(batch, &self.header, &mut collector)?;
-        Ok(collector.records)
+        let walked = walk_records(batch, &self.header, &mut collector);
+        if walked.is_err() {
+            out.truncate(length_before);
+        }
+        walked
     }
 }
 
@@ -702,7 +722,11 @@ impl RecordVisitor for RecordValidator {
 struct RecordCollector<'a> {
     frame: &'a Bytes,
     header: &'a BatchHeader,
-    records: Vec<FetchedRecord>,
+    /// Records below this are walked (and checked) but not collected.
+    from_offset: Offset,
+    records: &'a mut Vec<FetchedRecord>,
+    /// The record being walked is below `from_offset`: its headers are skipped too.
+    skipping: bool,
 }
 
 impl RecordCollector<'_> {
@@ -715,6 +739,10 @@ impl RecordCollector<'_> {
 
 impl RecordVisitor for RecordCollector<'_> {
     fn record(&mut self, parts: RecordParts) {
+        self.skipping = parts.offset < self.from_offset;
+        if self.skipping {
+            return;
+        }
         let timestamp_ms = if self.header.attributes & ATTRIBUTES_LOG_APPEND_TIME != 0 {
             self.header.max_timestamp_ms
         } else {
@@ -737,6 +765,9 @@ impl RecordVisitor for RecordCollector<'_> {
 
     fn header(&mut self, key: &str, value: Option<Range<usize>>) {
         let value = value.map_or_else(Bytes::new, |range| self.slice(range));
+        if self.skipping {
+            return;
+        }
         if let Some(record) = self.records.last_mut() {
             record.headers.push(Header {
                 key: key.to_owned(),
@@ -967,6 +998,27 @@ mod tests {
         assert_eq!(decoded.header, header);
         assert_eq!(decoded.record_batch(), Bytes::copy_from_slice(&batch));
         assert_eq!(decoded.records().unwrap(), expected(5, &records));
+    }
+
+    #[test]
+    fn records_into_skips_records_below_the_offset_with_their_headers() {
+        let records: Vec<Record> = (0..4)
+            .map(|i| {
+                Record::new(format!("value-{i}"))
+                    .with_timestamp_ms(1_000 + i)
+                    .with_header(format!("h{i}"), format!("x{i}"))
+            })
+            .collect();
+        let (frame, _) = encode(10, &records);
+        let view = decode_frame(&Bytes::from(frame)).unwrap();
+        let mut out = vec![expected(0, &records[..1]).remove(0)];
+        view.records_into(&mut out, Offset(12)).unwrap();
+        let mut wanted = expected(0, &records[..1]);
+        wanted.extend(expected(10, &records).into_iter().skip(2));
+        assert_eq!(
+            out, wanted,
+            "offsets 10 and 11 and their headers are skipped"
+        );
     }
 
     #[test]

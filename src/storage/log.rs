@@ -246,7 +246,7 @@ impl ReadPlan {
     ) -> Result<RangeEnd, ReadError> {
         let chunk_bytes = max_bytes
             .saturating_sub(result.bytes_read)
-            .max(READ_CHUNK_BYTES_MIN);
+            .clamp(READ_CHUNK_BYTES_MIN, READ_CHUNK_BYTES_MAX);
         let mut reader = FrameReader::new(
             &range.file.file,
             range.start_position,
@@ -289,15 +289,15 @@ impl ReadPlan {
             if header.next_offset() <= self.from_offset {
                 continue;
             }
-            let records = view
-                .records()
+            let high_watermark = self.high_watermark;
+            view.records_into(&mut result.records, self.from_offset)
                 .map_err(|error| corrupt_read(&range.file, position, error.to_string()))?;
-            let (from_offset, high_watermark) = (self.from_offset, self.high_watermark);
-            result.records.extend(
-                records.into_iter().filter(|record| {
-                    record.offset >= from_offset && record.offset < high_watermark
-                }),
-            );
+            if header.next_offset() > high_watermark {
+                // Only a batch straddling the high watermark needs this.
+                result
+                    .records
+                    .retain(|record| record.offset < high_watermark);
+            }
             result.bytes_read += view.frame.len();
             result.next_offset = result
                 .next_offset
@@ -320,6 +320,9 @@ enum RangeEnd {
 /// Reads of segment data are at least this large, so a small fetch still
 /// costs one system call per many frames.
 const READ_CHUNK_BYTES_MIN: usize = 64 * 1024;
+/// Reads of segment data are at most this large: a 4 MiB fetch reads in
+/// several chunks instead of allocating (and faulting in) 4 MiB each time.
+const READ_CHUNK_BYTES_MAX: usize = 256 * 1024;
 /// Recovery and truncation read this much at a time.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 /// The search for a valid frame after damage reads this much at a time.
@@ -654,6 +657,12 @@ pub fn load_block(
     verification: Verification,
 ) -> Result<LoadedBlock, OpenError> {
     let path = SegmentFile::log_path(directory, base_offset);
+    fail::fail_point!("storage::load_block", |_| Err(io_error(
+        "read",
+        &path,
+        std::io::Error::other("injected load failure")
+    )
+    .into()));
     let file = SegmentFile::open(&path, directory, base_offset)?;
     let size_bytes = file
         .file
