@@ -239,3 +239,54 @@ fn acknowledged_records_survive_sigkill() {
     }
     check_log_with_cli(&config, &mut history);
 }
+
+/// The state a SIGKILL leaves when it lands right after a segment roll: the
+/// partition actor created the next segment file (at the planned log end
+/// offset) but the writer had not yet written the old segment's last
+/// batches (never acknowledged). Recovery must not claim offsets that no
+/// file holds: the log must end where the data ends, and a reader must
+/// reach the high watermark. (Found by `acknowledged_records_survive_sigkill`:
+/// a reader got stuck for ever below the high watermark, and
+/// `millrace consume --until-end` spun without end.)
+#[test]
+fn a_segment_created_just_before_a_kill_leaves_no_unreadable_offsets() {
+    let directory = tempfile::tempdir().unwrap();
+    let make_config = || common::config(directory.path(), vec![common::topic("rolled", 1)]);
+    let runtime = Runtime::start(make_config()).unwrap();
+    let producer = runtime.producer("rolled").unwrap();
+    let values: Vec<String> = (0..10).map(|i| format!("kept-{i}")).collect();
+    producer
+        .send_batch_to_blocking(
+            PartitionId(0),
+            values.iter().cloned().map(millrace::Record::new).collect(),
+        )
+        .unwrap();
+    runtime.shutdown().unwrap();
+
+    // An empty next segment at offset 20: offsets 10..20 were planned, never written.
+    let partition = common::partition_directory(directory.path(), "rolled", 0);
+    let active = partition.join(format!("{:020}.wal", 0));
+    let header = &std::fs::read(&active).unwrap()
+        [..millrace::storage::segment::SEGMENT_HEADER_BYTES as usize];
+    std::fs::write(partition.join(format!("{:020}.wal", 20)), header).unwrap();
+
+    let runtime = Runtime::start(make_config()).unwrap();
+    let offsets = runtime.offsets_blocking("rolled", PartitionId(0)).unwrap();
+    let records = common::read_partition(&runtime, "rolled", PartitionId(0));
+    let read: Vec<&[u8]> = records.iter().map(common::value_of).collect();
+    let expected: Vec<&[u8]> = values.iter().map(|value| value.as_bytes()).collect();
+    assert_eq!(read, expected);
+    assert_eq!(
+        offsets.high_watermark,
+        millrace::Offset(10),
+        "the high watermark must be where the data ends"
+    );
+    // New records continue right after the data.
+    let ack = runtime
+        .producer("rolled")
+        .unwrap()
+        .send_blocking(millrace::Record::new("next"))
+        .unwrap();
+    assert_eq!(ack.offset, millrace::Offset(10));
+    runtime.shutdown().unwrap();
+}

@@ -873,14 +873,28 @@ impl PartitionLog {
             blocks.insert(base_offset, block);
         }
 
+        // Where the newest block's data ends, when that block was read in this
+        // open (a seal finished here, or every block is loaded eagerly).
+        let newest_block_end = blocks
+            .iter()
+            .next_back()
+            .filter(|(base, _)| {
+                unloaded
+                    .keys()
+                    .next_back()
+                    .is_none_or(|listed| listed < *base)
+            })
+            .map(|(_, block)| block.index.next_offset);
         let active = match active_base {
             Some(base) => {
                 let (active, quarantined) =
                     recovery.recover_active(Offset(base), previous_next_offset)?;
                 if let Some(block) = quarantined {
                     blocks.insert(Offset(base), block);
+                    active
+                } else {
+                    recovery.rebase_empty_active(active, newest_block_end)?
                 }
-                active
             }
             None => {
                 // Never a base offset some block already has (an empty block
@@ -1971,6 +1985,32 @@ impl Recovery<'_> {
         }
     }
 
+    /// A kill right after a roll can leave the new, empty `.wal` named past
+    /// where the previous segment's data really ends (its last batches were
+    /// planned, never written). Offsets in between were never acknowledged;
+    /// recreate the empty segment at that end so no offset is unreadable.
+    fn rebase_empty_active(
+        &mut self,
+        active: ActiveSegment,
+        newest_block_end: Option<Offset>,
+    ) -> Result<ActiveSegment, OpenError> {
+        let Some(end) = newest_block_end else {
+            return Ok(active);
+        };
+        if active.has_frames() || active.base_offset <= end {
+            return Ok(active);
+        }
+        let path = SegmentFile::wal_path(self.directory, active.base_offset);
+        drop(active);
+        io::delete_file(&path)?;
+        tracing::info!(
+            file = %path.display(),
+            new_base = end.0,
+            "recreated an empty segment at the end of the previous segment's data"
+        );
+        self.create_active(end)
+    }
+
     /// A new, empty active segment (header written and synced).
     fn create_active(&mut self, base_offset: Offset) -> Result<ActiveSegment, OpenError> {
         let file = SegmentFile::create(self.directory, base_offset)?;
@@ -2914,6 +2954,30 @@ mod tests {
             .expect("a full load verifies every frame");
         assert_eq!(corruption.position, positions[1]);
         assert_eq!(corruption.file, path);
+    }
+
+    #[test]
+    fn an_empty_segment_named_past_unwritten_batches_is_recreated_at_the_data_end() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        append_batches(&mut log, 2, 4);
+        // Plan batches whose jobs never run (a kill before the writer got to
+        // them) until one of them rolls: the new file exists, the data not.
+        loop {
+            let first = log.log_end_offset().0;
+            let outcome = log.append(&records(first, 4), Term(0), 1_000).unwrap();
+            if outcome.jobs.iter().any(|job| matches!(job, IoJob::Seal(_))) {
+                break;
+            }
+        }
+        let planned_end = log.log_end_offset();
+        drop(log);
+        let (log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        assert!(planned_end > Offset(8));
+        assert_eq!(log.log_end_offset(), Offset(8), "the log ends where the data does");
+        assert_eq!(log.high_watermark(), Offset(8));
+        assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 8);
+        assert!(file_names(directory.path()).contains(&format!("{:020}.wal", 8)));
     }
 
     #[test]
