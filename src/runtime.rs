@@ -393,10 +393,7 @@ impl Runtime {
         partition: PartitionId,
         offset: Offset,
     ) -> Result<PartitionConsumer, FetchError> {
-        let handle = self
-            .topic(topic)
-            .ok_or_else(|| FetchError::UnknownTopic(topic.to_owned()))?;
-        let address = fetch_address(&handle, partition)?.clone();
+        let address = self.partition_address(topic, partition)?;
         Ok(PartitionConsumer {
             address,
             position: offset,
@@ -412,10 +409,19 @@ impl Runtime {
         offset: Offset,
         options: FetchOptions,
     ) -> Result<FetchResult, FetchError> {
+        fetch_from(&self.partition_address(topic, partition)?, offset, options).await
+    }
+
+    /// The actor of one partition, for reads.
+    fn partition_address(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Addr<PartitionActor>, FetchError> {
         let handle = self
             .topic(topic)
             .ok_or_else(|| FetchError::UnknownTopic(topic.to_owned()))?;
-        fetch_from(fetch_address(&handle, partition)?, offset, options).await
+        fetch_address(&handle, partition).cloned()
     }
 
     /// [`Runtime::fetch`], blocking the calling thread.
@@ -445,10 +451,7 @@ impl Runtime {
         topic: &str,
         partition: PartitionId,
     ) -> Result<PartitionOffsets, FetchError> {
-        let handle = self
-            .topic(topic)
-            .ok_or_else(|| FetchError::UnknownTopic(topic.to_owned()))?;
-        fetch_address(&handle, partition)?
+        self.partition_address(topic, partition)?
             .send(Describe)
             .await
             .map_err(|_| FetchError::Unavailable)

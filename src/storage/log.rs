@@ -1839,25 +1839,10 @@ impl Recovery<'_> {
         // The corruption names the file as it will be called once sealed.
         let (index, corrupt_from) =
             self.quarantine(scan, &SegmentFile::log_path(self.directory, base_offset));
-        let file = Arc::new(file);
-        let job = SealJob {
-            file: Arc::clone(&file),
-            base_offset,
-            index_bytes: index.encode(),
-        };
-        let outcome = io::run_seal(&job)?;
-        self.report.orphans_removed += outcome.orphans_removed;
+        let block = self.seal_as_block(file, base_offset, index, corrupt_from)?;
         self.report.seals_completed += 1;
         tracing::info!(file = %path.display(), "finished a seal interrupted by a crash");
-        let size_bytes = index.segment_bytes;
-        Ok(Some(Block {
-            file,
-            index,
-            size_bytes,
-            durable_bytes: size_bytes,
-            corrupt_from,
-            seal: SealState::Sealed,
-        }))
+        Ok(Some(block))
     }
 
     /// Moves `[from, end)` of a file to its `.broken` file and truncates it.
@@ -1954,15 +1939,6 @@ impl Recovery<'_> {
                     .and_then(|damage| damage.later_next_offset);
                 let (index, corrupt_from) =
                     self.quarantine(scan, &SegmentFile::log_path(self.directory, base_offset));
-                let file = Arc::new(file);
-                let job = SealJob {
-                    file: Arc::clone(&file),
-                    base_offset,
-                    index_bytes: index.encode(),
-                };
-                let outcome = io::run_seal(&job)?;
-                self.report.orphans_removed += outcome.orphans_removed;
-                let size_bytes = index.segment_bytes;
                 let mut new_base = index
                     .next_offset
                     .max(scanned_next_offset)
@@ -1971,14 +1947,7 @@ impl Recovery<'_> {
                 if new_base <= base_offset {
                     new_base = base_offset.next();
                 }
-                let block = Block {
-                    file,
-                    index,
-                    size_bytes,
-                    durable_bytes: size_bytes,
-                    corrupt_from,
-                    seal: SealState::Sealed,
-                };
+                let block = self.seal_as_block(file, base_offset, index, corrupt_from)?;
                 let active = self.create_active(new_base)?;
                 Ok((active, Some(block)))
             }
@@ -2009,6 +1978,32 @@ impl Recovery<'_> {
             "recreated an empty segment at the end of the previous segment's data"
         );
         self.create_active(end)
+    }
+
+    /// Seals a scanned `.wal` as a block (index written, renamed to `.log`).
+    fn seal_as_block(
+        &mut self,
+        file: SegmentFile,
+        base_offset: Offset,
+        index: SegmentIndex,
+        corrupt_from: Option<Corruption>,
+    ) -> Result<Block, OpenError> {
+        let file = Arc::new(file);
+        let job = SealJob {
+            file: Arc::clone(&file),
+            base_offset,
+            index_bytes: index.encode(),
+        };
+        self.report.orphans_removed += io::run_seal(&job)?.orphans_removed;
+        let size_bytes = index.segment_bytes;
+        Ok(Block {
+            file,
+            index,
+            size_bytes,
+            durable_bytes: size_bytes,
+            corrupt_from,
+            seal: SealState::Sealed,
+        })
     }
 
     /// A new, empty active segment (header written and synced).
@@ -2974,7 +2969,11 @@ mod tests {
         drop(log);
         let (log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
         assert!(planned_end > Offset(8));
-        assert_eq!(log.log_end_offset(), Offset(8), "the log ends where the data does");
+        assert_eq!(
+            log.log_end_offset(),
+            Offset(8),
+            "the log ends where the data does"
+        );
         assert_eq!(log.high_watermark(), Offset(8));
         assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 8);
         assert!(file_names(directory.path()).contains(&format!("{:020}.wal", 8)));
