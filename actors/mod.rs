@@ -5,6 +5,7 @@
 //! - [`writer`]: the group-commit thread each partition actor owns.
 //! - [`deleter`]: the runtime's file-deletion thread.
 
+pub(crate) mod compactor;
 pub(crate) mod deleter;
 pub(crate) mod loader;
 pub(crate) mod partition;

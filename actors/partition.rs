@@ -31,6 +31,7 @@ use crate::config::{StartupConfig, TopicConfig};
 use crate::error::{FetchError, ProduceError};
 use crate::health::{LoadProgress, LoadState, PartitionHealth, Phase};
 use crate::metrics::{Metrics, PartitionGauges};
+use crate::storage::compaction::{CompactedBlocks, CompactionInput, SwapError};
 use crate::storage::log::{load_block, LoadedBlock, UnloadedBlock, Verification};
 use crate::storage::{AppendError, IoJob, OpenError, PartitionLog, ReadError, ReadPlan};
 use crate::types::{Offset, PartitionId, Record, Term};
@@ -44,6 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
+const DIRTY_RATIO_PENDING: f64 = 1.0;
 /// Messages waiting in a partition's mailbox before senders wait.
 pub(crate) const MAILBOX_CAPACITY: usize = 1024;
 /// Fetches parked (at the high watermark or on an unloaded block); more are answered at once.
@@ -141,6 +143,30 @@ impl HotLoadComplete {
         self.work
     }
 }
+
+/// Hand the sealed blocks to the compactor (marking them compacting), if
+/// the partition can be compacted and, with `min_dirty_ratio`, is dirty enough.
+#[derive(Message)]
+#[rtype(result = "Result<Option<CompactionInput>, String>")]
+pub(crate) struct TakeCompactionInput {
+    pub(crate) delete_retention: Duration,
+    /// `None`: compact now whatever the ratio (on demand).
+    pub(crate) min_dirty_ratio: Option<f64>,
+}
+
+/// Swap compacted blocks in, in one step. The build comes back (with the
+/// replaced bases, for `finish`) on success, and with the error otherwise.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SwapCompacted {
+    pub(crate) compacted: CompactedBlocks,
+    pub(crate) reply: oneshot::Sender<Result<CompactedBlocks, (CompactedBlocks, SwapError)>>,
+}
+
+/// The compaction that took the blocks gave up; they are ordinary again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CompactionAborted;
 
 /// Load the next chunk of the hot window.
 #[derive(Message)]
@@ -291,7 +317,9 @@ impl PartitionActor {
         handler: &'static str,
         body: impl FnOnce(&mut Self, &mut Context<Self>),
     ) {
+        let started = Instant::now();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(self, context)));
+        self.metrics.observe_handler(handler, started.elapsed());
         if let Err(panic) = outcome {
             let reason = panic_message(panic.as_ref());
             tracing::error!(partition = %self.name, handler, %reason, "partition handler panicked; restarting it from disk");
@@ -1032,5 +1060,82 @@ impl Handler<Drain> for PartitionActor {
         }
         self.drain_waiters.push(message.reply);
         self.finish_drain_if_idle();
+    }
+}
+
+impl Handler<TakeCompactionInput> for PartitionActor {
+    type Result = Result<Option<CompactionInput>, String>;
+
+    fn handle(
+        &mut self,
+        message: TakeCompactionInput,
+        context: &mut Context<Self>,
+    ) -> Self::Result {
+        let mut answer = Err("partition handler panicked".to_owned());
+        self.guarded(context, "take compaction input", |actor, _| {
+            answer = actor.take_compaction_input(&message);
+        });
+        answer
+    }
+}
+
+impl PartitionActor {
+    fn take_compaction_input(
+        &mut self,
+        message: &TakeCompactionInput,
+    ) -> Result<Option<CompactionInput>, String> {
+        if let Some(reason) = &self.fail_stopped {
+            return Err(format!("fail-stopped: {reason}"));
+        }
+        if let Some(reason) = &self.restarting {
+            return Err(format!("restarting: {reason}"));
+        }
+        if self.log.unloaded_blocks().next().is_some() {
+            return Err("sealed blocks are still loading".to_owned());
+        }
+        if !self.load.quarantined.is_empty() {
+            return Err(
+                "a sealed block is damaged (quarantined); damaged data is never compacted"
+                    .to_owned(),
+            );
+        }
+        if let Some(minimum) = message.min_dirty_ratio {
+            if DIRTY_RATIO_PENDING < minimum {
+                return Ok(None);
+            }
+        }
+        Ok(self
+            .log
+            .compaction_input(now_ms(), message.delete_retention))
+    }
+}
+
+impl Handler<SwapCompacted> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, message: SwapCompacted, context: &mut Context<Self>) {
+        self.guarded(context, "swap compacted", |actor, _| {
+            let SwapCompacted {
+                mut compacted,
+                reply,
+            } = message;
+            let answer = match actor.log.swap_compacted(&mut compacted) {
+                Ok(()) => Ok(compacted),
+                Err(error) => {
+                    actor.log.compaction_aborted();
+                    Err((compacted, error))
+                }
+            };
+            let _ = reply.send(answer);
+            actor.publish_gauges();
+        });
+    }
+}
+
+impl Handler<CompactionAborted> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, _message: CompactionAborted, _context: &mut Context<Self>) {
+        self.log.compaction_aborted();
     }
 }

@@ -78,8 +78,9 @@ pub const INDEX_INTERVAL_BYTES_MAX: u64 = SEGMENT_BYTES_MAX;
 /// wants by accident.
 pub const FSYNC_INTERVAL_MAX: Duration = Duration::from_secs(10);
 
-/// Longest `segment_age` and `retention` (100 years of 365 days). Absent means
-/// "never"; the bound keeps time arithmetic on these values far from overflow.
+/// Longest `segment_age`, `retention` and `delete_retention` (100 years of 365
+/// days). For the first two absent means "never"; the bound keeps time
+/// arithmetic on these values far from overflow.
 pub const AGE_MAX: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The only `replication_factor` accepted until replication is implemented.
@@ -88,6 +89,7 @@ pub const REPLICATION_FACTOR_DEFAULT: u32 = 1;
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
 
 /// How `AGE_MAX` reads in messages (humantime would print "99years 11months ...").
 const AGE_MAX_TEXT: &str = "36500d (100 years)";
@@ -105,6 +107,8 @@ pub struct Config {
     pub startup: StartupConfig,
     /// `[http]`: the health and metrics listener; `None` (the default) = off.
     pub http: Option<HttpConfig>,
+    /// `[compactor]`: the key compactor's budget and schedule.
+    pub compactor: CompactorConfig,
     /// `shutdown_timeout` (default "30s"): how long `Runtime::shutdown` waits
     /// for in-flight appends to drain before it stops everything anyway.
     /// More than zero, at most [`SHUTDOWN_TIMEOUT_MAX`].
@@ -198,6 +202,18 @@ pub struct TopicConfig {
     pub index_interval_bytes: u64,
     /// `cleanup` (default "delete"): what happens to old data.
     pub cleanup: CleanupPolicy,
+    /// `delete_retention` (default "24h"): with compaction, how long a
+    /// tombstone (a record with a key and no value) is kept after its
+    /// timestamp before a compaction removes it.
+    /// More than zero, at most [`AGE_MAX`]. Accepted, and ignored, when
+    /// `cleanup` is "delete": a topic can be switched to compaction later
+    /// without editing it.
+    pub delete_retention: Duration,
+    /// `min_dirty_ratio` (default 0.5, from 0 to 1): with compaction, the
+    /// share of sealed bytes not yet compacted at which a run starts.
+    /// A TOML float, or the integer 0 or 1; finite, within 0.0..=1.0.
+    /// Accepted, and ignored, when `cleanup` is "delete", like `delete_retention`.
+    pub min_dirty_ratio: f64,
     /// `replication_factor` (default 1; only 1 until replication is implemented).
     pub replication_factor: u32,
 }
@@ -213,14 +229,81 @@ pub enum FsyncPolicy {
     Interval(Duration),
 }
 
-/// What the `cleanup` key asks for old data. `"compact"` and
-/// `"compact,delete"` are part of the contract but rejected until key
-/// compaction is implemented.
+/// What the `cleanup` key asks for old data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CleanupPolicy {
     /// `"delete"`: sealed segments are deleted by `retention` and `retention_bytes`.
     Delete,
+    /// `"compact"`: the compactor keeps the latest record per key in sealed
+    /// blocks; tombstones go after `delete_retention`. Nothing is deleted by age.
+    Compact,
+    /// `"compact,delete"`: both.
+    CompactAndDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether retention by age and size applies.
+    pub fn deletes(self) -> bool {
+        matches!(
+            self,
+            CleanupPolicy::Delete | CleanupPolicy::CompactAndDelete
+        )
+    }
+
+    /// Whether key compaction applies.
+    pub fn compacts(self) -> bool {
+        matches!(
+            self,
+            CleanupPolicy::Compact | CleanupPolicy::CompactAndDelete
+        )
+    }
+}
+
+/// The `[compactor]` table: the runtime-wide key compactor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactorConfig {
+    /// `memory_budget` (default "256 MiB"): a run whose estimated key map is
+    /// larger than this (or than the memory available) is skipped, with the
+    /// reason logged and counted.
+    /// Between [`COMPACTOR_MEMORY_BUDGET_MIN`] and [`COMPACTOR_MEMORY_BUDGET_MAX`].
+    pub memory_budget: u64,
+    /// `interval` (default "30s"): how often the compactor checks each
+    /// compacted topic's dirty ratio.
+    /// Between [`COMPACTOR_INTERVAL_MIN`] and [`COMPACTOR_INTERVAL_MAX`].
+    pub interval: Duration,
+}
+
+/// Default `[compactor] memory_budget`.
+pub const COMPACTOR_MEMORY_BUDGET_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Smallest `[compactor] memory_budget`: below this a key map holds too few
+/// keys for a run to make progress on any real partition.
+pub const COMPACTOR_MEMORY_BUDGET_MIN: u64 = MIB;
+/// Largest `[compactor] memory_budget`: a bound well past any machine this
+/// runs on, so a typo in the unit ("256 TiB") is caught rather than trusted.
+pub const COMPACTOR_MEMORY_BUDGET_MAX: u64 = TIB;
+/// Default `[compactor] interval`.
+pub const COMPACTOR_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
+/// Shortest `[compactor] interval`: checking dirty ratios more often only
+/// burns CPU; a run takes far longer than this anyway.
+pub const COMPACTOR_INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// Longest `[compactor] interval`: a day without a check lets a compacted
+/// topic grow unchecked for too long to be anyone's intent.
+pub const COMPACTOR_INTERVAL_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// How `COMPACTOR_INTERVAL_MAX` reads in messages (humantime would print "1day").
+const COMPACTOR_INTERVAL_MAX_TEXT: &str = "1d";
+/// Default topic `delete_retention`.
+pub const DELETE_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default topic `min_dirty_ratio`.
+pub const MIN_DIRTY_RATIO_DEFAULT: f64 = 0.5;
+
+impl Default for CompactorConfig {
+    fn default() -> Self {
+        CompactorConfig {
+            memory_budget: COMPACTOR_MEMORY_BUDGET_DEFAULT,
+            interval: COMPACTOR_INTERVAL_DEFAULT,
+        }
+    }
 }
 
 /// A configuration error: where it is and what rule it breaks.
@@ -244,6 +327,7 @@ impl Config {
             topics: Vec::new(),
             startup: StartupConfig::default(),
             http: None,
+            compactor: CompactorConfig::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
         }
     }
@@ -286,6 +370,8 @@ impl Config {
             .map_err(|message| error("shutdown_timeout".to_owned(), message))?;
         check_startup(&self.startup)
             .map_err(|broken| error(format!("startup.{}", broken.key), broken.message))?;
+        check_compactor(&self.compactor)
+            .map_err(|broken| error(format!("compactor.{}", broken.key), broken.message))?;
         for (index, topic) in self.topics.iter().enumerate() {
             check_topic(topic).map_err(|broken| {
                 error(format!("topic[{index}].{}", broken.key), broken.message)
@@ -307,7 +393,8 @@ impl Config {
 impl TopicConfig {
     /// A topic named `name` with every other key at its default: 1 partition,
     /// 64 MiB segments, no age or retention limits, fsync "always", 1 MiB
-    /// batches, 4 KiB index interval, cleanup "delete", replication factor 1.
+    /// batches, 4 KiB index interval, cleanup "delete", delete retention 24h,
+    /// min dirty ratio 0.5, replication factor 1.
     /// The name is not checked here; [`Config::validate`] checks it.
     pub fn with_defaults(name: impl Into<String>) -> TopicConfig {
         TopicConfig {
@@ -321,6 +408,8 @@ impl TopicConfig {
             max_batch_bytes: MAX_BATCH_BYTES_DEFAULT,
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             cleanup: CleanupPolicy::Delete,
+            delete_retention: DELETE_RETENTION_DEFAULT,
+            min_dirty_ratio: MIN_DIRTY_RATIO_DEFAULT,
             replication_factor: REPLICATION_FACTOR_DEFAULT,
         }
     }
@@ -519,6 +608,33 @@ fn check_background_load_rate(bytes_per_second: Option<u64>) -> Result<(), Strin
     Ok(())
 }
 
+/// Every `[compactor]` rule, in key order; the first one broken.
+fn check_compactor(compactor: &CompactorConfig) -> Result<(), BrokenRule> {
+    let checks: [(&'static str, Result<(), String>); 2] = [
+        (
+            "memory_budget",
+            check_bytes(
+                "memory_budget",
+                compactor.memory_budget,
+                COMPACTOR_MEMORY_BUDGET_MIN..=COMPACTOR_MEMORY_BUDGET_MAX,
+            ),
+        ),
+        ("interval", check_compactor_interval(compactor.interval)),
+    ];
+    first_broken(checks)
+}
+
+fn check_compactor_interval(interval: Duration) -> Result<(), String> {
+    if (COMPACTOR_INTERVAL_MIN..=COMPACTOR_INTERVAL_MAX).contains(&interval) {
+        return Ok(());
+    }
+    Err(format!(
+        "interval must be between {} and {COMPACTOR_INTERVAL_MAX_TEXT}, got {}",
+        humantime::format_duration(COMPACTOR_INTERVAL_MIN),
+        humantime::format_duration(interval)
+    ))
+}
+
 /// The first of `checks` that failed, with its key.
 fn first_broken<const N: usize>(
     checks: [(&'static str, Result<(), String>); N],
@@ -531,7 +647,7 @@ fn first_broken<const N: usize>(
 
 /// Every per-topic rule, in file key order; the first one broken.
 fn check_topic(topic: &TopicConfig) -> Result<(), BrokenRule> {
-    let checks: [(&'static str, Result<(), String>); 10] = [
+    let checks: [(&'static str, Result<(), String>); 12] = [
         ("name", validate_topic_name(&topic.name)),
         ("partitions", check_partitions(i64::from(topic.partitions))),
         (
@@ -564,6 +680,14 @@ fn check_topic(topic: &TopicConfig) -> Result<(), BrokenRule> {
                 topic.index_interval_bytes,
                 INDEX_INTERVAL_BYTES_MIN..=INDEX_INTERVAL_BYTES_MAX,
             ),
+        ),
+        (
+            "delete_retention",
+            check_delete_retention(topic.delete_retention),
+        ),
+        (
+            "min_dirty_ratio",
+            check_min_dirty_ratio(topic.min_dirty_ratio),
         ),
         (
             "replication_factor",
@@ -602,6 +726,27 @@ fn check_age(key: &str, age: Option<Duration>) -> Result<(), String> {
         )),
         _ => Ok(()),
     }
+}
+
+fn check_delete_retention(delete_retention: Duration) -> Result<(), String> {
+    if delete_retention.is_zero() || delete_retention > AGE_MAX {
+        return Err(format!(
+            "delete_retention must be more than 0s and at most {AGE_MAX_TEXT}, got {}",
+            humantime::format_duration(delete_retention)
+        ));
+    }
+    Ok(())
+}
+
+/// `min_dirty_ratio` is a share: finite (TOML can write `nan` and `inf`) and
+/// within 0..=1.
+fn check_min_dirty_ratio(ratio: f64) -> Result<(), String> {
+    if ratio.is_finite() && (0.0..=1.0).contains(&ratio) {
+        return Ok(());
+    }
+    Err(format!(
+        "min_dirty_ratio must be a number from 0 to 1 (a share of the sealed bytes), got {ratio}"
+    ))
 }
 
 fn check_retention_bytes(retention_bytes: Option<u64>) -> Result<(), String> {
@@ -669,6 +814,7 @@ struct RawConfig {
     shutdown_timeout: Option<Spanned<String>>,
     startup: Option<Spanned<RawStartup>>,
     http: Option<Spanned<RawHttp>>,
+    compactor: Option<Spanned<RawCompactor>>,
 }
 
 #[derive(Deserialize)]
@@ -687,6 +833,13 @@ struct RawHttp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCompactor {
+    memory_budget: Option<Spanned<RawSize>>,
+    interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTopic {
     name: Option<Spanned<String>>,
     // Integers are i64 in TOML; kept wide so that -1 or 2^40 get the range rule's message.
@@ -699,6 +852,8 @@ struct RawTopic {
     max_batch_bytes: Option<Spanned<RawSize>>,
     index_interval_bytes: Option<Spanned<RawSize>>,
     cleanup: Option<Spanned<String>>,
+    delete_retention: Option<Spanned<String>>,
+    min_dirty_ratio: Option<Spanned<RawRatio>>,
     replication_factor: Option<Spanned<i64>>,
 }
 
@@ -730,6 +885,34 @@ impl<'de> Deserialize<'de> for RawSize {
             }
         }
         deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A ratio as written: a TOML float, or an integer (`0`, `1`) that reads as
+/// one. Any integer is taken here so that `2` gets the range rule's message.
+struct RawRatio(f64);
+
+impl<'de> Deserialize<'de> for RawRatio {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RatioVisitor;
+        impl serde::de::Visitor<'_> for RatioVisitor {
+            type Value = RawRatio;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a number from 0 to 1, like 0.5")
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<RawRatio, E> {
+                Ok(RawRatio(value))
+            }
+            // `as` is exact for the integers that pass the range rule (0, 1);
+            // the others only appear in its message.
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<RawRatio, E> {
+                Ok(RawRatio(value as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<RawRatio, E> {
+                Ok(RawRatio(value as f64))
+            }
+        }
+        deserializer.deserialize_any(RatioVisitor)
     }
 }
 
@@ -865,12 +1048,24 @@ fn key_path_at(text: &str, offset: usize, unknown_key: Option<&str>) -> Option<S
         .map(str::to_owned)
 }
 
-/// The single tables (`[startup]`, `[http]`) with the span of each value,
-/// leniently: any keys, any value types.
+/// The single tables (`[startup]`, `[http]`, `[compactor]`) with the span
+/// of each value, leniently: any keys, any value types.
 #[derive(Deserialize)]
 struct SectionValueSpans {
     startup: Option<SpannedValues>,
     http: Option<SpannedValues>,
+    compactor: Option<SpannedValues>,
+}
+
+impl SectionValueSpans {
+    fn into_section(self, section: &str) -> Option<SpannedValues> {
+        match section {
+            "startup" => self.startup,
+            "http" => self.http,
+            "compactor" => self.compactor,
+            _ => None,
+        }
+    }
 }
 
 /// The single tables, leniently, to tell whether an unknown key is in one.
@@ -878,6 +1073,18 @@ struct SectionValueSpans {
 struct SectionTables {
     startup: Option<toml::Table>,
     http: Option<toml::Table>,
+    compactor: Option<toml::Table>,
+}
+
+impl SectionTables {
+    fn into_section(self, section: &str) -> Option<toml::Table> {
+        match section {
+            "startup" => self.startup,
+            "http" => self.http,
+            "compactor" => self.compactor,
+            _ => None,
+        }
+    }
 }
 
 /// The key inside the single table `section` at byte `offset` (which is
@@ -889,16 +1096,9 @@ fn section_key_at(
     offset: usize,
     unknown_key: Option<&str>,
 ) -> Option<String> {
-    fn pick<T>(section: &str, startup: Option<T>, http: Option<T>) -> Option<T> {
-        match section {
-            "startup" => startup,
-            "http" => http,
-            _ => None,
-        }
-    }
     let at_value = toml::from_str::<SectionValueSpans>(text)
         .ok()
-        .and_then(|spans| pick(section, spans.startup, spans.http))
+        .and_then(|spans| spans.into_section(section))
         .and_then(|table| {
             table
                 .into_iter()
@@ -907,7 +1107,7 @@ fn section_key_at(
         });
     at_value.or_else(|| {
         let tables = toml::from_str::<SectionTables>(text).ok()?;
-        let table = pick(section, tables.startup, tables.http)?;
+        let table = tables.into_section(section)?;
         unknown_key
             .filter(|key| table.contains_key(*key))
             .map(str::to_owned)
@@ -948,6 +1148,7 @@ impl RawConfig {
             topics,
             startup: StartupConfig::default(),
             http: None,
+            compactor: CompactorConfig::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
         };
         if let Some(timeout) = self.shutdown_timeout {
@@ -965,6 +1166,10 @@ impl RawConfig {
         if let Some(http) = self.http {
             let table_span = http.span();
             config.http = Some(http.into_inner().into_http(table_span, source)?);
+        }
+        if let Some(compactor) = self.compactor {
+            let table_span = compactor.span();
+            config.compactor = compactor.into_inner().into_compactor(table_span, source)?;
         }
         Ok(config)
     }
@@ -1005,6 +1210,37 @@ impl RawStartup {
         }
         check_startup(&startup).map_err(|broken| fail(broken.key, broken.message))?;
         Ok(startup)
+    }
+}
+
+impl RawCompactor {
+    /// Converts the `[compactor]` table (at `table_span`) and checks its rules.
+    fn into_compactor(
+        self,
+        table_span: Range<usize>,
+        source: &Source<'_>,
+    ) -> Result<CompactorConfig, ConfigError> {
+        let mut spans = KeySpans::default();
+        spans.record("memory_budget", &self.memory_budget);
+        spans.record("interval", &self.interval);
+        let fail = |key: &str, message: String| {
+            source.error(
+                Some(spans.get(key).unwrap_or_else(|| table_span.clone())),
+                Some(&format!("compactor.{key}")),
+                message,
+            )
+        };
+        let mut compactor = CompactorConfig::default();
+        if let Some(size) = self.memory_budget {
+            compactor.memory_budget = size_value("memory_budget", size.get_ref())
+                .map_err(|m| fail("memory_budget", m))?;
+        }
+        if let Some(interval) = self.interval {
+            compactor.interval =
+                duration_value("interval", interval.get_ref()).map_err(|m| fail("interval", m))?;
+        }
+        check_compactor(&compactor).map_err(|broken| fail(broken.key, broken.message))?;
+        Ok(compactor)
     }
 }
 
@@ -1070,6 +1306,8 @@ impl RawTopic {
         spans.record("max_batch_bytes", &self.max_batch_bytes);
         spans.record("index_interval_bytes", &self.index_interval_bytes);
         spans.record("cleanup", &self.cleanup);
+        spans.record("delete_retention", &self.delete_retention);
+        spans.record("min_dirty_ratio", &self.min_dirty_ratio);
         spans.record("replication_factor", &self.replication_factor);
         // A key that is not set (a missing `name`) is located at its table.
         let fail = |key: &str, message: String| {
@@ -1124,6 +1362,13 @@ impl RawTopic {
         }
         if let Some(cleanup) = self.cleanup {
             topic.cleanup = cleanup_value(cleanup.get_ref()).map_err(|m| fail("cleanup", m))?;
+        }
+        if let Some(retention) = self.delete_retention {
+            topic.delete_retention = duration_value("delete_retention", retention.get_ref())
+                .map_err(|m| fail("delete_retention", m))?;
+        }
+        if let Some(ratio) = self.min_dirty_ratio {
+            topic.min_dirty_ratio = ratio.get_ref().0;
         }
         if let Some(factor) = self.replication_factor {
             topic.replication_factor = to_u32(*factor.get_ref(), check_replication_factor)
@@ -1193,9 +1438,8 @@ fn cleanup_value(text: &str) -> Result<CleanupPolicy, String> {
     policies.sort_unstable();
     match policies.as_slice() {
         ["delete"] => Ok(CleanupPolicy::Delete),
-        ["compact"] | ["compact", "delete"] => Err(format!(
-            "cleanup = {text:?}: key compaction is not implemented yet; only \"delete\" is accepted"
-        )),
+        ["compact"] => Ok(CleanupPolicy::Compact),
+        ["compact", "delete"] => Ok(CleanupPolicy::CompactAndDelete),
         _ => Err(format!(
             "invalid cleanup {text:?}: expected \"delete\", \"compact\" or \"compact,delete\""
         )),
@@ -1340,17 +1584,57 @@ mod tests {
     #[test]
     fn cleanup_values() {
         assert_eq!(cleanup_value("delete"), Ok(CleanupPolicy::Delete));
-        for text in ["compact", "compact,delete", "delete, compact"] {
-            assert!(
-                cleanup_value(text)
-                    .unwrap_err()
-                    .contains("not implemented yet"),
+        assert_eq!(cleanup_value(" delete "), Ok(CleanupPolicy::Delete));
+        assert_eq!(cleanup_value("compact"), Ok(CleanupPolicy::Compact));
+        for text in [
+            "compact,delete",
+            "delete,compact",
+            "delete, compact",
+            " compact , delete ",
+        ] {
+            assert_eq!(
+                cleanup_value(text),
+                Ok(CleanupPolicy::CompactAndDelete),
                 "{text}"
             );
         }
-        assert!(cleanup_value("purge")
-            .unwrap_err()
-            .contains("expected \"delete\""));
+        for text in [
+            "purge",
+            "",
+            "compact,",
+            "compact,compact",
+            "delete,delete",
+            "compact,delete,delete",
+            "compact delete",
+            "Compact",
+        ] {
+            assert!(
+                cleanup_value(text)
+                    .unwrap_err()
+                    .contains("expected \"delete\", \"compact\" or \"compact,delete\""),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cleanup_policy_predicates() {
+        assert!(CleanupPolicy::Delete.deletes() && !CleanupPolicy::Delete.compacts());
+        assert!(!CleanupPolicy::Compact.deletes() && CleanupPolicy::Compact.compacts());
+        assert!(CleanupPolicy::CompactAndDelete.deletes());
+        assert!(CleanupPolicy::CompactAndDelete.compacts());
+    }
+
+    #[test]
+    fn min_dirty_ratio_rule() {
+        for good in [0.0, 0.5, 1.0, f64::MIN_POSITIVE] {
+            assert_eq!(check_min_dirty_ratio(good), Ok(()), "{good}");
+        }
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.1, 1.0001] {
+            assert!(check_min_dirty_ratio(bad)
+                .unwrap_err()
+                .contains("min_dirty_ratio must be a number from 0 to 1"));
+        }
     }
 
     proptest! {

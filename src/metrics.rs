@@ -9,15 +9,16 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the fsync latency histogram buckets.
-const FSYNC_BUCKET_BOUNDS_SECONDS: [f64; 14] = [
+/// Upper bounds (seconds) of the latency histogram buckets (fsync, handler, compaction).
+const LATENCY_BUCKET_BOUNDS_SECONDS: [f64; 19] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// A cumulative latency histogram with fixed buckets.
 #[derive(Debug, Default)]
 pub(crate) struct Histogram {
-    buckets: [AtomicU64; FSYNC_BUCKET_BOUNDS_SECONDS.len()],
+    buckets: [AtomicU64; LATENCY_BUCKET_BOUNDS_SECONDS.len()],
     count: AtomicU64,
     sum_nanoseconds: AtomicU64,
 }
@@ -25,7 +26,7 @@ pub(crate) struct Histogram {
 impl Histogram {
     pub(crate) fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        if let Some(index) = FSYNC_BUCKET_BOUNDS_SECONDS
+        if let Some(index) = LATENCY_BUCKET_BOUNDS_SECONDS
             .iter()
             .position(|bound| seconds <= *bound)
         {
@@ -38,7 +39,7 @@ impl Histogram {
 
     fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
-        let buckets = FSYNC_BUCKET_BOUNDS_SECONDS
+        let buckets = LATENCY_BUCKET_BOUNDS_SECONDS
             .iter()
             .zip(&self.buckets)
             .map(|(bound, bucket)| {
@@ -72,6 +73,26 @@ pub(crate) struct Metrics {
     pub(crate) blocks_quarantined_total: AtomicU64,
     pub(crate) background_load_bytes_total: AtomicU64,
     pub(crate) partition_restarts_total: AtomicU64,
+    pub(crate) compaction_runs_total: AtomicU64,
+    pub(crate) compaction_bytes_before_total: AtomicU64,
+    pub(crate) compaction_bytes_after_total: AtomicU64,
+    pub(crate) compaction_seconds: Histogram,
+    pub(crate) compaction_skipped_total: AtomicU64,
+    pub(crate) compaction_failures_total: AtomicU64,
+    pub(crate) partitions_not_compactable: AtomicU64,
+    /// How long partition-actor handlers take.
+    pub(crate) partition_handler_seconds: Histogram,
+    /// The longest partition-actor handler so far, in nanoseconds.
+    pub(crate) partition_handler_max_nanoseconds: AtomicU64,
+}
+
+impl Metrics {
+    /// Records one partition-actor handler's duration.
+    pub(crate) fn observe_handler(&self, _handler: &'static str, elapsed: Duration) {
+        self.partition_handler_seconds.observe(elapsed);
+        self.partition_handler_max_nanoseconds
+            .fetch_max(elapsed.as_nanos() as u64, Relaxed);
+    }
 }
 
 /// Gauges of one partition, written only by its actor.
@@ -166,6 +187,24 @@ pub struct MetricsSnapshot {
     pub background_load_bytes_total: u64,
     /// Partition actors restarted after a failure.
     pub partition_restarts_total: u64,
+    /// Compaction runs that swapped new blocks in.
+    pub compaction_runs_total: u64,
+    /// Bytes of blocks replaced by compaction.
+    pub compaction_bytes_before_total: u64,
+    /// Bytes of the blocks compaction wrote.
+    pub compaction_bytes_after_total: u64,
+    /// Duration of compaction runs.
+    pub compaction_seconds: HistogramSnapshot,
+    /// Compaction runs skipped by the resource check.
+    pub compaction_skipped_total: u64,
+    /// Compaction runs that failed (old blocks kept, retried).
+    pub compaction_failures_total: u64,
+    /// Partitions of compacted topics that cannot be compacted now.
+    pub partitions_not_compactable: u64,
+    /// Duration of partition-actor handlers.
+    pub partition_handler_seconds: HistogramSnapshot,
+    /// The longest partition-actor handler so far, in seconds.
+    pub partition_handler_max_seconds: f64,
     /// Per partition, in topic then partition order.
     pub partitions: Vec<PartitionMetrics>,
 }
@@ -188,6 +227,17 @@ impl Metrics {
             blocks_quarantined_total: self.blocks_quarantined_total.load(Relaxed),
             background_load_bytes_total: self.background_load_bytes_total.load(Relaxed),
             partition_restarts_total: self.partition_restarts_total.load(Relaxed),
+            compaction_runs_total: self.compaction_runs_total.load(Relaxed),
+            compaction_bytes_before_total: self.compaction_bytes_before_total.load(Relaxed),
+            compaction_bytes_after_total: self.compaction_bytes_after_total.load(Relaxed),
+            compaction_seconds: self.compaction_seconds.snapshot(),
+            compaction_skipped_total: self.compaction_skipped_total.load(Relaxed),
+            compaction_failures_total: self.compaction_failures_total.load(Relaxed),
+            partitions_not_compactable: self.partitions_not_compactable.load(Relaxed),
+            partition_handler_seconds: self.partition_handler_seconds.snapshot(),
+            partition_handler_max_seconds: self.partition_handler_max_nanoseconds.load(Relaxed)
+                as f64
+                / 1e9,
             partitions: partitions
                 .iter()
                 .map(|gauges| PartitionMetrics {
@@ -279,6 +329,31 @@ impl MetricsSnapshot {
                 "Partition actors restarted after a failure.",
                 self.partition_restarts_total,
             ),
+            (
+                "millrace_compaction_runs_total",
+                "Compaction runs that swapped new blocks in.",
+                self.compaction_runs_total,
+            ),
+            (
+                "millrace_compaction_bytes_before_total",
+                "Bytes of blocks replaced by compaction.",
+                self.compaction_bytes_before_total,
+            ),
+            (
+                "millrace_compaction_bytes_after_total",
+                "Bytes of the blocks compaction wrote.",
+                self.compaction_bytes_after_total,
+            ),
+            (
+                "millrace_compaction_skipped_total",
+                "Compaction runs skipped by the resource check.",
+                self.compaction_skipped_total,
+            ),
+            (
+                "millrace_compaction_failures_total",
+                "Compaction runs that failed (old blocks kept, retried).",
+                self.compaction_failures_total,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -286,18 +361,53 @@ impl MetricsSnapshot {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
-        let name = "millrace_fsync_seconds";
-        let _ = writeln!(out, "# HELP {name} fsync latency.\n# TYPE {name} histogram");
-        for (bound, cumulative) in &self.fsync_seconds.buckets {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        let histograms = [
+            (
+                "millrace_fsync_seconds",
+                "fsync latency.",
+                &self.fsync_seconds,
+            ),
+            (
+                "millrace_compaction_seconds",
+                "Duration of compaction runs.",
+                &self.compaction_seconds,
+            ),
+            (
+                "millrace_partition_handler_seconds",
+                "Duration of partition-actor handlers.",
+                &self.partition_handler_seconds,
+            ),
+        ];
+        for (name, help, histogram) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (bound, cumulative) in &histogram.buckets {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
+            let _ = writeln!(
+                out,
+                "{name}_sum {}\n{name}_count {}",
+                histogram.sum_seconds, histogram.count
+            );
         }
-        let histogram = &self.fsync_seconds;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
-        let _ = writeln!(
-            out,
-            "{name}_sum {}\n{name}_count {}",
-            histogram.sum_seconds, histogram.count
-        );
+        let single_gauges = [
+            (
+                "millrace_partitions_not_compactable",
+                "Partitions of compacted topics that cannot be compacted now.",
+                self.partitions_not_compactable as f64,
+            ),
+            (
+                "millrace_partition_handler_max_seconds",
+                "The longest partition-actor handler so far.",
+                self.partition_handler_max_seconds,
+            ),
+        ];
+        for (name, help, value) in single_gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
         let gauges: [(&str, &str, fn(&PartitionMetrics) -> u64); 5] = [
             ("millrace_log_start_offset", "First readable offset.", |p| {
                 p.log_start_offset

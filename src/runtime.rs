@@ -6,6 +6,7 @@
 //! Handles are capabilities: a [`Producer`] can only produce, a
 //! [`PartitionConsumer`] can only read.
 
+use crate::actors::compactor::{CompactNow, CompactionTarget, Compactor, StopCompactor};
 use crate::actors::deleter::DeleterHandle;
 use crate::actors::loader::{BlockLoader, StopLoader};
 use crate::actors::partition::{
@@ -30,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+pub use crate::actors::compactor::{CompactionSummary, PartitionCompaction};
 pub use crate::actors::partition::{AppendAck, PartitionOffsets};
 
 /// Name of the lock file in the data directory.
@@ -118,6 +120,8 @@ struct Inner {
     arbiters: Vec<Arbiter>,
     loader: Addr<BlockLoader>,
     loader_arbiter: Option<Arbiter>,
+    compactor: Addr<Compactor>,
+    compactor_arbiter: Option<Arbiter>,
     deleter: DeleterHandle,
     http: Option<HttpServer>,
     _metadata: sled::Db,
@@ -134,6 +138,17 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     gauges: Vec<Arc<PartitionGauges>>,
     draining: AtomicBool,
+}
+
+/// What the actor system thread hands back once everything is started.
+struct Started {
+    system: actix::System,
+    arbiters: Vec<Arbiter>,
+    loader: Addr<BlockLoader>,
+    loader_arbiter: Arbiter,
+    compactor: Addr<Compactor>,
+    compactor_arbiter: Arbiter,
+    addresses: Vec<(String, Addr<PartitionActor>)>,
 }
 
 /// How long `health()` waits for each partition to answer.
@@ -245,6 +260,8 @@ impl Runtime {
         let deleter_sender = deleter.sender();
         let actor_metrics = metrics.clone();
         let load_rate = config.startup.background_load_bytes_per_second;
+        let compactor_config = config.compactor.clone();
+        let compactor_metrics = metrics.clone();
         let (started_sender, started_receiver) = std::sync::mpsc::channel();
         let system_thread = std::thread::Builder::new()
             .name("millrace-system".into())
@@ -261,7 +278,8 @@ impl Runtime {
                         });
                     let arbiters: Vec<Arbiter> =
                         (0..arbiter_count).map(|_| Arbiter::new()).collect();
-                    let mut addresses: Vec<(String, Addr<PartitionActor>)> = Vec::new();
+                    let mut addresses: Vec<(String, PartitionSettings, Addr<PartitionActor>)> =
+                        Vec::new();
                     for (index, (settings, log, partition_gauges)) in
                         actor_specs.into_iter().enumerate()
                     {
@@ -269,6 +287,7 @@ impl Runtime {
                         let metrics = actor_metrics.clone();
                         let loader = loader.clone();
                         let name = settings.topic.name.clone();
+                        let kept_settings = settings.clone();
                         // Supervised: a partition that stops after a caught
                         // panic is restarted in place and reopens from disk.
                         let address = actix::Supervisor::start_in_arbiter(
@@ -284,15 +303,37 @@ impl Runtime {
                                 )
                             },
                         );
-                        addresses.push((name, address));
+                        addresses.push((name, kept_settings, address));
                     }
-                    let _ = started_sender.send((
-                        actix::System::current(),
+                    // The compactor gets its own arbiter too: building new
+                    // blocks never runs on a partition's thread.
+                    let targets: Vec<CompactionTarget> = addresses
+                        .iter()
+                        .filter(|(_, settings, _)| settings.topic.cleanup.compacts())
+                        .map(|(_, settings, address)| CompactionTarget {
+                            topic: settings.topic.clone(),
+                            partition: settings.partition,
+                            address: address.clone(),
+                        })
+                        .collect();
+                    let compactor_arbiter = Arbiter::new();
+                    let compactor =
+                        Compactor::start_in_arbiter(&compactor_arbiter.handle(), move |_| {
+                            Compactor::new(targets, compactor_config, compactor_metrics)
+                        });
+                    let addresses: Vec<(String, Addr<PartitionActor>)> = addresses
+                        .into_iter()
+                        .map(|(name, _, address)| (name, address))
+                        .collect();
+                    let _ = started_sender.send(Started {
+                        system: actix::System::current(),
                         arbiters,
                         loader,
                         loader_arbiter,
+                        compactor,
+                        compactor_arbiter,
                         addresses,
-                    ));
+                    });
                 });
                 system.run().ok();
             })
@@ -301,12 +342,19 @@ impl Runtime {
                 path: config.data_dir.clone(),
                 source,
             })?;
-        let (system, arbiters, loader, loader_arbiter, addresses) =
-            started_receiver.recv().map_err(|_| StartError::Io {
-                operation: "start actor system",
-                path: config.data_dir.clone(),
-                source: std::io::Error::other("actor system thread exited during start"),
-            })?;
+        let Started {
+            system,
+            arbiters,
+            loader,
+            loader_arbiter,
+            compactor,
+            compactor_arbiter,
+            addresses,
+        } = started_receiver.recv().map_err(|_| StartError::Io {
+            operation: "start actor system",
+            path: config.data_dir.clone(),
+            source: std::io::Error::other("actor system thread exited during start"),
+        })?;
 
         let mut topics: HashMap<String, Arc<TopicHandle>> = HashMap::new();
         for topic in &config.topics {
@@ -347,6 +395,8 @@ impl Runtime {
                 arbiters,
                 loader,
                 loader_arbiter: Some(loader_arbiter),
+                compactor,
+                compactor_arbiter: Some(compactor_arbiter),
                 deleter,
                 http: None,
                 _metadata: metadata,
@@ -476,6 +526,24 @@ impl Runtime {
         self.inner().shared.health()
     }
 
+    /// Compacts every partition of `topic` now (whatever its dirty ratio),
+    /// one at a time, and returns what happened to each. `None` if the topic
+    /// does not exist or its `cleanup` does not include "compact".
+    pub async fn compact(&self, topic: &str) -> Option<CompactionSummary> {
+        let (reply, summary) = oneshot::channel();
+        let message = CompactNow {
+            topic: topic.to_owned(),
+            reply,
+        };
+        self.inner().compactor.send(message).await.ok()?;
+        summary.await.ok().flatten()
+    }
+
+    /// [`Runtime::compact`], blocking the calling thread.
+    pub fn compact_blocking(&self, topic: &str) -> Option<CompactionSummary> {
+        futures_executor::block_on(self.compact(topic))
+    }
+
     /// The address of the `[http]` listener, if it is on (useful with port 0).
     pub fn http_address(&self) -> Option<std::net::SocketAddr> {
         self.inner().http.as_ref().map(HttpServer::local_address)
@@ -551,12 +619,22 @@ impl Inner {
             });
         }
         // 3: consumer offsets: no consumer groups yet, so nothing to commit.
-        // 4: the background loader (between blocks) and the deletion thread.
+        // 4: the background loader (between blocks), the compactor and the deletion thread.
         let (reply, stopped) = oneshot::channel();
         if self.loader.try_send(StopLoader { reply }).is_ok() {
             let _ = futures_executor::block_on(stopped);
         }
         if let Some(arbiter) = self.loader_arbiter.take() {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+        // The compactor finishes the partition it is on (a run is all or
+        // nothing), then stops.
+        let (reply, stopped) = oneshot::channel();
+        if self.compactor.try_send(StopCompactor { reply }).is_ok() {
+            let _ = futures_executor::block_on(stopped);
+        }
+        if let Some(arbiter) = self.compactor_arbiter.take() {
             arbiter.stop();
             let _ = arbiter.join();
         }
@@ -926,8 +1004,9 @@ pub(crate) fn log_options(topic: &TopicConfig) -> LogOptions {
         segment_age: topic.segment_age,
         index_interval_bytes: topic.index_interval_bytes,
         batch_bytes_max: topic.max_batch_bytes as usize,
-        retention: topic.retention,
-        retention_bytes: topic.retention_bytes,
+        // Retention applies only when `cleanup` includes "delete".
+        retention: topic.retention.filter(|_| topic.cleanup.deletes()),
+        retention_bytes: topic.retention_bytes.filter(|_| topic.cleanup.deletes()),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use millrace::config::Config;
+use millrace::runtime::PartitionCompaction;
 use millrace::{FetchOptions, FetchedRecord, Offset, PartitionId, Record, RecordMetadata, Runtime};
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -39,6 +40,15 @@ enum Command {
         /// The TOML config.
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
+    },
+    /// Compact a topic now (its cleanup must include "compact"), wait, print a summary.
+    Compact {
+        /// The TOML config.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// Topic to compact.
+        #[arg(short = 't', long = "topic")]
+        topic: String,
     },
     /// Produce one record per stdin line.
     Produce(ProduceArgs),
@@ -106,6 +116,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Topics { config } => topics(config),
+        Command::Compact { config, topic } => compact(config, topic),
         Command::Produce(arguments) => produce(arguments),
         Command::Consume(arguments) => consume(arguments),
     };
@@ -175,6 +186,71 @@ fn topics(config: PathBuf) -> CliResult {
     }
     drop(out);
     runtime.shutdown().map_err(|error| error.to_string())
+}
+
+fn compact(config: PathBuf, topic: String) -> CliResult {
+    let runtime = start(&config)?;
+    let result = compact_with(&runtime, &topic);
+    let shutdown = runtime.shutdown().map_err(|error| error.to_string());
+    result.and(shutdown)
+}
+
+fn compact_with(runtime: &Runtime, topic: &str) -> CliResult {
+    let cleanup = runtime
+        .config()
+        .topic(topic)
+        .map(|topic| topic.cleanup)
+        .ok_or_else(|| format!("unknown topic {topic:?}"))?;
+    if !cleanup.compacts() {
+        return Err(format!(
+            "topic {topic} has cleanup {cleanup:?}; set cleanup = \"compact\" or \"compact,delete\" to compact it"
+        ));
+    }
+    // The startup load must reach every block before a partition can be compacted.
+    while runtime
+        .health()
+        .partitions
+        .iter()
+        .any(|partition| partition.topic == topic && !partition.load.is_terminal())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let summary = runtime
+        .compact_blocking(topic)
+        .ok_or_else(|| format!("topic {topic} could not be compacted (the runtime is stopping)"))?;
+    let mut failed = 0;
+    for (partition, outcome) in &summary.partitions {
+        let line = match outcome {
+            PartitionCompaction::Compacted {
+                bytes_before,
+                bytes_after,
+                records_before,
+                records_after,
+                seconds,
+            } => {
+                format!(
+                    "compacted: {records_before} -> {records_after} records, {bytes_before} -> {bytes_after} bytes in {seconds:.3}s"
+                )
+            }
+            PartitionCompaction::NothingToDo => "nothing to compact (no sealed blocks)".to_owned(),
+            PartitionCompaction::NotCompactable { reason } => {
+                format!("not compactable now: {reason}")
+            }
+            PartitionCompaction::Skipped { reason } => format!("skipped: {reason}"),
+            PartitionCompaction::Failed { error } => {
+                failed += 1;
+                format!("failed: {error}")
+            }
+            other => format!("{other:?}"),
+        };
+        println!("{topic} {partition} {line}");
+    }
+    if failed > 0 {
+        return Err(format!(
+            "{failed} partition(s) failed to compact; the old data is still served"
+        ));
+    }
+    Ok(())
 }
 
 /// One stdin line, or why reading stopped.

@@ -1,0 +1,392 @@
+//! The Compactor: key compaction of sealed blocks, one partition at a time,
+//! on its own arbiter.
+//!
+//! A run is a short conversation with the partition plus heavy work that
+//! only the compactor does:
+//!
+//! 1. `TakeCompactionInput` (one message exchange): the partition marks its
+//!    sealed blocks as compacting (retention leaves them alone) and hands
+//!    over `Arc`s of their files.
+//! 2. Resource check: the estimated key map against `[compactor]
+//!    memory_budget` and the memory available, the new blocks' bytes against
+//!    the free disk space. Short: the run is skipped with its reason.
+//! 3. `compaction::build` (here, on the compactor's thread): new blocks are
+//!    written beside the old ones, verified, fsynced and renamed `.swap`
+//!    (the commit point). It never touches the partition.
+//! 4. `SwapCompacted` (one message exchange): the partition swaps the new
+//!    blocks in and the old ones out of its block map in one step. Readers
+//!    that planned a read before keep their `Arc`s to the old files, so each
+//!    reader sees old-and-old or new-and-new, never a mix.
+//! 5. `compaction::finish`: old files are renamed `.deleted` and unlinked
+//!    when the last reader drops them; new files get their final names.
+//!
+//! A failure at any step leaves the old blocks in service (the partition is
+//! told `CompactionAborted`) and the next run retries. A crash at any step
+//! is finished or undone by recovery at the next open.
+
+use super::partition::{CompactionAborted, PartitionActor, SwapCompacted, TakeCompactionInput};
+use crate::config::{CompactorConfig, TopicConfig};
+use crate::metrics::Metrics;
+use crate::storage::compaction::{self, CompactionEstimate, CompactionInput};
+use crate::types::PartitionId;
+use actix::prelude::*;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// What happened to one partition in a run.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum PartitionCompaction {
+    /// New blocks replaced old ones.
+    Compacted {
+        /// Bytes of the blocks replaced.
+        bytes_before: u64,
+        /// Bytes of the new blocks.
+        bytes_after: u64,
+        /// Records before.
+        records_before: u64,
+        /// Records after.
+        records_after: u64,
+        /// Wall time of the run.
+        seconds: f64,
+    },
+    /// Nothing to compact (no sealed blocks, or the dirty ratio is below the topic's `min_dirty_ratio`).
+    NothingToDo,
+    /// The partition cannot be compacted now (blocks still loading, a
+    /// damaged block, fail-stopped); retried next time.
+    NotCompactable {
+        /// Why.
+        reason: String,
+    },
+    /// Skipped by the resource check; retried next time.
+    Skipped {
+        /// Why (memory or disk, with the figures).
+        reason: String,
+    },
+    /// A step failed; the old blocks stay in service; retried next time.
+    Failed {
+        /// The error.
+        error: String,
+    },
+}
+
+/// The outcome of compacting one topic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompactionSummary {
+    /// The topic.
+    pub topic: String,
+    /// One entry per partition, in partition order.
+    pub partitions: Vec<(PartitionId, PartitionCompaction)>,
+}
+
+/// One partition the compactor serves.
+#[derive(Clone)]
+pub(crate) struct CompactionTarget {
+    pub(crate) topic: TopicConfig,
+    pub(crate) partition: PartitionId,
+    pub(crate) address: Addr<PartitionActor>,
+}
+
+/// Compact every partition of `topic` now (ignoring `min_dirty_ratio`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CompactNow {
+    pub(crate) topic: String,
+    pub(crate) reply: oneshot::Sender<Option<CompactionSummary>>,
+}
+
+/// Stop: the reply comes once no run is in progress.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopCompactor {
+    pub(crate) reply: oneshot::Sender<()>,
+}
+
+/// Check the next partition's policy (the periodic schedule).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CheckNext;
+
+pub(crate) struct Compactor {
+    targets: Vec<CompactionTarget>,
+    config: CompactorConfig,
+    /// Index of the next target the schedule checks.
+    next_target: usize,
+    /// Targets whose last attempt found them not compactable.
+    not_compactable: Vec<bool>,
+    stopped: bool,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether a run may ignore the topic's dirty ratio.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// `runtime.compact(topic)`.
+    OnDemand,
+    /// The periodic schedule: only above `min_dirty_ratio`.
+    Policy,
+}
+
+impl Compactor {
+    pub(crate) fn new(
+        targets: Vec<CompactionTarget>,
+        config: CompactorConfig,
+        metrics: Arc<Metrics>,
+    ) -> Compactor {
+        let not_compactable = vec![false; targets.len()];
+        Compactor {
+            targets,
+            config,
+            next_target: 0,
+            not_compactable,
+            stopped: false,
+            metrics,
+        }
+    }
+
+    fn run(&mut self, index: usize, trigger: Trigger) -> PartitionCompaction {
+        let target = self.targets[index].clone();
+        let started = Instant::now();
+        let outcome = self.run_steps(&target, trigger, started);
+        self.not_compactable[index] = matches!(outcome, PartitionCompaction::NotCompactable { .. });
+        let gauge = self.not_compactable.iter().filter(|flag| **flag).count() as u64;
+        self.metrics
+            .partitions_not_compactable
+            .store(gauge, Relaxed);
+        let partition = format!("{}-{}", target.topic.name, target.partition.0);
+        match &outcome {
+            PartitionCompaction::Compacted {
+                bytes_before,
+                bytes_after,
+                records_before,
+                records_after,
+                seconds,
+            } => {
+                self.metrics.compaction_runs_total.fetch_add(1, Relaxed);
+                self.metrics
+                    .compaction_bytes_before_total
+                    .fetch_add(*bytes_before, Relaxed);
+                self.metrics
+                    .compaction_bytes_after_total
+                    .fetch_add(*bytes_after, Relaxed);
+                self.metrics.compaction_seconds.observe(started.elapsed());
+                tracing::info!(%partition, bytes_before, bytes_after, records_before, records_after, seconds, "compaction complete");
+            }
+            PartitionCompaction::Skipped { reason } => {
+                self.metrics.compaction_skipped_total.fetch_add(1, Relaxed);
+                tracing::warn!(%partition, %reason, "compaction skipped");
+            }
+            PartitionCompaction::Failed { error } => {
+                self.metrics.compaction_failures_total.fetch_add(1, Relaxed);
+                tracing::warn!(%partition, %error, "compaction failed; the old blocks stay in service and the run is retried");
+            }
+            PartitionCompaction::NotCompactable { reason } => {
+                tracing::debug!(%partition, %reason, "partition cannot be compacted now");
+            }
+            PartitionCompaction::NothingToDo => {}
+        }
+        outcome
+    }
+
+    fn run_steps(
+        &self,
+        target: &CompactionTarget,
+        trigger: Trigger,
+        started: Instant,
+    ) -> PartitionCompaction {
+        let min_dirty_ratio = (trigger == Trigger::Policy).then_some(target.topic.min_dirty_ratio);
+        // 1. One exchange with the partition. Blocking here blocks only the
+        // compactor's own arbiter; the partition never waits on us.
+        let request = TakeCompactionInput {
+            delete_retention: target.topic.delete_retention,
+            min_dirty_ratio,
+        };
+        let input = match futures_executor::block_on(target.address.send(request)) {
+            Ok(Ok(Some(input))) => input,
+            Ok(Ok(None)) => return PartitionCompaction::NothingToDo,
+            Ok(Err(reason)) => return PartitionCompaction::NotCompactable { reason },
+            Err(_) => {
+                return PartitionCompaction::NotCompactable {
+                    reason: "partition unavailable".to_owned(),
+                }
+            }
+        };
+        // 2. Resources.
+        if let Err(reason) = check_resources(&compaction::estimate(&input), &input, &self.config) {
+            target.address.do_send(CompactionAborted);
+            return PartitionCompaction::Skipped { reason };
+        }
+        // 3. Build beside the old blocks.
+        let mut compacted = match compaction::build(&input) {
+            Ok(compacted) => compacted,
+            Err(error) => {
+                target.address.do_send(CompactionAborted);
+                return PartitionCompaction::Failed {
+                    error: error.to_string(),
+                };
+            }
+        };
+        let (bytes_before, bytes_after) = (compacted.bytes_before, compacted.bytes_after);
+        let (records_before, records_after) = (compacted.records_before, compacted.records_after);
+        // 4. One exchange: the swap.
+        let (reply, swapped) = oneshot::channel();
+        let swap = SwapCompacted { compacted, reply };
+        if target.address.try_send(swap).is_err() {
+            // The message (and the build) came back to us only through the
+            // reply channel, which is dropped: recovery finishes or removes
+            // the `.swap` files at the next open.
+            return PartitionCompaction::Failed {
+                error: "partition mailbox unavailable for the swap".to_owned(),
+            };
+        }
+        compacted = match futures_executor::block_on(swapped) {
+            Ok(Ok(compacted)) => compacted,
+            Ok(Err((compacted, error))) => {
+                let _ = compaction::abandon(&input.directory, &compacted);
+                return PartitionCompaction::Failed {
+                    error: error.to_string(),
+                };
+            }
+            Err(_) => {
+                return PartitionCompaction::Failed {
+                    error: "partition stopped during the swap".to_owned(),
+                }
+            }
+        };
+        // 5. Final names; old files go when their last reader does.
+        if let Err(error) = compaction::finish(&input.directory, &compacted) {
+            // Served from memory already; recovery completes the renames.
+            return PartitionCompaction::Failed {
+                error: format!("swapped, but renaming files failed: {error}"),
+            };
+        }
+        PartitionCompaction::Compacted {
+            bytes_before,
+            bytes_after,
+            records_before,
+            records_after,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// Compares what a run needs with the budget, the memory available and the
+/// free disk space.
+fn check_resources(
+    estimate: &CompactionEstimate,
+    input: &CompactionInput,
+    config: &CompactorConfig,
+) -> Result<(), String> {
+    if estimate.memory_bytes > config.memory_budget {
+        return Err(format!(
+            "needs about {} bytes of memory for {} records, over the memory_budget of {} bytes",
+            estimate.memory_bytes, estimate.records_max, config.memory_budget
+        ));
+    }
+    if let Some(available) = memory_available_bytes() {
+        if estimate.memory_bytes > available {
+            return Err(format!(
+                "needs about {} bytes of memory, only {available} bytes are available",
+                estimate.memory_bytes
+            ));
+        }
+    }
+    if let Some(free) = disk_free_bytes(&input.directory) {
+        if estimate.disk_bytes > free {
+            return Err(format!(
+                "needs up to {} bytes of disk for the new blocks, only {free} bytes are free",
+                estimate.disk_bytes
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from /proc/meminfo, if readable.
+fn memory_available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
+    let kibibytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kibibytes * 1024)
+}
+
+/// Free bytes of the file system holding `directory`, if known.
+fn disk_free_bytes(directory: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(directory.as_os_str().as_bytes()).ok()?;
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stats` a writable statvfs.
+    let status = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    (status == 0).then(|| stats.f_bavail as u64 * stats.f_frsize as u64)
+}
+
+impl Actor for Compactor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, context: &mut Context<Self>) {
+        context.set_mailbox_capacity(64);
+        if !self.targets.is_empty() {
+            context.run_interval(self.config.interval, |_, context| context.notify(CheckNext));
+        }
+    }
+}
+
+impl Handler<CheckNext> for Compactor {
+    type Result = ();
+
+    /// One partition per step, so `CompactNow` and `StopCompactor` are
+    /// handled between partitions.
+    fn handle(&mut self, _message: CheckNext, _context: &mut Context<Self>) {
+        if self.stopped || self.targets.is_empty() {
+            return;
+        }
+        let index = self.next_target % self.targets.len();
+        self.next_target = index + 1;
+        self.run(index, Trigger::Policy);
+    }
+}
+
+impl Handler<CompactNow> for Compactor {
+    type Result = ();
+
+    fn handle(&mut self, message: CompactNow, _context: &mut Context<Self>) {
+        if self.stopped {
+            let _ = message.reply.send(None);
+            return;
+        }
+        let indexes: Vec<usize> = (0..self.targets.len())
+            .filter(|index| self.targets[*index].topic.name == message.topic)
+            .collect();
+        if indexes.is_empty() {
+            let _ = message.reply.send(None);
+            return;
+        }
+        let partitions = indexes
+            .into_iter()
+            .map(|index| {
+                (
+                    self.targets[index].partition,
+                    self.run(index, Trigger::OnDemand),
+                )
+            })
+            .collect();
+        let _ = message.reply.send(Some(CompactionSummary {
+            topic: message.topic,
+            partitions,
+        }));
+    }
+}
+
+impl Handler<StopCompactor> for Compactor {
+    type Result = ();
+
+    fn handle(&mut self, message: StopCompactor, context: &mut Context<Self>) {
+        self.stopped = true;
+        let _ = message.reply.send(());
+        context.stop();
+    }
+}
