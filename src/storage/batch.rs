@@ -293,6 +293,17 @@ pub fn encode_frame(
     header
 }
 
+/// Re-encodes the surviving `records` of one batch, keeping the template's
+/// offsets and fields.
+pub fn encode_compacted_frame(
+    out: &mut Vec<u8>,
+    template: &BatchHeader,
+    records: &[FetchedRecord],
+) -> BatchHeader {
+    let _ = (out, template, records);
+    todo!()
+}
+
 /// Decodes and verifies the frame at the start of `buffer` (magic, lengths
 /// against [`BATCH_BYTES_MAX`] before anything is allocated, both CRCs,
 /// header rules, and every record's structure). Returns the frame; its

@@ -1482,6 +1482,30 @@ impl PartitionLog {
         self.blocks.insert(base_offset, Block::from(loaded));
         true
     }
+    /// The sealed blocks to compact, marked compacting.
+    pub fn compaction_input(
+        &mut self,
+        now_ms: i64,
+        delete_retention: Duration,
+    ) -> Option<super::compaction::CompactionInput> {
+        let _ = (now_ms, delete_retention);
+        todo!()
+    }
+
+    /// Swaps compacted blocks in.
+    pub fn swap_compacted(
+        &mut self,
+        compacted: &mut super::compaction::CompactedBlocks,
+    ) -> Result<(), super::compaction::SwapError> {
+        let _ = compacted;
+        todo!()
+    }
+
+    /// Clears the compacting marks.
+    pub fn compaction_aborted(&mut self) {
+        todo!()
+    }
+
     /// The partition directory.
     pub fn directory(&self) -> &Path {
         &self.directory

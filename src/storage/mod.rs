@@ -24,12 +24,17 @@
 //! [`segment`] (segment file header), [`index`] (index files).
 
 pub mod batch;
+pub mod compaction;
 pub mod index;
 pub mod io;
 pub mod log;
 pub mod segment;
 
 pub use batch::{BatchHeader, FrameError, FrameView};
+pub use compaction::{
+    CompactedBlocks, CompactionBlock, CompactionError, CompactionEstimate, CompactionInput,
+    SwapError,
+};
 pub use io::{IoError, IoJob, SealJob};
 pub use log::{
     AppendError, AppendOutcome, Corruption, LogOptions, OpenError, PartitionLog, ReadError,

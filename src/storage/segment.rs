@@ -13,6 +13,7 @@ use super::io::IoError;
 use crate::types::Offset;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Bytes of the segment file header.
 pub const SEGMENT_HEADER_BYTES: u64 = 16;
@@ -32,6 +33,9 @@ pub struct SegmentFile {
     pub base_offset: Offset,
     /// The open file (read and write).
     pub file: File,
+    /// Set once the file is obsolete (replaced by a compaction and renamed
+    /// to this path): the last holder to drop it unlinks it.
+    delete_on_drop: OnceLock<PathBuf>,
 }
 
 impl SegmentFile {
@@ -73,7 +77,25 @@ impl SegmentFile {
             directory: directory.to_path_buf(),
             base_offset,
             file,
+            delete_on_drop: OnceLock::new(),
         })
+    }
+
+    /// Marks the file obsolete: once the last `Arc` holding it drops (the
+    /// log's block or a reader's `ReadPlan`), the file at `path` (its name
+    /// after the compaction renamed it, e.g. `….log.deleted`) is unlinked.
+    /// Readers planned before a swap thus keep reading the old bytes. Only
+    /// the first call counts. If the process dies first, recovery removes
+    /// `*.deleted` files at open.
+    pub fn delete_on_drop(&self, path: PathBuf) {
+        if let Err(path) = self.delete_on_drop.set(path) {
+            tracing::warn!(file = %path.display(), "segment file already marked for deletion");
+        }
+    }
+
+    /// The path [`SegmentFile::delete_on_drop`] marked, if any.
+    pub fn marked_for_deletion(&self) -> Option<&Path> {
+        self.delete_on_drop.get().map(PathBuf::as_path)
     }
 
     /// Opens an existing segment file at `path` (a `.wal` or a `.log`) for
@@ -96,7 +118,25 @@ impl SegmentFile {
             directory: directory.to_path_buf(),
             base_offset,
             file,
+            delete_on_drop: OnceLock::new(),
         })
+    }
+}
+
+impl Drop for SegmentFile {
+    fn drop(&mut self) {
+        let Some(path) = self.delete_on_drop.take() else {
+            return;
+        };
+        // Nobody can wait for a drop: a failure is logged, and recovery
+        // sweeps the `.deleted` file at the next open.
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::debug!(file = %path.display(), "deleted an obsolete segment file"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "could not delete an obsolete segment file")
+            }
+        }
     }
 }
 
