@@ -745,7 +745,7 @@ fn check_min_dirty_ratio(ratio: f64) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "min_dirty_ratio must be a number from 0 to 1 (a share of the sealed bytes), got {ratio}"
+        "min_dirty_ratio must be a number from 0 to 1, got {ratio}"
     ))
 }
 

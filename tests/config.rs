@@ -84,6 +84,8 @@ retention_bytes = "1.5 GB"
     assert_eq!(events.max_batch_bytes, 2 << 20);
     assert_eq!(events.index_interval_bytes, 8192);
     assert_eq!(events.cleanup, CleanupPolicy::Delete);
+    assert_eq!(events.delete_retention, DELETE_RETENTION_DEFAULT);
+    assert_eq!(events.min_dirty_ratio, MIN_DIRTY_RATIO_DEFAULT);
     assert_eq!(events.replication_factor, 1);
 
     let audit = &config.topics[1];
@@ -109,7 +111,12 @@ fn defaults() {
     assert_eq!(topic.max_batch_bytes, 1 << 20);
     assert_eq!(topic.index_interval_bytes, 4 << 10);
     assert_eq!(topic.cleanup, CleanupPolicy::Delete);
+    assert_eq!(topic.delete_retention, Duration::from_secs(24 * 3600));
+    assert_eq!(topic.min_dirty_ratio, 0.5);
     assert_eq!(topic.replication_factor, 1);
+    assert_eq!(config.compactor, CompactorConfig::default());
+    assert_eq!(config.compactor.memory_budget, 256 << 20);
+    assert_eq!(config.compactor.interval, Duration::from_secs(30));
 }
 
 #[test]
@@ -143,6 +150,50 @@ fn the_example_file_parses() {
     assert_eq!(config.shutdown_timeout, SHUTDOWN_TIMEOUT_DEFAULT);
     assert_eq!(config.startup, StartupConfig::default());
     assert_eq!(config.http, None, "the example keeps [http] commented out");
+    assert_eq!(
+        config.compactor,
+        CompactorConfig::default(),
+        "the example keeps [compactor] commented out"
+    );
+}
+
+/// The example's commented-out compaction keys, uncommented, parse to the
+/// defaults they claim (so the reference cannot drift from the code).
+#[test]
+fn the_example_file_commented_compaction_keys_parse() {
+    const COMMENTED: [&str; 6] = [
+        "# cleanup = ",
+        "# delete_retention = ",
+        "# min_dirty_ratio = ",
+        "# [compactor]",
+        "# memory_budget = ",
+        "# interval = ",
+    ];
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml");
+    let text = std::fs::read_to_string(&path).expect("read the example");
+    let mut uncommented = String::new();
+    let mut found = 0;
+    for line in text.lines() {
+        // The commented cleanup replaces the active one.
+        if line == "cleanup = \"delete\"" {
+            continue;
+        }
+        if COMMENTED.iter().any(|prefix| line.starts_with(prefix)) {
+            uncommented.push_str(&line[2..]);
+            found += 1;
+        } else {
+            uncommented.push_str(line);
+        }
+        uncommented.push('\n');
+    }
+    assert_eq!(found, COMMENTED.len(), "each key appears once, commented");
+    let config = Config::from_toml_str(&uncommented, "quickstart (uncommented)")
+        .unwrap_or_else(|error| panic!("{error}"));
+    let events = config.topic("events").expect("topic events");
+    assert_eq!(events.cleanup, CleanupPolicy::CompactAndDelete);
+    assert_eq!(events.delete_retention, DELETE_RETENTION_DEFAULT);
+    assert_eq!(events.min_dirty_ratio, MIN_DIRTY_RATIO_DEFAULT);
+    assert_eq!(config.compactor, CompactorConfig::default());
 }
 
 #[test]
@@ -463,18 +514,135 @@ fn missing_data_dir() {
 }
 
 #[test]
-fn cleanup_compact_is_not_implemented() {
-    for value in ["compact", "compact,delete"] {
+fn cleanup_values_parse() {
+    let cleanup = |value: &str| {
+        parse(&with_topic(&format!(
+            "name = \"a\"\ncleanup = \"{value}\"\n"
+        )))
+        .topics[0]
+            .cleanup
+    };
+    assert_eq!(cleanup("delete"), CleanupPolicy::Delete);
+    assert_eq!(cleanup("compact"), CleanupPolicy::Compact);
+    for value in [
+        "compact,delete",
+        "delete,compact",
+        "compact, delete",
+        " delete , compact ",
+    ] {
+        assert_eq!(cleanup(value), CleanupPolicy::CompactAndDelete, "{value:?}");
+    }
+    assert!(CleanupPolicy::Compact.compacts() && !CleanupPolicy::Compact.deletes());
+    assert!(
+        CleanupPolicy::CompactAndDelete.compacts() && CleanupPolicy::CompactAndDelete.deletes()
+    );
+}
+
+#[test]
+fn bad_cleanup() {
+    for value in ["purge", "compact,", "compact,compact", "compact delete", ""] {
         assert_error(
             &with_topic(&format!("name = \"a\"\ncleanup = \"{value}\"\n")),
             "test.toml:4:11 (topic[0].cleanup): ",
-            &["key compaction is not implemented yet"],
+            &[
+                &format!("invalid cleanup \"{value}\""),
+                "expected \"delete\", \"compact\" or \"compact,delete\"",
+            ],
         );
     }
     assert_error(
-        &with_topic("name = \"a\"\ncleanup = \"purge\"\n"),
+        &with_topic("name = \"a\"\ncleanup = [\"compact\", \"delete\"]\n"),
         "test.toml:4:11 (topic[0].cleanup): ",
-        &["invalid cleanup \"purge\""],
+        &["invalid type: sequence"],
+    );
+}
+
+#[test]
+fn compaction_topic_keys_parse() {
+    let config = parse(&with_topic(
+        "name = \"a\"\ncleanup = \"compact\"\ndelete_retention = \"1h 30m\"\nmin_dirty_ratio = 0.25\n",
+    ));
+    let topic = &config.topics[0];
+    assert_eq!(topic.cleanup, CleanupPolicy::Compact);
+    assert_eq!(topic.delete_retention, Duration::from_secs(5400));
+    assert_eq!(topic.min_dirty_ratio, 0.25);
+    assert_eq!(config.validate(), Ok(()));
+
+    let topic =
+        |lines: &str| parse(&with_topic(&format!("name = \"a\"\n{lines}\n"))).topics[0].clone();
+    assert_eq!(topic("min_dirty_ratio = 0").min_dirty_ratio, 0.0);
+    assert_eq!(topic("min_dirty_ratio = 1").min_dirty_ratio, 1.0);
+    assert_eq!(topic("min_dirty_ratio = 0.0").min_dirty_ratio, 0.0);
+    assert_eq!(topic("min_dirty_ratio = 1.0").min_dirty_ratio, 1.0);
+    assert_eq!(topic("min_dirty_ratio = 1e-1").min_dirty_ratio, 0.1);
+    assert_eq!(
+        topic("delete_retention = \"1ms\"").delete_retention,
+        Duration::from_millis(1)
+    );
+    assert_eq!(
+        topic("delete_retention = \"36500d\"").delete_retention,
+        AGE_MAX
+    );
+    // Harmless on a topic that only deletes: kept, and ignored there.
+    let deleting = topic("cleanup = \"delete\"\ndelete_retention = \"7d\"\nmin_dirty_ratio = 0.9");
+    assert_eq!(deleting.cleanup, CleanupPolicy::Delete);
+    assert_eq!(
+        deleting.delete_retention,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    assert_eq!(deleting.min_dirty_ratio, 0.9);
+}
+
+#[test]
+fn bad_delete_retention() {
+    let cases = [
+        (
+            "\"0s\"",
+            "delete_retention must be more than 0s and at most 36500d",
+        ),
+        (
+            "\"36501d\"",
+            "delete_retention must be more than 0s and at most 36500d",
+        ),
+        ("\"a day\"", "invalid delete_retention \"a day\""),
+        ("86400", "invalid type: integer `86400`"),
+    ];
+    for (value, rule) in cases {
+        assert_error(
+            &with_topic(&format!("name = \"a\"\ndelete_retention = {value}\n")),
+            "test.toml:4:20 (topic[0].delete_retention): ",
+            &[rule],
+        );
+    }
+}
+
+#[test]
+fn bad_min_dirty_ratio() {
+    for (value, shown) in [
+        ("1.5", "got 1.5"),
+        ("-0.1", "got -0.1"),
+        ("2", "got 2"),
+        ("-1", "got -1"),
+        ("nan", "got NaN"),
+        ("inf", "got inf"),
+        ("-inf", "got -inf"),
+    ] {
+        assert_error(
+            &with_topic(&format!("name = \"a\"\nmin_dirty_ratio = {value}\n")),
+            "test.toml:4:19 (topic[0].min_dirty_ratio): ",
+            &["min_dirty_ratio must be a number from 0 to 1", shown],
+        );
+    }
+    assert_error(
+        &with_topic("name = \"a\"\nmin_dirty_ratio = \"0.5\"\n"),
+        "test.toml:4:19 (topic[0].min_dirty_ratio): ",
+        &["invalid type: string \"0.5\"", "a number from 0 to 1"],
+    );
+    // In the second topic, to check the index in the key path.
+    assert_error(
+        "data_dir = \"d\"\n[[topic]]\nname = \"a\"\n[[topic]]\nname = \"b\"\nmin_dirty_ratio = 3\n",
+        "test.toml:6:19 (topic[1].min_dirty_ratio): ",
+        &["min_dirty_ratio must be a number from 0 to 1, got 3"],
     );
 }
 
@@ -518,7 +686,7 @@ fn validate_checks_configs_built_in_code() {
             .to_string()
     };
     type Edit = fn(&mut TopicConfig);
-    let cases: [(Edit, &str); 10] = [
+    let cases: [(Edit, &str); 15] = [
         (
             |t| t.name = "a b".into(),
             "<config> (topic[1].name): invalid topic name",
@@ -554,6 +722,26 @@ fn validate_checks_configs_built_in_code() {
         (
             |t| t.max_batch_bytes = 1 << 30,
             "<config> (topic[1].max_batch_bytes): ",
+        ),
+        (
+            |t| t.delete_retention = Duration::ZERO,
+            "<config> (topic[1].delete_retention): delete_retention must be more than 0s",
+        ),
+        (
+            |t| t.delete_retention = AGE_MAX + Duration::from_nanos(1),
+            "<config> (topic[1].delete_retention): ",
+        ),
+        (
+            |t| t.min_dirty_ratio = f64::NAN,
+            "<config> (topic[1].min_dirty_ratio): min_dirty_ratio must be a number from 0 to 1, got NaN",
+        ),
+        (
+            |t| t.min_dirty_ratio = -0.5,
+            "<config> (topic[1].min_dirty_ratio): ",
+        ),
+        (
+            |t| t.min_dirty_ratio = 1.5,
+            "<config> (topic[1].min_dirty_ratio): ",
         ),
         (
             |t| t.replication_factor = 2,
@@ -829,6 +1017,190 @@ fn validate_checks_startup_and_shutdown_timeout_built_in_code() {
     for (edit, prefix) in cases {
         let mut broken = config.clone();
         edit(&mut broken);
+        let shown = broken
+            .validate()
+            .expect_err("should be invalid")
+            .to_string();
+        assert!(
+            shown.starts_with(prefix),
+            "{shown:?} should start with {prefix:?}"
+        );
+    }
+}
+
+#[test]
+fn compactor_keys_parse() {
+    // An empty [compactor] table is all defaults.
+    assert_eq!(
+        parse(&after_data_dir("[compactor]\n")).compactor,
+        CompactorConfig::default()
+    );
+    let config = parse(&after_data_dir(
+        "[compactor]\nmemory_budget = \"1 GiB\"\ninterval = \"5m\"\n",
+    ));
+    assert_eq!(
+        config.compactor,
+        CompactorConfig {
+            memory_budget: 1 << 30,
+            interval: Duration::from_secs(300),
+        }
+    );
+    let compactor =
+        |lines: &str| parse(&after_data_dir(&format!("[compactor]\n{lines}\n"))).compactor;
+    assert_eq!(compactor("memory_budget = 1048576").memory_budget, 1 << 20);
+    assert_eq!(
+        compactor("memory_budget = \"1 MiB\"").memory_budget,
+        COMPACTOR_MEMORY_BUDGET_MIN
+    );
+    assert_eq!(
+        compactor("memory_budget = \"1 TiB\"").memory_budget,
+        COMPACTOR_MEMORY_BUDGET_MAX
+    );
+    assert_eq!(
+        compactor("interval = \"100ms\"").interval,
+        COMPACTOR_INTERVAL_MIN
+    );
+    assert_eq!(
+        compactor("interval = \"1d\"").interval,
+        COMPACTOR_INTERVAL_MAX
+    );
+    assert_eq!(
+        compactor("interval = \"24h\"").interval,
+        Duration::from_secs(86_400)
+    );
+    // [compactor] may come after the topics.
+    let config = parse(&after_data_dir(
+        "[[topic]]\nname = \"a\"\ncleanup = \"compact\"\n[compactor]\ninterval = \"1s\"\n",
+    ));
+    assert_eq!(config.compactor.interval, Duration::from_secs(1));
+    assert_eq!(config.topics[0].cleanup, CleanupPolicy::Compact);
+}
+
+#[test]
+fn bad_compactor_values() {
+    let cases = [
+        (
+            "memory_budget = \"1023 KiB\"",
+            "test.toml:3:17 (compactor.memory_budget): ",
+            "memory_budget must be between 1 MiB and 1 TiB, got 1023 KiB",
+        ),
+        (
+            "memory_budget = \"2 TiB\"",
+            "test.toml:3:17 (compactor.memory_budget): ",
+            "memory_budget must be between 1 MiB and 1 TiB, got 2 TiB",
+        ),
+        (
+            "memory_budget = 0",
+            "test.toml:3:17 (compactor.memory_budget): ",
+            "memory_budget must be between 1 MiB and 1 TiB, got 0 B",
+        ),
+        (
+            "memory_budget = -1",
+            "test.toml:3:17 (compactor.memory_budget): ",
+            "memory_budget must not be negative",
+        ),
+        (
+            "memory_budget = \"plenty\"",
+            "test.toml:3:17 (compactor.memory_budget): ",
+            "invalid size \"plenty\"",
+        ),
+        (
+            "memory_budget = 1.5",
+            "test.toml:3:17 (compactor.memory_budget): ",
+            "a size: an integer number of bytes or a string like \"64 MiB\"",
+        ),
+        (
+            "interval = \"99ms\"",
+            "test.toml:3:12 (compactor.interval): ",
+            "interval must be between 100ms and 1d, got 99ms",
+        ),
+        (
+            "interval = \"0s\"",
+            "test.toml:3:12 (compactor.interval): ",
+            "interval must be between 100ms and 1d, got 0s",
+        ),
+        (
+            "interval = \"25h\"",
+            "test.toml:3:12 (compactor.interval): ",
+            "interval must be between 100ms and 1d, got 1day 1h",
+        ),
+        (
+            "interval = \"often\"",
+            "test.toml:3:12 (compactor.interval): ",
+            "invalid interval \"often\"",
+        ),
+        (
+            "interval = 30",
+            "test.toml:3:12 (compactor.interval): ",
+            "invalid type: integer `30`",
+        ),
+    ];
+    for (line, prefix, rule) in cases {
+        assert_error(
+            &after_data_dir(&format!("[compactor]\n{line}\n")),
+            prefix,
+            &[rule],
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_in_compactor() {
+    assert_error(
+        &after_data_dir("[compactor]\ninterval = \"1m\"\nmemory = \"1 GiB\"\n"),
+        "test.toml:4:1 (compactor.memory): ",
+        &["unknown key `memory`", "`memory_budget`", "`interval`"],
+    );
+    // The compactor's keys are not topic keys, and the topic keys not its.
+    assert_error(
+        &with_topic("name = \"a\"\nmemory_budget = \"1 GiB\"\n"),
+        "test.toml:4:1 (topic[0].memory_budget): ",
+        &["unknown key `memory_budget`"],
+    );
+    assert_error(
+        &after_data_dir("[compactor]\nmin_dirty_ratio = 0.5\n"),
+        "test.toml:3:1 (compactor.min_dirty_ratio): ",
+        &["unknown key `min_dirty_ratio`"],
+    );
+    // Written at the top level, they are unknown there.
+    assert_error(
+        &after_data_dir("interval = \"1m\"\n"),
+        "test.toml:2:1 (interval): ",
+        &["unknown key `interval`"],
+    );
+}
+
+#[test]
+fn validate_checks_compactor_built_in_code() {
+    let mut config = Config::new("data");
+    config.compactor = CompactorConfig {
+        memory_budget: COMPACTOR_MEMORY_BUDGET_MIN,
+        interval: COMPACTOR_INTERVAL_MAX,
+    };
+    assert_eq!(config.validate(), Ok(()));
+
+    type Edit = fn(&mut CompactorConfig);
+    let cases: [(Edit, &str); 4] = [
+        (
+            |c| c.memory_budget = COMPACTOR_MEMORY_BUDGET_MIN - 1,
+            "<config> (compactor.memory_budget): memory_budget must be between 1 MiB and 1 TiB",
+        ),
+        (
+            |c| c.memory_budget = COMPACTOR_MEMORY_BUDGET_MAX + 1,
+            "<config> (compactor.memory_budget): ",
+        ),
+        (
+            |c| c.interval = COMPACTOR_INTERVAL_MIN - Duration::from_nanos(1),
+            "<config> (compactor.interval): interval must be between 100ms and 1d",
+        ),
+        (
+            |c| c.interval = COMPACTOR_INTERVAL_MAX + Duration::from_nanos(1),
+            "<config> (compactor.interval): ",
+        ),
+    ];
+    for (edit, prefix) in cases {
+        let mut broken = config.clone();
+        edit(&mut broken.compactor);
         let shown = broken
             .validate()
             .expect_err("should be invalid")
