@@ -45,7 +45,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
-const DIRTY_RATIO_PENDING: f64 = 1.0;
 /// Messages waiting in a partition's mailbox before senders wait.
 pub(crate) const MAILBOX_CAPACITY: usize = 1024;
 /// Fetches parked (at the high watermark or on an unloaded block); more are answered at once.
@@ -1100,7 +1099,7 @@ impl PartitionActor {
             );
         }
         if let Some(minimum) = message.min_dirty_ratio {
-            if DIRTY_RATIO_PENDING < minimum {
+            if self.log.dirty_ratio() < minimum {
                 return Ok(None);
             }
         }
