@@ -27,7 +27,7 @@
 use super::partition::{CompactionAborted, PartitionActor, SwapCompacted, TakeCompactionInput};
 use crate::config::{CompactorConfig, TopicConfig};
 use crate::metrics::Metrics;
-use crate::storage::compaction::{self, CompactionEstimate, CompactionInput};
+use crate::storage::compaction::{self, CompactedBlocks, CompactionEstimate, CompactionInput};
 use crate::types::PartitionId;
 use actix::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
@@ -116,6 +116,9 @@ pub(crate) struct Compactor {
     next_target: usize,
     /// Targets whose last attempt found them not compactable.
     not_compactable: Vec<bool>,
+    /// Runs swapped in whose file renames failed: `finish` is retried before
+    /// anything else (it is idempotent; until it succeeds, `build` refuses).
+    unfinished: Vec<(std::path::PathBuf, CompactedBlocks)>,
     stopped: bool,
     metrics: Arc<Metrics>,
 }
@@ -141,12 +144,25 @@ impl Compactor {
             config,
             next_target: 0,
             not_compactable,
+            unfinished: Vec::new(),
             stopped: false,
             metrics,
         }
     }
 
+    /// Retries the renames of swapped runs; keeps the ones that fail again.
+    fn retry_unfinished(&mut self) {
+        self.unfinished.retain(|(directory, compacted)| match compaction::finish(directory, compacted) {
+            Ok(()) => false,
+            Err(error) => {
+                tracing::warn!(directory = %directory.display(), %error, "finishing a compaction failed again; retrying later");
+                true
+            }
+        });
+    }
+
     fn run(&mut self, index: usize, trigger: Trigger) -> PartitionCompaction {
+        self.retry_unfinished();
         let target = self.targets[index].clone();
         let started = Instant::now();
         let outcome = self.run_steps(&target, trigger, started);
@@ -191,7 +207,7 @@ impl Compactor {
     }
 
     fn run_steps(
-        &self,
+        &mut self,
         target: &CompactionTarget,
         trigger: Trigger,
         started: Instant,
@@ -257,7 +273,9 @@ impl Compactor {
         };
         // 5. Final names; old files go when their last reader does.
         if let Err(error) = compaction::finish(&input.directory, &compacted) {
-            // Served from memory already; recovery completes the renames.
+            // Served from memory already. `finish` is retried before the next
+            // run, and recovery completes it at the next open if need be.
+            self.unfinished.push((input.directory.clone(), compacted));
             return PartitionCompaction::Failed {
                 error: format!("swapped, but renaming files failed: {error}"),
             };

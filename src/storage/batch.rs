@@ -264,14 +264,26 @@ pub fn encode_frame(
 
     let frame_start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
-    let batch_start = out.len();
     write_batch_header(out, &header);
     for (offset_delta, record) in records.iter().enumerate() {
         let timestamp_delta = timestamp_of(record).wrapping_sub(base_timestamp_ms);
         // offset_delta <= last_offset_delta <= i32::MAX, checked above.
-        write_record(out, record, timestamp_delta, offset_delta as i32);
+        write_record(
+            out,
+            RecordFields::from(record),
+            timestamp_delta,
+            offset_delta as i32,
+        );
     }
 
+    finish_frame(out, frame_start);
+    header
+}
+
+/// Fills in the lengths and both CRCs of the frame that starts at
+/// `frame_start` of `out` and runs to its end (header and records written).
+fn finish_frame(out: &mut [u8], frame_start: usize) {
+    let batch_start = frame_start + FRAME_HEADER_BYTES;
     let batch_len = out.len() - batch_start;
     assert!(
         batch_len <= BATCH_BYTES_MAX,
@@ -290,18 +302,69 @@ pub fn encode_frame(
     frame_header[0..4].copy_from_slice(&FRAME_MAGIC);
     frame_header[4..8].copy_from_slice(&batch_len_bytes);
     frame_header[8..12].copy_from_slice(&frame_crc.to_le_bytes());
-    header
 }
 
-/// Re-encodes the surviving `records` of one batch, keeping the template's
-/// offsets and fields.
+/// Re-encodes the records of one batch that survived a compaction as one
+/// frame appended to `out`, keeping everything a reader could observe: the
+/// template's base offset and `lastOffsetDelta` (the batch still ends where it
+/// did, so the next batch's offsets follow on), leader epoch, attributes,
+/// producer fields, base and max timestamps, and each record's own offset
+/// (as `offset - base_offset`) and timestamp. Only `recordCount` and the
+/// records change; the offset deltas become sparse, which decoding accepts.
+///
+/// `maxTimestamp` is kept rather than recomputed over the survivors: it is
+/// still an upper bound of every record's timestamp (which decode checks),
+/// time-based retention of the block keeps seeing the same age, and with
+/// LogAppendTime it *is* every record's timestamp.
+///
+/// Returns the header written. Panics on caller bugs: `records` empty, not
+/// strictly increasing by offset, or outside the template's offsets.
 pub fn encode_compacted_frame(
     out: &mut Vec<u8>,
     template: &BatchHeader,
     records: &[FetchedRecord],
 ) -> BatchHeader {
-    let _ = (out, template, records);
-    todo!()
+    assert!(
+        !records.is_empty(),
+        "encode_compacted_frame: a batch needs at least one record"
+    );
+    assert!(
+        records.len() <= template.record_count as usize,
+        "encode_compacted_frame: more records than the template batch had"
+    );
+    let header = BatchHeader {
+        record_count: records.len() as u32,
+        ..*template
+    };
+    let frame_start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    write_batch_header(out, &header);
+    let mut previous: Option<Offset> = None;
+    for record in records {
+        assert!(
+            record.offset >= template.base_offset && record.offset <= template.last_offset(),
+            "encode_compacted_frame: record offset {} outside the batch [{}, {}]",
+            record.offset,
+            template.base_offset,
+            template.last_offset()
+        );
+        assert!(
+            previous.is_none_or(|previous| record.offset > previous),
+            "encode_compacted_frame: record offsets must increase"
+        );
+        previous = Some(record.offset);
+        // offset - base <= lastOffsetDelta <= i32::MAX (decode checked the template).
+        let offset_delta = (record.offset.0 - template.base_offset.0) as i32;
+        let timestamp_delta = record.timestamp_ms.wrapping_sub(template.base_timestamp_ms);
+        write_record(
+            out,
+            RecordFields::from(record),
+            timestamp_delta,
+            offset_delta,
+        );
+    }
+    finish_frame(out, frame_start);
+    header
 }
 
 /// Decodes and verifies the frame at the start of `buffer` (magic, lengths
@@ -477,7 +540,36 @@ fn optional_length_field(bytes: Option<&Bytes>) -> i32 {
     bytes.map_or(-1, |bytes| length_field(bytes.len()))
 }
 
-fn record_body_bytes(record: &Record, timestamp_delta: i64, offset_delta: i32) -> usize {
+/// The fields of one record that go into its encoding (a [`Record`] to
+/// append, or a [`FetchedRecord`] being re-encoded by a compaction).
+#[derive(Clone, Copy)]
+struct RecordFields<'a> {
+    key: Option<&'a Bytes>,
+    value: Option<&'a Bytes>,
+    headers: &'a [Header],
+}
+
+impl<'a> From<&'a Record> for RecordFields<'a> {
+    fn from(record: &'a Record) -> Self {
+        RecordFields {
+            key: record.key.as_ref(),
+            value: record.value.as_ref(),
+            headers: &record.headers,
+        }
+    }
+}
+
+impl<'a> From<&'a FetchedRecord> for RecordFields<'a> {
+    fn from(record: &'a FetchedRecord) -> Self {
+        RecordFields {
+            key: record.key.as_ref(),
+            value: record.value.as_ref(),
+            headers: &record.headers,
+        }
+    }
+}
+
+fn record_body_bytes(record: RecordFields<'_>, timestamp_delta: i64, offset_delta: i32) -> usize {
     let optional_bytes = |bytes: Option<&Bytes>| {
         varint_bytes(optional_length_field(bytes)) + bytes.map_or(0, |bytes| bytes.len())
     };
@@ -493,13 +585,18 @@ fn record_body_bytes(record: &Record, timestamp_delta: i64, offset_delta: i32) -
         .sum();
     1 + unsigned_varint_bytes(zigzag64(timestamp_delta))
         + varint_bytes(offset_delta)
-        + optional_bytes(record.key.as_ref())
-        + optional_bytes(record.value.as_ref())
+        + optional_bytes(record.key)
+        + optional_bytes(record.value)
         + varint_bytes(length_field(record.headers.len()))
         + headers
 }
 
-fn write_record(out: &mut Vec<u8>, record: &Record, timestamp_delta: i64, offset_delta: i32) {
+fn write_record(
+    out: &mut Vec<u8>,
+    record: RecordFields<'_>,
+    timestamp_delta: i64,
+    offset_delta: i32,
+) {
     let body_bytes = record_body_bytes(record, timestamp_delta, offset_delta);
     out.reserve(body_bytes + VARINT_BYTES_MAX);
     write_varint(out, length_field(body_bytes));
@@ -507,14 +604,14 @@ fn write_record(out: &mut Vec<u8>, record: &Record, timestamp_delta: i64, offset
     out.push(0); // record attributes: unused
     write_varlong(out, timestamp_delta);
     write_varint(out, offset_delta);
-    for bytes in [record.key.as_ref(), record.value.as_ref()] {
+    for bytes in [record.key, record.value] {
         write_varint(out, optional_length_field(bytes));
         if let Some(bytes) = bytes {
             out.extend_from_slice(bytes);
         }
     }
     write_varint(out, length_field(record.headers.len()));
-    for header in &record.headers {
+    for header in record.headers {
         write_varint(out, length_field(header.key.len()));
         out.extend_from_slice(header.key.as_bytes());
         write_varint(out, length_field(header.value.len()));
@@ -1308,6 +1405,105 @@ mod tests {
             frame: Bytes::copy_from_slice(&out[..5]),
         };
         assert!(short.records().is_err());
+    }
+
+    /// A compacted batch keeps its base offset, last offset delta, epoch,
+    /// producer fields and timestamps; only the dropped records are gone,
+    /// and the survivors keep their offsets and timestamps.
+    #[test]
+    fn a_compacted_batch_keeps_its_offsets_and_fields() {
+        let records: Vec<Record> = (0..6)
+            .map(|index| Record {
+                key: Some(Bytes::from(format!("k{}", index % 3))),
+                value: (index != 4).then(|| Bytes::from(format!("v{index}"))),
+                headers: vec![Header {
+                    key: format!("h{index}"),
+                    value: Bytes::from_static(b"x"),
+                }],
+                timestamp_ms: Some(NOW_MS - 100 + index * 7),
+            })
+            .collect();
+        let mut original = Vec::new();
+        let producer = ProducerFields {
+            producer_id: 77,
+            producer_epoch: 2,
+            base_sequence: 40,
+        };
+        let template = encode_frame(
+            &mut original,
+            Offset(500),
+            Term(9),
+            producer,
+            &records,
+            NOW_MS,
+        );
+        let decoded = decode_frame(&Bytes::from(original))
+            .unwrap()
+            .records()
+            .unwrap();
+        // Keep offsets 501, 504 (a tombstone) and 505: sparse deltas 1, 4, 5.
+        let survivors: Vec<FetchedRecord> = [1, 4, 5].iter().map(|&i| decoded[i].clone()).collect();
+        let mut out = vec![0xAB]; // bytes already in `out` are left alone
+        let header = encode_compacted_frame(&mut out, &template, &survivors);
+        assert_eq!(out[0], 0xAB);
+        assert_eq!(
+            header,
+            BatchHeader {
+                record_count: 3,
+                ..template
+            }
+        );
+        let view = decode_frame(&Bytes::from(out.split_off(1))).unwrap();
+        assert_eq!(view.header, header);
+        assert_eq!(view.header.base_offset, Offset(500));
+        assert_eq!(view.header.next_offset(), Offset(506));
+        assert_eq!(view.header.producer_id, 77);
+        assert_eq!(view.records().unwrap(), survivors);
+        let mut from_504 = Vec::new();
+        view.records_into(&mut from_504, Offset(502)).unwrap();
+        assert_eq!(from_504, survivors[1..].to_vec());
+    }
+
+    /// Decode accepts every sparse subset, the first record dropped or not.
+    #[test]
+    fn every_subset_of_a_batch_re_encodes_and_decodes() {
+        let records: Vec<Record> = (0..5)
+            .map(|index| Record::new(format!("value {index}")))
+            .collect();
+        let (original, template) = encode(1 << 40, &records);
+        let decoded = decode_frame(&Bytes::from(original))
+            .unwrap()
+            .records()
+            .unwrap();
+        for mask in 1u32..(1 << records.len()) {
+            let survivors: Vec<FetchedRecord> = decoded
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| mask & (1 << index) != 0)
+                .map(|(_, record)| record.clone())
+                .collect();
+            let mut out = Vec::new();
+            encode_compacted_frame(&mut out, &template, &survivors);
+            let view = decode_frame(&Bytes::from(out)).unwrap();
+            assert_eq!(
+                view.header.last_offset(),
+                template.last_offset(),
+                "mask {mask:#b}"
+            );
+            assert_eq!(view.records().unwrap(), survivors, "mask {mask:#b}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "must increase")]
+    fn compacted_records_out_of_order_are_a_caller_bug() {
+        let (original, template) = encode(0, &[Record::new("a"), Record::new("b")]);
+        let mut decoded = decode_frame(&Bytes::from(original))
+            .unwrap()
+            .records()
+            .unwrap();
+        decoded.reverse();
+        encode_compacted_frame(&mut Vec::new(), &template, &decoded);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use super::batch::{
     decode_frame, encode_frame, peek_frame_len, FrameError, FrameView, ProducerFields,
     BATCH_HEADER_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
+use super::compaction::{CompactedBlocks, CompactionBlock, CompactionInput, SwapError};
 use super::index::{SegmentIndex, INDEX_HEADER_BYTES, INDEX_MAGIC};
 use super::io::{self, AppendJob, DeleteJob, IoError, IoJob, SealJob};
 use super::segment::{check_header, encode_header, SegmentFile, SEGMENT_HEADER_BYTES};
@@ -85,6 +86,10 @@ pub struct RecoveryReport {
     pub seals_completed: usize,
     /// Damage found away from the tail: quarantined, reported, never returned.
     pub corruptions: Vec<Corruption>,
+    /// Key compactions a crash interrupted after their commit, completed.
+    /// (Ones interrupted before it are rolled back; their files count as
+    /// `orphans_removed`.)
+    pub compactions_completed: usize,
 }
 
 /// Why a partition log could not be opened.
@@ -290,6 +295,7 @@ impl ReadPlan {
                 continue;
             }
             let high_watermark = self.high_watermark;
+            let records_before = result.records.len();
             view.records_into(&mut result.records, self.from_offset)
                 .map_err(|error| corrupt_read(&range.file, position, error.to_string()))?;
             if header.next_offset() > high_watermark {
@@ -298,10 +304,17 @@ impl ReadPlan {
                     .records
                     .retain(|record| record.offset < high_watermark);
             }
-            result.bytes_read += view.frame.len();
             result.next_offset = result
                 .next_offset
                 .max(header.next_offset().min(high_watermark));
+            if result.records.len() == records_before {
+                // A compacted batch whose remaining records are all below
+                // `from_offset`: step over it without counting it, so a
+                // fetch of a removed offset returns the next record that
+                // exists rather than an empty result.
+                continue;
+            }
+            result.bytes_read += view.frame.len();
             if result.bytes_read >= max_bytes {
                 return Ok(RangeEnd::Complete);
             }
@@ -324,13 +337,13 @@ const READ_CHUNK_BYTES_MIN: usize = 64 * 1024;
 /// several chunks instead of allocating (and faulting in) 4 MiB each time.
 const READ_CHUNK_BYTES_MAX: usize = 256 * 1024;
 /// Recovery and truncation read this much at a time.
-const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+pub(crate) const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 /// The search for a valid frame after damage reads this much at a time.
 const SEARCH_WINDOW_BYTES: usize = 1024 * 1024;
 
 /// Why the next frame could not be read.
 #[derive(Debug)]
-enum FrameReadError {
+pub(crate) enum FrameReadError {
     /// The read itself failed.
     Io(std::io::Error),
     /// The bytes at `position` are not a valid frame.
@@ -345,10 +358,10 @@ enum FrameReadError {
 /// Reads verified frames of one file between two positions, with positional
 /// reads of large chunks. A frame is a slice of its chunk (no copy); a frame
 /// crossing the end of a chunk starts the next chunk.
-struct FrameReader<'a> {
+pub(crate) struct FrameReader<'a> {
     file: &'a File,
     /// Position of the next frame.
-    position: u64,
+    pub(crate) position: u64,
     /// Byte after the last frame to read.
     end_position: u64,
     chunk: Bytes,
@@ -359,7 +372,7 @@ struct FrameReader<'a> {
 }
 
 impl<'a> FrameReader<'a> {
-    fn new(
+    pub(crate) fn new(
         file: &'a File,
         start_position: u64,
         end_position: u64,
@@ -376,7 +389,7 @@ impl<'a> FrameReader<'a> {
     }
 
     /// The next verified frame and its position, or `None` at the end.
-    fn next_frame(&mut self) -> Result<Option<(u64, FrameView)>, FrameReadError> {
+    pub(crate) fn next_frame(&mut self) -> Result<Option<(u64, FrameView)>, FrameReadError> {
         let position = self.position;
         if position >= self.end_position {
             return Ok(None);
@@ -494,6 +507,12 @@ struct Block {
     /// Damage found at open: reading at or past it reports corruption.
     corrupt_from: Option<Corruption>,
     seal: SealState,
+    /// Handed to a compaction run (`compaction_input`) that has not been
+    /// swapped in or aborted: retention stops at it.
+    compacting: bool,
+    /// Written by a compaction (not known after a restart): its bytes are
+    /// clean for [`PartitionLog::dirty_ratio`].
+    compacted: bool,
 }
 
 /// The segment appends go to.
@@ -562,6 +581,8 @@ impl From<LoadedBlock> for Block {
             durable_bytes: loaded.size_bytes,
             corrupt_from: loaded.corrupt_from,
             seal: SealState::Sealed,
+            compacting: false,
+            compacted: loaded.compacted,
         }
     }
 }
@@ -643,8 +664,10 @@ pub struct LoadedBlock {
     pub index_rebuilt: bool,
     /// Leftover temp files removed while rewriting the index.
     pub orphans_removed: u64,
-    file: Arc<SegmentFile>,
-    index: SegmentIndex,
+    pub(crate) file: Arc<SegmentFile>,
+    pub(crate) index: SegmentIndex,
+    /// Written by a compaction.
+    pub(crate) compacted: bool,
 }
 
 /// Loads one sealed block: opens it, checks it as `verification` says,
@@ -697,6 +720,7 @@ pub fn load_block(
                 orphans_removed: 0,
                 file: Arc::new(file),
                 index,
+                compacted: false,
             });
         }
     }
@@ -724,6 +748,7 @@ pub fn load_block(
         orphans_removed,
         file,
         index,
+        compacted: false,
     })
 }
 
@@ -1053,6 +1078,8 @@ impl PartitionLog {
                 durable_bytes: old.durable_position,
                 corrupt_from: None,
                 seal: SealState::Sealing,
+                compacting: false,
+                compacted: false,
             },
         );
         Ok(IoJob::Seal(job))
@@ -1150,7 +1177,9 @@ impl PartitionLog {
             .keys()
             .next()
             .is_some_and(|unloaded_base| unloaded_base < base_offset);
-        (block.seal == SealState::Sealed && !older_unloaded).then_some(block)
+        // A block being compacted stops it as well: its replacement is
+        // about to be swapped in, and the swap must find it still there.
+        (block.seal == SealState::Sealed && !block.compacting && !older_unloaded).then_some(block)
     }
 
     fn remove_oldest_block(&mut self) -> IoJob {
@@ -1240,7 +1269,13 @@ impl PartitionLog {
                     corrupt_from: view.corrupt_from.cloned(),
                 });
             }
-            if planned_bytes >= max_bytes as u64 || view.next_offset >= self.high_watermark {
+            // The first range can yield nothing: after a compaction, the
+            // records left in its batches may all be below `offset`. Only
+            // the first can (later blocks start past `offset`), so the plan
+            // always goes on to a second range; `execute` still stops at
+            // `max_bytes`, so the extra range costs no read.
+            let enough = planned_bytes >= max_bytes as u64 && ranges.len() >= 2;
+            if enough || view.next_offset >= self.high_watermark {
                 break;
             }
         }
@@ -1482,28 +1517,110 @@ impl PartitionLog {
         self.blocks.insert(base_offset, Block::from(loaded));
         true
     }
-    /// The sealed blocks to compact, marked compacting.
+    /// The blocks a key compaction may rewrite now, marked *compacting*
+    /// (retention stops at them until [`PartitionLog::swap_compacted`] or
+    /// [`PartitionLog::compaction_aborted`]): every sealed block, oldest
+    /// first. `None` while any block is unloaded, being sealed, not yet
+    /// durable or damaged (a damaged block is never rewritten: its damage
+    /// would be laundered into a valid-looking block), while a run is
+    /// already in flight, or when there is no sealed block. The active
+    /// segment is never part of it.
     pub fn compaction_input(
         &mut self,
         now_ms: i64,
         delete_retention: Duration,
-    ) -> Option<super::compaction::CompactionInput> {
-        let _ = (now_ms, delete_retention);
-        todo!()
+    ) -> Option<CompactionInput> {
+        if self.blocks.is_empty() || !self.unloaded.is_empty() {
+            return None;
+        }
+        let ready = self.blocks.values().all(|block| {
+            block.seal == SealState::Sealed
+                && !block.compacting
+                && block.corrupt_from.is_none()
+                && block.durable_bytes == block.size_bytes
+        });
+        if !ready {
+            return None;
+        }
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .map(|(base_offset, block)| {
+                block.compacting = true;
+                CompactionBlock {
+                    base_offset: *base_offset,
+                    next_offset: block.index.next_offset,
+                    size_bytes: block.size_bytes,
+                    max_timestamp_ms: block.index.max_timestamp_ms,
+                    file: Arc::clone(&block.file),
+                }
+            })
+            .collect();
+        Some(CompactionInput {
+            directory: self.directory.clone(),
+            blocks,
+            now_ms,
+            delete_retention,
+            index_interval_bytes: self.options.index_interval_bytes,
+            segment_bytes: self.options.segment_bytes,
+        })
     }
 
-    /// Swaps compacted blocks in.
-    pub fn swap_compacted(
-        &mut self,
-        compacted: &mut super::compaction::CompactedBlocks,
-    ) -> Result<(), super::compaction::SwapError> {
-        let _ = compacted;
-        todo!()
+    /// Swaps the blocks of a finished build in, in one step: the replaced
+    /// blocks leave the map and the new ones (taken out of
+    /// `compacted.added`) enter it, so every later `read_plan` sees only new
+    /// blocks, while plans made before keep the old files open. No I/O;
+    /// O(number of blocks). `compacted.replaced` stays for
+    /// [`compaction::finish`](super::compaction::finish).
+    ///
+    /// [`SwapError::Changed`] if a replaced block is gone or no longer
+    /// marked compacting: nothing changed (the caller abandons the build
+    /// and calls [`PartitionLog::compaction_aborted`]).
+    pub fn swap_compacted(&mut self, compacted: &mut CompactedBlocks) -> Result<(), SwapError> {
+        let unchanged = compacted.replaced.iter().all(|base_offset| {
+            self.blocks
+                .get(base_offset)
+                .is_some_and(|block| block.compacting)
+        });
+        if !unchanged {
+            return Err(SwapError::Changed);
+        }
+        for base_offset in &compacted.replaced {
+            self.blocks.remove(base_offset);
+        }
+        for loaded in compacted.added.drain(..) {
+            debug_assert!(loaded.corrupt_from.is_none(), "builds are verified");
+            let previous = self.blocks.insert(loaded.base_offset, Block::from(loaded));
+            debug_assert!(previous.is_none(), "a new block overlaps a kept one");
+        }
+        self.compaction_aborted();
+        self.log_start_offset = first_base_offset(&self.blocks, &self.unloaded, &self.active);
+        Ok(())
     }
 
-    /// Clears the compacting marks.
+    /// A run ended without a swap: clears the compacting marks, so
+    /// retention and later runs may use the blocks again.
     pub fn compaction_aborted(&mut self) {
-        todo!()
+        for block in self.blocks.values_mut() {
+            block.compacting = false;
+        }
+    }
+
+    /// Share of the sealed bytes not written by a compaction in this
+    /// process (0 with no sealed block): how much a run could still gain.
+    /// After a restart every block counts as dirty until compacted again.
+    pub fn dirty_ratio(&self) -> f64 {
+        let sealed_bytes = self.loaded_block_bytes() + self.unloaded_bytes();
+        if sealed_bytes == 0 {
+            return 0.0;
+        }
+        let clean_bytes: u64 = self
+            .blocks
+            .values()
+            .filter(|block| block.compacted)
+            .map(|block| block.size_bytes)
+            .sum();
+        (sealed_bytes - clean_bytes) as f64 / sealed_bytes as f64
     }
 
     /// The partition directory.
@@ -1745,9 +1862,14 @@ struct Recovery<'a> {
 }
 
 impl Recovery<'_> {
-    /// Lists the directory, removing temp files and indexes of no segment.
+    /// Lists the directory, removing temp files and indexes of no segment,
+    /// after settling an interrupted key compaction (`compaction::recover`).
     fn sweep(&mut self) -> Result<DirectoryListing, OpenError> {
         let directory = self.directory;
+        // First, so the listing below sees exactly the old or the new blocks.
+        let compaction = super::compaction::recover(directory)?;
+        self.report.orphans_removed += compaction.orphans_removed;
+        self.report.compactions_completed += compaction.swaps_completed;
         let mut listing = DirectoryListing::default();
         let entries =
             std::fs::read_dir(directory).map_err(|error| io_error("list", directory, error))?;
@@ -2027,6 +2149,8 @@ impl Recovery<'_> {
             durable_bytes: size_bytes,
             corrupt_from,
             seal: SealState::Sealed,
+            compacting: false,
+            compacted: false,
         })
     }
 

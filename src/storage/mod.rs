@@ -18,6 +18,8 @@
 //! | `{base:020}.idx`        | the sparse offset and time index of a sealed block    |
 //! | `*.tmp`                 | a file being written; never valid, swept at open      |
 //! | `{base:020}.broken`     | bytes cut from a torn tail at recovery, kept for study|
+//! | `*.cleaned`, `*.swap`   | new blocks of a key compaction ([`compaction`])       |
+//! | `*.deleted`             | blocks a compaction replaced, until readers let go    |
 //!
 //! `base` is the offset of the first record the file can hold, zero-padded so
 //! that names sort by offset. Formats: [`batch`] (frames and record batches),
