@@ -32,7 +32,9 @@ use crate::error::{FetchError, ProduceError};
 use crate::health::{LoadProgress, LoadState, PartitionHealth, Phase};
 use crate::metrics::{Metrics, PartitionGauges};
 use crate::storage::compaction::{CompactedBlocks, CompactionInput, SwapError};
-use crate::storage::log::{load_block, LoadedBlock, UnloadedBlock, Verification};
+use crate::storage::log::{
+    block_timestamp_hint, load_block, LoadedBlock, UnloadedBlock, Verification,
+};
 use crate::storage::{AppendError, IoJob, OpenError, PartitionLog, ReadError, ReadPlan};
 use crate::types::{Offset, PartitionId, Record, Term};
 use actix::prelude::*;
@@ -502,9 +504,10 @@ impl PartitionActor {
         for block in self.log.unloaded_blocks() {
             load.progress.total_blocks += 1;
             load.progress.total_bytes += block.size_bytes;
+            // The hint is read only until the first cold block: older
+            // blocks go to the background whatever their timestamps.
             let hot = load.background.is_empty()
-                && block
-                    .max_timestamp_hint_ms
+                && block_timestamp_hint(&self.settings.directory, block.base_offset)
                     .is_none_or(|newest| newest >= cutoff_ms);
             if hot {
                 load.hot.push_back(block.clone());

@@ -48,3 +48,29 @@ pub use runtime::{
     RecordMetadata, Runtime,
 };
 pub use types::{FetchedRecord, Header, Offset, PartitionId, Record, Term};
+
+/// Runs a failpoint unit test alone in a child process. Failpoints are
+/// process-wide, so a failure armed by one test would hit whatever storage
+/// I/O another test runs at the same time; the child re-runs this test
+/// binary with only this test selected.
+#[cfg(all(test, feature = "failpoints"))]
+pub(crate) fn run_isolated(module_path: &str, test: &str, body: impl FnOnce()) {
+    const CHILD_MARKER: &str = "MILLRACE_ISOLATED_TEST";
+    let name = format!("{}::{test}", module_path.trim_start_matches("millrace::"));
+    if std::env::var(CHILD_MARKER).as_deref() == Ok(name.as_str()) {
+        body();
+        return;
+    }
+    let executable = std::env::current_exe().expect("test binary path");
+    let output = std::process::Command::new(executable)
+        .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD_MARKER, &name)
+        .output()
+        .expect("run the isolated test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "isolated test {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

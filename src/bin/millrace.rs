@@ -101,6 +101,10 @@ struct ConsumeArgs {
 }
 
 fn main() -> ExitCode {
+    // Failpoints from the `FAILPOINTS` environment variable (the crash tests
+    // stop a child at a compaction step this way); a no-op build without the feature.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Run { .. }) {
         "info"

@@ -1591,48 +1591,54 @@ mod tests {
     #[cfg(feature = "failpoints")]
     #[test]
     fn a_failed_build_step_leaves_the_old_blocks_and_can_be_retried() {
-        let _serial = serial();
-        let steps = [
-            ("compaction::write", "return"),
-            ("compaction::write", "1*off->return"),
-            ("compaction::fsync", "return"),
-            ("compaction::fsync", "2*off->return"),
-            ("compaction::rename", "return"),
-            ("compaction::rename", "3*off->return"),
-            ("compaction::sync_directory", "return"),
-            ("compaction::sync_directory", "1*off->return"),
-        ];
-        for (failpoint, actions) in steps {
-            let scenario = fail::FailScenario::setup();
-            let directory = tempfile::tempdir().unwrap();
-            let (mut log, old) = setup(directory.path());
-            fail::cfg(failpoint, actions).unwrap();
-            let input = input_of(&mut log);
-            let error = build(&input).unwrap_err();
-            assert!(
-                matches!(error, CompactionError::Io(_)),
-                "{failpoint}: {error}"
-            );
-            assert!(
-                error.to_string().contains("injected"),
-                "{failpoint}: {error}"
-            );
-            assert!(
-                leftovers(directory.path()).is_empty(),
-                "{failpoint} {actions}"
-            );
-            log.compaction_aborted();
-            drop(input);
-            check_reads(&log, &old);
-            fail::remove(failpoint);
-            let end = compact(&mut log);
-            check_reads(&log, &model(&old, end));
-            assert!(
-                leftovers(directory.path()).is_empty(),
-                "{failpoint} {actions}"
-            );
-            scenario.teardown();
-        }
+        crate::run_isolated(
+            module_path!(),
+            "a_failed_build_step_leaves_the_old_blocks_and_can_be_retried",
+            || {
+                let _serial = serial();
+                let steps = [
+                    ("compaction::write", "return"),
+                    ("compaction::write", "1*off->return"),
+                    ("compaction::fsync", "return"),
+                    ("compaction::fsync", "2*off->return"),
+                    ("compaction::rename", "return"),
+                    ("compaction::rename", "3*off->return"),
+                    ("compaction::sync_directory", "return"),
+                    ("compaction::sync_directory", "1*off->return"),
+                ];
+                for (failpoint, actions) in steps {
+                    let scenario = fail::FailScenario::setup();
+                    let directory = tempfile::tempdir().unwrap();
+                    let (mut log, old) = setup(directory.path());
+                    fail::cfg(failpoint, actions).unwrap();
+                    let input = input_of(&mut log);
+                    let error = build(&input).unwrap_err();
+                    assert!(
+                        matches!(error, CompactionError::Io(_)),
+                        "{failpoint}: {error}"
+                    );
+                    assert!(
+                        error.to_string().contains("injected"),
+                        "{failpoint}: {error}"
+                    );
+                    assert!(
+                        leftovers(directory.path()).is_empty(),
+                        "{failpoint} {actions}"
+                    );
+                    log.compaction_aborted();
+                    drop(input);
+                    check_reads(&log, &old);
+                    fail::remove(failpoint);
+                    let end = compact(&mut log);
+                    check_reads(&log, &model(&old, end));
+                    assert!(
+                        leftovers(directory.path()).is_empty(),
+                        "{failpoint} {actions}"
+                    );
+                    scenario.teardown();
+                }
+            },
+        );
     }
 
     /// Failpoints in `finish` (after the swap): reads are already the new
@@ -1640,52 +1646,59 @@ mod tests {
     #[cfg(feature = "failpoints")]
     #[test]
     fn a_failed_finish_is_completed_by_a_retry_or_by_the_next_open() {
-        let _serial = serial();
-        let steps = [
-            ("compaction::delete", "return"),
-            ("compaction::delete", "2*off->return"),
-            ("compaction::swap", "return"),
-            ("compaction::swap", "1*off->return"),
-            ("compaction::sync_directory", "return"),
-        ];
-        for (failpoint, actions) in steps {
-            for reopen in [false, true] {
-                let scenario = fail::FailScenario::setup();
-                let directory = tempfile::tempdir().unwrap();
-                let (mut log, old) = setup(directory.path());
-                let input = input_of(&mut log);
-                let end = input.blocks.last().unwrap().next_offset;
-                let expected = model(&old, end);
-                let mut compacted = build(&input).unwrap();
-                log.swap_compacted(&mut compacted).unwrap();
-                fail::cfg(failpoint, actions).unwrap();
-                let error = finish(directory.path(), &compacted)
-                    .expect_err(&format!("{failpoint} {actions}"));
-                assert!(
-                    error.to_string().contains("injected"),
-                    "{failpoint}: {error}"
-                );
-                fail::remove(failpoint);
-                check_reads(&log, &expected);
-                if reopen {
-                    drop((log, input, compacted));
-                    let (log, report) = PartitionLog::open(directory.path(), options()).unwrap();
-                    check_reads(&log, &expected);
-                    assert!(report.corruptions.is_empty());
-                } else {
-                    finish(directory.path(), &compacted).unwrap();
-                    drop((input, compacted));
-                    check_reads(&log, &expected);
-                    drop(log);
-                    check_reads(&open(directory.path()), &expected);
+        crate::run_isolated(
+            module_path!(),
+            "a_failed_finish_is_completed_by_a_retry_or_by_the_next_open",
+            || {
+                let _serial = serial();
+                let steps = [
+                    ("compaction::delete", "return"),
+                    ("compaction::delete", "2*off->return"),
+                    ("compaction::swap", "return"),
+                    ("compaction::swap", "1*off->return"),
+                    ("compaction::sync_directory", "return"),
+                ];
+                for (failpoint, actions) in steps {
+                    for reopen in [false, true] {
+                        let scenario = fail::FailScenario::setup();
+                        let directory = tempfile::tempdir().unwrap();
+                        let (mut log, old) = setup(directory.path());
+                        let input = input_of(&mut log);
+                        let end = input.blocks.last().unwrap().next_offset;
+                        let expected = model(&old, end);
+                        let mut compacted = build(&input).unwrap();
+                        log.swap_compacted(&mut compacted).unwrap();
+                        fail::cfg(failpoint, actions).unwrap();
+                        let error = finish(directory.path(), &compacted)
+                            .expect_err(&format!("{failpoint} {actions}"));
+                        assert!(
+                            error.to_string().contains("injected"),
+                            "{failpoint}: {error}"
+                        );
+                        fail::remove(failpoint);
+                        check_reads(&log, &expected);
+                        if reopen {
+                            drop((log, input, compacted));
+                            let (log, report) =
+                                PartitionLog::open(directory.path(), options()).unwrap();
+                            check_reads(&log, &expected);
+                            assert!(report.corruptions.is_empty());
+                        } else {
+                            finish(directory.path(), &compacted).unwrap();
+                            drop((input, compacted));
+                            check_reads(&log, &expected);
+                            drop(log);
+                            check_reads(&open(directory.path()), &expected);
+                        }
+                        assert!(
+                            leftovers(directory.path()).is_empty(),
+                            "{failpoint} {actions} reopen {reopen}: {:?}",
+                            leftovers(directory.path())
+                        );
+                        scenario.teardown();
+                    }
                 }
-                assert!(
-                    leftovers(directory.path()).is_empty(),
-                    "{failpoint} {actions} reopen {reopen}: {:?}",
-                    leftovers(directory.path())
-                );
-                scenario.teardown();
-            }
-        }
+            },
+        );
     }
 }

@@ -350,63 +350,71 @@ mod tests {
 
         #[test]
         fn failed_renames_leave_a_bounded_orphan_that_the_retry_removes() {
-            let scenario = fail::FailScenario::setup();
-            let directory = tempfile::tempdir().unwrap();
-            let job = seal_job(directory.path(), Offset(9), b"index");
-            fail::cfg("storage::rename", "3*return").unwrap();
-            let mut orphans = 0;
-            let mut failures = 0;
-            loop {
-                match run_seal(&job) {
-                    Ok(outcome) => {
-                        orphans += outcome.orphans_removed;
-                        break;
+            crate::run_isolated(
+                module_path!(),
+                "failed_renames_leave_a_bounded_orphan_that_the_retry_removes",
+                || {
+                    let scenario = fail::FailScenario::setup();
+                    let directory = tempfile::tempdir().unwrap();
+                    let job = seal_job(directory.path(), Offset(9), b"index");
+                    fail::cfg("storage::rename", "3*return").unwrap();
+                    let mut orphans = 0;
+                    let mut failures = 0;
+                    loop {
+                        match run_seal(&job) {
+                            Ok(outcome) => {
+                                orphans += outcome.orphans_removed;
+                                break;
+                            }
+                            Err(error) => {
+                                assert_eq!(error.operation, "rename");
+                                failures += 1;
+                                // The only leftover is the one temp file, never more.
+                                assert!(
+                                    names(directory.path()).len() <= 2,
+                                    "{:?}",
+                                    names(directory.path())
+                                );
+                            }
+                        }
                     }
-                    Err(error) => {
-                        assert_eq!(error.operation, "rename");
-                        failures += 1;
-                        // The only leftover is the one temp file, never more.
-                        assert!(
-                            names(directory.path()).len() <= 2,
-                            "{:?}",
-                            names(directory.path())
-                        );
-                    }
-                }
-            }
-            assert_eq!(failures, 3);
-            assert_eq!(orphans, 1);
-            assert_eq!(
-                names(directory.path()),
-                ["00000000000000000009.idx", "00000000000000000009.log"]
+                    assert_eq!(failures, 3);
+                    assert_eq!(orphans, 1);
+                    assert_eq!(
+                        names(directory.path()),
+                        ["00000000000000000009.idx", "00000000000000000009.log"]
+                    );
+                    scenario.teardown();
+                },
             );
-            scenario.teardown();
         }
 
         #[test]
         fn injected_failures_are_io_errors() {
-            let scenario = fail::FailScenario::setup();
-            let directory = tempfile::tempdir().unwrap();
-            let file = SegmentFile::create(directory.path(), Offset(0)).unwrap();
-            fail::cfg("storage::write", "1*return").unwrap();
-            assert_eq!(write_at(&file, 0, b"x").unwrap_err().operation, "write");
-            fail::cfg("storage::fsync", "1*return").unwrap();
-            assert_eq!(sync_data(&file).unwrap_err().operation, "fsync");
-            fail::cfg("storage::delete", "1*return").unwrap();
-            assert_eq!(
-                delete_file(&directory.path().join("x"))
-                    .unwrap_err()
-                    .operation,
-                "delete"
-            );
-            fail::cfg("storage::create", "1*return").unwrap();
-            assert_eq!(
-                SegmentFile::create(directory.path(), Offset(1))
-                    .unwrap_err()
-                    .operation,
-                "create"
-            );
-            scenario.teardown();
+            crate::run_isolated(module_path!(), "injected_failures_are_io_errors", || {
+                let scenario = fail::FailScenario::setup();
+                let directory = tempfile::tempdir().unwrap();
+                let file = SegmentFile::create(directory.path(), Offset(0)).unwrap();
+                fail::cfg("storage::write", "1*return").unwrap();
+                assert_eq!(write_at(&file, 0, b"x").unwrap_err().operation, "write");
+                fail::cfg("storage::fsync", "1*return").unwrap();
+                assert_eq!(sync_data(&file).unwrap_err().operation, "fsync");
+                fail::cfg("storage::delete", "1*return").unwrap();
+                assert_eq!(
+                    delete_file(&directory.path().join("x"))
+                        .unwrap_err()
+                        .operation,
+                    "delete"
+                );
+                fail::cfg("storage::create", "1*return").unwrap();
+                assert_eq!(
+                    SegmentFile::create(directory.path(), Offset(1))
+                        .unwrap_err()
+                        .operation,
+                    "create"
+                );
+                scenario.teardown();
+            });
         }
     }
 }

@@ -603,6 +603,15 @@ fn first_base_offset(
     }
 }
 
+/// The largest timestamp a sealed block's index header claims (bytes 40..48
+/// of its `.idx`), unverified: `None` if it cannot be read or has no magic.
+/// Only a hint for the hot window. Not read at `open_deferred` (one random
+/// read per block would make startup scale with the block count); the startup
+/// load reads it newest first and stops at the first block older than the window.
+pub fn block_timestamp_hint(directory: &Path, base_offset: Offset) -> Option<i64> {
+    read_index_timestamp_hint(&SegmentFile::index_path(directory, base_offset))
+}
+
 /// `max_timestamp_ms` from an index file's header (bytes 40..48), without
 /// verifying the file: `None` if it cannot be read or has no magic.
 fn read_index_timestamp_hint(index_path: &Path) -> Option<i64> {
@@ -633,9 +642,6 @@ pub struct UnloadedBlock {
     pub base_offset: Offset,
     /// Bytes of its `.log` file.
     pub size_bytes: u64,
-    /// Largest timestamp according to its index header, unverified: only
-    /// used to decide whether the block is in the hot window.
-    pub max_timestamp_hint_ms: Option<i64>,
 }
 
 /// How much [`load_block`] checks.
@@ -1934,19 +1940,16 @@ impl Recovery<'_> {
         Ok(Block::from(loaded))
     }
 
-    /// A sealed block listed but not read: its size, and the largest
-    /// timestamp its index header claims (a hint for the hot window).
+    /// A sealed block listed but not read: its size only (its index is
+    /// not opened; see [`block_timestamp_hint`]).
     fn list_block(&mut self, base_offset: Offset) -> Result<UnloadedBlock, OpenError> {
         let path = SegmentFile::log_path(self.directory, base_offset);
         let size_bytes = std::fs::metadata(&path)
             .map_err(|error| io_error("stat", &path, error))?
             .len();
-        let index_path = SegmentFile::index_path(self.directory, base_offset);
-        let max_timestamp_hint_ms = read_index_timestamp_hint(&index_path);
         Ok(UnloadedBlock {
             base_offset,
             size_bytes,
-            max_timestamp_hint_ms,
         })
     }
 
@@ -3024,7 +3027,7 @@ mod tests {
         );
         assert!(log
             .unloaded_blocks()
-            .all(|block| block.max_timestamp_hint_ms == Some(1_000)));
+            .all(|block| block_timestamp_hint(directory.path(), block.base_offset) == Some(1_000)));
         assert_eq!(log.log_start_offset(), Offset(0));
         assert_eq!(log.high_watermark(), Offset(120));
         // The oldest offset is in a block that is not loaded: a typed answer.
