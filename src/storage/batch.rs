@@ -372,6 +372,19 @@ pub fn encode_compacted_frame(
 /// header rules, and every record's structure). Returns the frame; its
 /// length is `frame.frame.len()`. Bytes after the frame are not looked at.
 pub fn decode_frame(buffer: &Bytes) -> Result<FrameView, FrameError> {
+    let view = decode_frame_checksummed(buffer)?;
+    let batch = &view.frame[FRAME_HEADER_BYTES..];
+    walk_records(batch, &view.header, &mut RecordValidator)?;
+    Ok(view)
+}
+
+/// [`decode_frame`] without the walk over the records: magic, lengths
+/// (checked before anything is allocated), both CRCs, the batch header and
+/// the record count against the bytes. The frame CRC covers every byte, so
+/// this detects any damage; the record structure is checked by
+/// [`FrameView::records_into`] when the records are read. Used by scans
+/// (recovery, block loading) and reads, where a second walk would only cost.
+pub fn decode_frame_checksummed(buffer: &Bytes) -> Result<FrameView, FrameError> {
     let available = buffer.len();
     let Some(frame_header) = buffer.first_chunk::<FRAME_HEADER_BYTES>() else {
         if let Some(magic) = buffer.first_chunk::<4>() {
@@ -397,7 +410,6 @@ pub fn decode_frame(buffer: &Bytes) -> Result<FrameView, FrameError> {
     }
     let header = decode_batch_header(batch)?;
     check_record_count(&header, batch.len())?;
-    walk_records(batch, &header, &mut RecordValidator)?;
     Ok(FrameView {
         header,
         frame: buffer.slice(..frame_len),
@@ -1106,6 +1118,26 @@ mod tests {
         assert_eq!(decoded.header, header);
         assert_eq!(decoded.record_batch(), Bytes::copy_from_slice(&batch));
         assert_eq!(decoded.records().unwrap(), expected(5, &records));
+    }
+
+    #[test]
+    fn the_checksummed_decode_detects_every_single_bit_flip() {
+        let records = vec![
+            Record::new("a").with_key("k").with_header("h", "v"),
+            Record::new("bb").with_timestamp_ms(5),
+        ];
+        let (frame, header) = encode(7, &records);
+        let view = decode_frame_checksummed(&Bytes::from(frame.clone())).unwrap();
+        assert_eq!(view.header, header);
+        assert_eq!(view.records().unwrap(), expected(7, &records));
+        for bit in 0..frame.len() * 8 {
+            let mut damaged = frame.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                decode_frame_checksummed(&Bytes::from(damaged)).is_err(),
+                "flip of bit {bit} went unnoticed"
+            );
+        }
     }
 
     #[test]

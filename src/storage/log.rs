@@ -1,7 +1,7 @@
 //! [`PartitionLog`]: one partition's segments, offsets and recovery.
 
 use super::batch::{
-    decode_frame, encode_frame, peek_frame_len, FrameError, FrameView, ProducerFields,
+    decode_frame_checksummed, encode_frame, peek_frame_len, FrameError, FrameView, ProducerFields,
     BATCH_HEADER_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
 use super::compaction::{CompactedBlocks, CompactionBlock, CompactionInput, SwapError};
@@ -416,8 +416,8 @@ impl<'a> FrameReader<'a> {
         }
         let start = self.load(frame_bytes)?;
         let frame = self.chunk.slice(start..start + frame_bytes);
-        let view =
-            decode_frame(&frame).map_err(|error| FrameReadError::Frame { position, error })?;
+        let view = decode_frame_checksummed(&frame)
+            .map_err(|error| FrameReadError::Frame { position, error })?;
         if view.frame.len() != frame_bytes {
             let reason = format!(
                 "frame decodes to {} bytes, its header says {}",
