@@ -15,8 +15,9 @@
 
 use super::partition::HotLoadComplete;
 use crate::metrics::Metrics;
+use crate::storage::io as storage_io;
 use crate::storage::log::{load_block, LoadedBlock, UnloadedBlock, Verification};
-use crate::storage::OpenError;
+use crate::storage::{OpenError, SegmentFile};
 use crate::types::Offset;
 use actix::prelude::*;
 use std::collections::VecDeque;
@@ -144,6 +145,9 @@ impl Handler<LoadNext> for BlockLoader {
         let Some(block) = work.blocks.pop_front() else {
             return;
         };
+        if let Some(next) = work.blocks.front() {
+            storage_io::prefetch(&SegmentFile::log_path(&work.directory, next.base_offset));
+        }
         let started = Instant::now();
         let result = load_block(
             &work.directory,
