@@ -460,9 +460,12 @@ impl PartitionActor {
         } else {
             self.waiting_fetches.push(fetch);
         }
-        context.run_later(message.max_wait.min(FETCH_WAIT_MAX), move |actor, _| {
-            actor.expire_fetch(id)
-        });
+        context.run_later(
+            message.max_wait.min(FETCH_WAIT_MAX),
+            move |actor, context| {
+                actor.guarded(context, "fetch expiry", |actor, _| actor.expire_fetch(id))
+            },
+        );
     }
 
     fn finish_drain_if_idle(&mut self) {
@@ -775,11 +778,13 @@ impl Actor for PartitionActor {
         context.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.start_writer(context);
         context.run_interval(MAINTENANCE_INTERVAL, |actor, context| {
-            actor.maintenance(context)
+            actor.guarded(context, "maintenance", |actor, context| {
+                actor.maintenance(context)
+            })
         });
         if self.restarts == 0 {
             // The first chunk loads here, before any message is handled.
-            self.begin_load(context);
+            self.guarded(context, "startup load", |actor, context| actor.begin_load(context));
         } else {
             context.notify_later(Reopen, self.restart_backoff());
         }
@@ -947,12 +952,15 @@ impl Handler<WriterReport> for PartitionActor {
 impl Handler<DeletionOutcome> for PartitionActor {
     type Result = ();
 
-    fn handle(&mut self, outcome: DeletionOutcome, _context: &mut Context<Self>) {
-        if !outcome.failed_paths.is_empty() {
-            self.log
-                .deletion_failed(outcome.base_offset, outcome.failed_paths);
-        }
-        self.publish_gauges();
+    fn handle(&mut self, outcome: DeletionOutcome, context: &mut Context<Self>) {
+        self.guarded(context, "deletion outcome", |actor, _| {
+            if !outcome.failed_paths.is_empty() {
+                actor
+                    .log
+                    .deletion_failed(outcome.base_offset, outcome.failed_paths);
+            }
+            actor.publish_gauges();
+        });
     }
 }
 
@@ -1051,7 +1059,13 @@ impl Handler<GetHealth> for PartitionActor {
 impl Handler<Drain> for PartitionActor {
     type Result = ();
 
-    fn handle(&mut self, message: Drain, _context: &mut Context<Self>) {
+    fn handle(&mut self, message: Drain, context: &mut Context<Self>) {
+        self.guarded(context, "drain", |actor, _| actor.drain(message));
+    }
+}
+
+impl PartitionActor {
+    fn drain(&mut self, message: Drain) {
         self.accepting = false;
         // A consumer waiting at the end gets "no more records" now.
         for fetch in std::mem::take(&mut self.waiting_fetches)
@@ -1137,7 +1151,9 @@ impl Handler<SwapCompacted> for PartitionActor {
 impl Handler<CompactionAborted> for PartitionActor {
     type Result = ();
 
-    fn handle(&mut self, _message: CompactionAborted, _context: &mut Context<Self>) {
-        self.log.compaction_aborted();
+    fn handle(&mut self, _message: CompactionAborted, context: &mut Context<Self>) {
+        self.guarded(context, "compaction aborted", |actor, _| {
+            actor.log.compaction_aborted()
+        });
     }
 }
