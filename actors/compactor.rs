@@ -27,12 +27,14 @@
 use super::partition::{CompactionAborted, PartitionActor, SwapCompacted, TakeCompactionInput};
 use crate::config::{CompactorConfig, TopicConfig};
 use crate::metrics::Metrics;
-use crate::storage::compaction::{self, CompactedBlocks, CompactionEstimate, CompactionInput};
+use crate::storage::compaction::{
+    self, CompactedBlocks, CompactionEstimate, CompactionInput, SwapError,
+};
 use crate::types::PartitionId;
 use actix::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// What happened to one partition in a run.
@@ -116,6 +118,8 @@ pub(crate) struct Compactor {
     next_target: usize,
     /// Targets whose last attempt found them not compactable.
     not_compactable: Vec<bool>,
+    /// Swaps whose answer was late: checked (without waiting) before each run.
+    late_swaps: Vec<(std::path::PathBuf, SwapReply)>,
     /// Runs swapped in whose file renames failed: `finish` is retried before
     /// anything else (it is idempotent; until it succeeds, `build` refuses).
     unfinished: Vec<(std::path::PathBuf, CompactedBlocks)>,
@@ -145,6 +149,7 @@ impl Compactor {
             next_target: 0,
             not_compactable,
             unfinished: Vec::new(),
+            late_swaps: Vec::new(),
             stopped: false,
             metrics,
         }
@@ -161,7 +166,28 @@ impl Compactor {
         });
     }
 
+    /// Resolves late swap answers that have arrived: a done swap is
+    /// finished, a refused one abandoned; the rest keep waiting.
+    fn resolve_late_swaps(&mut self) {
+        let mut still_late = Vec::new();
+        for (directory, swapped) in std::mem::take(&mut self.late_swaps) {
+            match swapped.try_recv() {
+                Ok(Ok(compacted)) => self.unfinished.push((directory, compacted)),
+                Ok(Err((compacted, _))) => {
+                    let _ = compaction::abandon(&directory, &compacted);
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => {
+                    still_late.push((directory, swapped))
+                }
+                // Dropped with the partition: recovery completes the swap at the next open.
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {}
+            }
+        }
+        self.late_swaps = still_late;
+    }
+
     fn run(&mut self, index: usize, trigger: Trigger) -> PartitionCompaction {
+        self.resolve_late_swaps();
         self.retry_unfinished();
         let target = self.targets[index].clone();
         let started = Instant::now();
@@ -215,18 +241,32 @@ impl Compactor {
         let min_dirty_ratio = (trigger == Trigger::Policy).then_some(target.topic.min_dirty_ratio);
         // 1. One exchange with the partition. Blocking here blocks only the
         // compactor's own arbiter; the partition never waits on us.
-        let request = TakeCompactionInput {
+        // `do_send` with a oneshot reply: the compactor never parks on the
+        // partition's mailbox, and never waits without a bound.
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        target.address.do_send(TakeCompactionInput {
             delete_retention: target.topic.delete_retention,
             min_dirty_ratio,
-        };
-        let input = match futures_executor::block_on(target.address.send(request)) {
-            Ok(Ok(Some(input))) => input,
-            Ok(Ok(None)) => return PartitionCompaction::NothingToDo,
-            Ok(Err(reason)) => return PartitionCompaction::NotCompactable { reason },
-            Err(_) => {
+            reply,
+        });
+        let input = match wait_for(answer, PARTITION_ANSWER_WAIT) {
+            Answer::Ready(Some(Ok(Some(input)))) => input,
+            Answer::Ready(Some(Ok(None))) => return PartitionCompaction::NothingToDo,
+            Answer::Ready(Some(Err(reason))) => {
+                return PartitionCompaction::NotCompactable { reason }
+            }
+            Answer::Ready(None) => {
                 return PartitionCompaction::NotCompactable {
                     reason: "partition unavailable".to_owned(),
                 }
+            }
+            Answer::Late(_) => {
+                // If the partition marks its blocks later, this unmarks them
+                // (its mailbox is FIFO).
+                target.address.do_send(CompactionAborted);
+                return PartitionCompaction::NotCompactable {
+                    reason: format!("partition did not answer within {PARTITION_ANSWER_WAIT:?}"),
+                };
             }
         };
         // 2. Resources.
@@ -247,28 +287,29 @@ impl Compactor {
         let (bytes_before, bytes_after) = (compacted.bytes_before, compacted.bytes_after);
         let (records_before, records_after) = (compacted.records_before, compacted.records_after);
         // 4. One exchange: the swap.
-        let (reply, swapped) = oneshot::channel();
-        let swap = SwapCompacted { compacted, reply };
-        if target.address.try_send(swap).is_err() {
-            // The message (and the build) came back to us only through the
-            // reply channel, which is dropped: recovery finishes or removes
-            // the `.swap` files at the next open.
-            return PartitionCompaction::Failed {
-                error: "partition mailbox unavailable for the swap".to_owned(),
-            };
-        }
-        compacted = match futures_executor::block_on(swapped) {
-            Ok(Ok(compacted)) => compacted,
-            Ok(Err((compacted, error))) => {
+        let (reply, swapped) = crossbeam_channel::bounded(1);
+        target.address.do_send(SwapCompacted { compacted, reply });
+        compacted = match wait_for(swapped, PARTITION_ANSWER_WAIT) {
+            Answer::Ready(Some(Ok(compacted))) => compacted,
+            Answer::Ready(Some(Err((compacted, error)))) => {
                 let _ = compaction::abandon(&input.directory, &compacted);
                 return PartitionCompaction::Failed {
                     error: error.to_string(),
                 };
             }
-            Err(_) => {
+            Answer::Ready(None) => {
+                // The partition stopped with the build: the `.swap` files
+                // are committed, so recovery completes them at the next open.
                 return PartitionCompaction::Failed {
                     error: "partition stopped during the swap".to_owned(),
-                }
+                };
+            }
+            Answer::Late(swapped) => {
+                // Never abandon a swap that may still happen: resolve it on a later run.
+                self.late_swaps.push((input.directory.clone(), swapped));
+                return PartitionCompaction::Failed {
+                    error: format!("partition did not answer the swap within {PARTITION_ANSWER_WAIT:?}; resolved later"),
+                };
             }
         };
         // 5. Final names; old files go when their last reader does.
@@ -287,6 +328,29 @@ impl Compactor {
             records_after,
             seconds: started.elapsed().as_secs_f64(),
         }
+    }
+}
+
+/// The longest the compactor waits for a partition's answer. Far above a
+/// message exchange (microseconds); only a stuck partition reaches it.
+const PARTITION_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+type SwapReply = crossbeam_channel::Receiver<Result<CompactedBlocks, (CompactedBlocks, SwapError)>>;
+
+/// A partition's answer, or the receiver if it did not come in time.
+enum Answer<T> {
+    /// The answer (`None`: the partition dropped the request).
+    Ready(Option<T>),
+    /// Not yet; the receiver to check later.
+    Late(crossbeam_channel::Receiver<T>),
+}
+
+/// Waits for `receiver` up to `limit` on the compactor's own thread.
+fn wait_for<T>(receiver: crossbeam_channel::Receiver<T>, limit: Duration) -> Answer<T> {
+    match receiver.recv_timeout(limit) {
+        Ok(value) => Answer::Ready(Some(value)),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Answer::Ready(None),
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Answer::Late(receiver),
     }
 }
 

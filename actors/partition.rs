@@ -148,11 +148,12 @@ impl HotLoadComplete {
 /// Hand the sealed blocks to the compactor (marking them compacting), if
 /// the partition can be compacted and, with `min_dirty_ratio`, is dirty enough.
 #[derive(Message)]
-#[rtype(result = "Result<Option<CompactionInput>, String>")]
+#[rtype(result = "()")]
 pub(crate) struct TakeCompactionInput {
     pub(crate) delete_retention: Duration,
     /// `None`: compact now whatever the ratio (on demand).
     pub(crate) min_dirty_ratio: Option<f64>,
+    pub(crate) reply: crossbeam_channel::Sender<Result<Option<CompactionInput>, String>>,
 }
 
 /// Swap compacted blocks in, in one step. The build comes back (with the
@@ -161,7 +162,8 @@ pub(crate) struct TakeCompactionInput {
 #[rtype(result = "()")]
 pub(crate) struct SwapCompacted {
     pub(crate) compacted: CompactedBlocks,
-    pub(crate) reply: oneshot::Sender<Result<CompactedBlocks, (CompactedBlocks, SwapError)>>,
+    pub(crate) reply:
+        crossbeam_channel::Sender<Result<CompactedBlocks, (CompactedBlocks, SwapError)>>,
 }
 
 /// The compaction that took the blocks gave up; they are ordinary again.
@@ -784,7 +786,9 @@ impl Actor for PartitionActor {
         });
         if self.restarts == 0 {
             // The first chunk loads here, before any message is handled.
-            self.guarded(context, "startup load", |actor, context| actor.begin_load(context));
+            self.guarded(context, "startup load", |actor, context| {
+                actor.begin_load(context)
+            });
         } else {
             context.notify_later(Reopen, self.restart_backoff());
         }
@@ -1080,18 +1084,13 @@ impl PartitionActor {
 }
 
 impl Handler<TakeCompactionInput> for PartitionActor {
-    type Result = Result<Option<CompactionInput>, String>;
+    type Result = ();
 
-    fn handle(
-        &mut self,
-        message: TakeCompactionInput,
-        context: &mut Context<Self>,
-    ) -> Self::Result {
-        let mut answer = Err("partition handler panicked".to_owned());
+    fn handle(&mut self, message: TakeCompactionInput, context: &mut Context<Self>) {
         self.guarded(context, "take compaction input", |actor, _| {
-            answer = actor.take_compaction_input(&message);
+            let answer = actor.take_compaction_input(&message);
+            let _ = message.reply.send(answer);
         });
-        answer
     }
 }
 

@@ -1,13 +1,16 @@
 //! Helpers shared by the integration suites: temp data directories, configs,
 //! a seeded RNG, condition waits with deadlines, whole-partition reads, the
 //! history checker ([`history`]), a tracing capture layer ([`capture`]) and a
-//! store spread over 14 days for the startup-load tests ([`timed`]).
+//! store spread over 14 days for the startup-load tests ([`timed`]), and
+//! self-checking keyed records with a key → latest-value model for the
+//! compaction suites ([`keyed`]).
 //!
 //! Each test binary uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 pub mod capture;
 pub mod history;
+pub mod keyed;
 pub mod timed;
 
 use millrace::config::{Config, TopicConfig};
