@@ -48,7 +48,7 @@ run_millrace batched produce-batched --records "$records_batched" --in-flight "$
 run_millrace sequential produce-batched --records "$records_batched" --in-flight 1
 run_millrace single_tasks produce-single --records "$records_single" --mode tasks
 run_millrace single_threads produce-single --records "$records_single" --mode threads
-run_millrace fetch fetch --records "$records_fetch" --max-bytes 4194304
+run_millrace fetch fetch --records "$records_fetch"
 
 redis_default=$(bash "$peer_script" "$redis_records" 100 1000 4 | awk '{print $2}')
 echo "redis_streams_xadd_per_s $redis_default (pipeline 1000, 4 clients, $redis_records records)"
@@ -75,4 +75,4 @@ row "produce-sequential (1000/batch, 1 in flight)" "${rate[sequential]}" "$redis
 row "produce-single 16p/256 tasks vs P=1 C=256" "${rate[single_tasks]}" "$redis_single" "${rss[single_tasks]}" "${fsyncs[single_tasks]}"
 row "produce-single 16p/256 threads vs P=1 C=256" "${rate[single_threads]}" "$redis_single" "${rss[single_threads]}" "${fsyncs[single_threads]}"
 row "produce-single best ($single_mode) vs pipelined" "${rate[$single]}" "$redis_default" "${rss[$single]}" "${fsyncs[$single]}"
-row "fetch (1 partition, 4 MiB polls)" "${rate[fetch]}" - "${rss[fetch]}" -
+row "fetch (1 partition, 256 KiB polls, the default)" "${rate[fetch]}" - "${rss[fetch]}" -
