@@ -1040,7 +1040,6 @@ pub(crate) fn recover(directory: &Path) -> Result<RecoveryOutcome, super::log::O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::io::IoJob;
     use crate::storage::log::{LogOptions, PartitionLog};
     use crate::types::{Record, Term};
     use bytes::Bytes;
@@ -1085,29 +1084,7 @@ mod tests {
         }
     }
 
-    fn run_jobs(log: &mut PartitionLog, jobs: Vec<IoJob>) {
-        for job in jobs {
-            match job {
-                IoJob::Append(append) => {
-                    io::write_at(&append.file, append.position, &append.bytes).unwrap();
-                    io::sync_data(&append.file).unwrap();
-                    if append.sync_directory {
-                        io::sync_directory(&append.file.directory).unwrap();
-                    }
-                    log.mark_durable(append.next_offset);
-                }
-                IoJob::Seal(seal) => {
-                    io::run_seal(&seal).unwrap();
-                    log.seal_completed(seal.base_offset);
-                }
-                IoJob::Delete(delete) => {
-                    for path in &delete.paths {
-                        io::delete_file(path).unwrap();
-                    }
-                }
-            }
-        }
-    }
+    use crate::storage::log::tests::run_jobs;
 
     fn append_all(log: &mut PartitionLog, batches: &[Vec<Op>]) {
         for batch in batches {

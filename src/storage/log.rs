@@ -2172,11 +2172,11 @@ impl Recovery<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Runs jobs the way a writer thread would, reporting back to the log.
-    fn run_jobs(log: &mut PartitionLog, jobs: Vec<IoJob>) {
+    pub(crate) fn run_jobs(log: &mut PartitionLog, jobs: Vec<IoJob>) {
         for job in jobs {
             match job {
                 IoJob::Append(append) => {
