@@ -249,7 +249,7 @@ impl Compactor {
             min_dirty_ratio,
             reply,
         });
-        let input = match wait_for(answer, PARTITION_ANSWER_WAIT) {
+        let mut input = match wait_for(answer, PARTITION_ANSWER_WAIT) {
             Answer::Ready(Some(Ok(Some(input)))) => input,
             Answer::Ready(Some(Ok(None))) => return PartitionCompaction::NothingToDo,
             Answer::Ready(Some(Err(reason))) => {
@@ -269,6 +269,7 @@ impl Compactor {
                 };
             }
         };
+        input.bytes_per_second = self.config.bytes_per_second;
         // 2. Resources.
         if let Err(reason) = check_resources(&compaction::estimate(&input), &input, &self.config) {
             target.address.do_send(CompactionAborted);

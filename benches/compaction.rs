@@ -2,7 +2,7 @@
 //! partition, and what it costs everyone else while it runs.
 //!
 //! ```text
-//! cargo bench --bench compaction [-- --runs 3] [--records 1000000] [--keys 100000]
+//! cargo bench --bench compaction [-- --runs 3] [--records 1000000] [--keys 100000] [--rate-mib N]
 //! ```
 //!
 //! The store is built once under `target/bench-data/compaction/` (all
@@ -44,6 +44,8 @@ struct Options {
     records: u64,
     keys: u64,
     idle_seconds: f64,
+    /// `[compactor] rate` in MiB/s; 0 = unlimited.
+    rate_mib: u64,
 }
 
 fn options() -> Options {
@@ -52,6 +54,7 @@ fn options() -> Options {
         records: 1_000_000,
         keys: 100_000,
         idle_seconds: 3.0,
+        rate_mib: 0,
     };
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let mut index = 0;
@@ -62,6 +65,7 @@ fn options() -> Options {
             "--records" => options.records = value.unwrap().parse().unwrap(),
             "--keys" => options.keys = value.unwrap().parse().unwrap(),
             "--idle-seconds" => options.idle_seconds = value.unwrap().parse().unwrap(),
+            "--rate-mib" => options.rate_mib = value.unwrap().parse().unwrap(),
             // `cargo bench` passes `--bench`; ignore anything else.
             _ => {
                 index += 1;
@@ -73,7 +77,7 @@ fn options() -> Options {
     options
 }
 
-fn config(data_dir: &Path) -> Config {
+fn config(data_dir: &Path, rate_mib: u64) -> Config {
     let mut config = Config::new(data_dir);
     config.topics = vec![
         TopicConfig {
@@ -84,6 +88,7 @@ fn config(data_dir: &Path) -> Config {
         TopicConfig::with_defaults(SIDE),
     ];
     config.compactor.interval = Duration::from_secs(24 * 60 * 60);
+    config.compactor.bytes_per_second = (rate_mib > 0).then_some(rate_mib << 20);
     config
 }
 
@@ -111,7 +116,7 @@ fn build_store(store: &Path, options: &Options) {
     let _ = std::fs::remove_dir_all(store);
     std::fs::create_dir_all(store).unwrap();
     let started = Instant::now();
-    let runtime = Runtime::start(config(store)).unwrap();
+    let runtime = Runtime::start(config(store, 0)).unwrap();
     let producer = runtime.producer(TOPIC).unwrap();
     let mut sequence = 0u64;
     while sequence < options.records {
@@ -260,7 +265,7 @@ fn run_once(store: &Path, run: usize, options: &Options) -> RunResult {
     let data_dir = bench_root().join(format!("run-{run}"));
     let _ = std::fs::remove_dir_all(&data_dir);
     copy_dir(store, &data_dir);
-    let runtime = Arc::new(Runtime::start(config(&data_dir)).unwrap());
+    let runtime = Arc::new(Runtime::start(config(&data_dir, options.rate_mib)).unwrap());
     while !runtime.ready()
         || !runtime
             .health()

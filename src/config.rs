@@ -272,6 +272,11 @@ pub struct CompactorConfig {
     /// compacted topic's dirty ratio.
     /// Between [`COMPACTOR_INTERVAL_MIN`] and [`COMPACTOR_INTERVAL_MAX`].
     pub interval: Duration,
+    /// `rate` (default none = as fast as the machine allows): bytes per
+    /// second each of a run's two passes reads, e.g. "32 MiB". Bounds the
+    /// CPU and disk a run takes from produce and fetch (a run then lasts
+    /// about twice the partition's sealed bytes divided by the rate).
+    pub bytes_per_second: Option<u64>,
 }
 
 /// Default `[compactor] memory_budget`.
@@ -302,6 +307,7 @@ impl Default for CompactorConfig {
         CompactorConfig {
             memory_budget: COMPACTOR_MEMORY_BUDGET_DEFAULT,
             interval: COMPACTOR_INTERVAL_DEFAULT,
+            bytes_per_second: None,
         }
     }
 }
@@ -610,7 +616,12 @@ fn check_background_load_rate(bytes_per_second: Option<u64>) -> Result<(), Strin
 
 /// Every `[compactor]` rule, in key order; the first one broken.
 fn check_compactor(compactor: &CompactorConfig) -> Result<(), BrokenRule> {
-    let checks: [(&'static str, Result<(), String>); 2] = [
+    let rate = match compactor.bytes_per_second {
+        Some(0) => Err("rate must be more than 0 bytes per second".to_owned()),
+        _ => Ok(()),
+    };
+    let checks: [(&'static str, Result<(), String>); 3] = [
+        ("rate", rate),
         (
             "memory_budget",
             check_bytes(
@@ -836,6 +847,7 @@ struct RawHttp {
 struct RawCompactor {
     memory_budget: Option<Spanned<RawSize>>,
     interval: Option<Spanned<String>>,
+    rate: Option<Spanned<RawSize>>,
 }
 
 #[derive(Deserialize)]
@@ -1223,6 +1235,7 @@ impl RawCompactor {
         let mut spans = KeySpans::default();
         spans.record("memory_budget", &self.memory_budget);
         spans.record("interval", &self.interval);
+        spans.record("rate", &self.rate);
         let fail = |key: &str, message: String| {
             source.error(
                 Some(spans.get(key).unwrap_or_else(|| table_span.clone())),
@@ -1238,6 +1251,10 @@ impl RawCompactor {
         if let Some(interval) = self.interval {
             compactor.interval =
                 duration_value("interval", interval.get_ref()).map_err(|m| fail("interval", m))?;
+        }
+        if let Some(rate) = self.rate {
+            compactor.bytes_per_second =
+                Some(rate_value("rate", rate.get_ref()).map_err(|m| fail("rate", m))?);
         }
         check_compactor(&compactor).map_err(|broken| fail(broken.key, broken.message))?;
         Ok(compactor)

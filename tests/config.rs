@@ -1043,11 +1043,21 @@ fn compactor_keys_parse() {
         CompactorConfig {
             memory_budget: 1 << 30,
             interval: Duration::from_secs(300),
+            bytes_per_second: None,
         }
     );
     let compactor =
         |lines: &str| parse(&after_data_dir(&format!("[compactor]\n{lines}\n"))).compactor;
     assert_eq!(compactor("memory_budget = 1048576").memory_budget, 1 << 20);
+    assert_eq!(
+        compactor("rate = \"32 MiB\"").bytes_per_second,
+        Some(32 << 20)
+    );
+    assert_eq!(
+        compactor("rate = \"32 MiB/s\"").bytes_per_second,
+        Some(32 << 20)
+    );
+    assert_eq!(compactor("interval = \"1m\"").bytes_per_second, None);
     assert_eq!(
         compactor("memory_budget = \"1 MiB\"").memory_budget,
         COMPACTOR_MEMORY_BUDGET_MIN
@@ -1079,6 +1089,11 @@ fn compactor_keys_parse() {
 #[test]
 fn bad_compactor_values() {
     let cases = [
+        (
+            "rate = 0",
+            "test.toml:3:8 (compactor.rate): ",
+            "rate must be more than 0 bytes per second",
+        ),
         (
             "memory_budget = \"1023 KiB\"",
             "test.toml:3:17 (compactor.memory_budget): ",
@@ -1176,6 +1191,7 @@ fn validate_checks_compactor_built_in_code() {
     config.compactor = CompactorConfig {
         memory_budget: COMPACTOR_MEMORY_BUDGET_MIN,
         interval: COMPACTOR_INTERVAL_MAX,
+        bytes_per_second: Some(1),
     };
     assert_eq!(config.validate(), Ok(()));
 

@@ -97,6 +97,9 @@ pub struct CompactionInput {
     pub index_interval_bytes: u64,
     /// New blocks are at most this large (unless one batch is larger).
     pub segment_bytes: u64,
+    /// Bytes per second each pass may read (`None`: no limit). Pacing
+    /// sleeps between frames, so a run leaves CPU and disk to others.
+    pub bytes_per_second: Option<u64>,
 }
 
 /// Resources a run needs, for the caller to check against its budget.
@@ -338,8 +341,10 @@ fn sync_directory(directory: &Path) -> Result<(), CompactionError> {
 fn for_each_frame(
     directory: &Path,
     block: &CompactionBlock,
+    bytes_per_second: Option<u64>,
     mut visit: impl FnMut(FrameView) -> Result<(), CompactionError>,
 ) -> Result<(), CompactionError> {
+    let mut pace = Pace::new(bytes_per_second);
     let path = SegmentFile::log_path(directory, block.base_offset);
     let corrupt = |position: u64, reason: String| {
         CompactionError::Corrupt(Corruption {
@@ -384,6 +389,7 @@ fn for_each_frame(
             return Err(corrupt(position, reason));
         }
         next_offset = header.next_offset();
+        pace.consumed(view.frame.len() as u64);
         visit(view).map_err(|error| match error {
             CompactionError::Corrupt(mut corruption) => {
                 corruption.position = position;
@@ -391,6 +397,38 @@ fn for_each_frame(
             }
             other => other,
         })?;
+    }
+}
+
+/// Keeps reading at or under a rate by sleeping once it is ahead of it.
+struct Pace {
+    bytes_per_second: Option<u64>,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    /// Sleeping for less than this is not worth the system call.
+    const SLEEP_MIN: Duration = Duration::from_millis(1);
+
+    fn new(bytes_per_second: Option<u64>) -> Pace {
+        Pace {
+            bytes_per_second,
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn consumed(&mut self, bytes: u64) {
+        let Some(rate) = self.bytes_per_second.filter(|rate| *rate > 0) else {
+            return;
+        };
+        self.bytes += bytes;
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let ahead = due.saturating_sub(self.started.elapsed());
+        if ahead >= Self::SLEEP_MIN {
+            std::thread::sleep(ahead);
+        }
     }
 }
 
@@ -411,7 +449,7 @@ fn latest_offsets(input: &CompactionInput) -> Result<(KeyMap, u64), CompactionEr
     let mut records_before = 0u64;
     for block in &input.blocks {
         let path = SegmentFile::log_path(&input.directory, block.base_offset);
-        for_each_frame(&input.directory, block, |view| {
+        for_each_frame(&input.directory, block, input.bytes_per_second, |view| {
             for record in records_of(&view, &path)? {
                 records_before += 1;
                 if let Some(key) = &record.key {
@@ -777,7 +815,7 @@ fn run(build: &mut Build<'_>) -> Result<CompactedBlocks, CompactionError> {
     let mut frame = Vec::new();
     for block in &input.blocks {
         let path = SegmentFile::log_path(&input.directory, block.base_offset);
-        for_each_frame(&input.directory, block, |view| {
+        for_each_frame(&input.directory, block, input.bytes_per_second, |view| {
             let mut records = records_of(&view, &path)?;
             let count = records.len();
             records.retain(|record| survives(record, &map, input.now_ms, delete_retention_ms));

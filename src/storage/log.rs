@@ -1569,6 +1569,7 @@ impl PartitionLog {
             delete_retention,
             index_interval_bytes: self.options.index_interval_bytes,
             segment_bytes: self.options.segment_bytes,
+            bytes_per_second: None,
         })
     }
 
