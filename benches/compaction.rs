@@ -259,6 +259,7 @@ struct RunResult {
     handler_max_after_ms: f64,
     handlers_over_1ms: u64,
     handler_buckets_over_1ms: Vec<(f64, u64)>,
+    idle_handlers_over_1ms_per_second: f64,
 }
 
 fn run_once(store: &Path, run: usize, options: &Options) -> RunResult {
@@ -277,6 +278,7 @@ fn run_once(store: &Path, run: usize, options: &Options) -> RunResult {
     }
 
     // Idle baseline.
+    let idle_before = runtime.metrics();
     let stop = Arc::new(AtomicBool::new(false));
     // The same fetch loop runs during the baseline, so the ratio isolates
     // what the compaction costs the producer.
@@ -295,6 +297,13 @@ fn run_once(store: &Path, run: usize, options: &Options) -> RunResult {
     let idle_records_per_second = idle.join().unwrap();
     let idle_fetches = idle_fetcher.join().unwrap().len();
     let _ = idle_fetches;
+    let idle_after = runtime.metrics();
+    // Handlers over 1 ms per second without compaction (scheduling on two
+    // busy cores), to compare with the rate during the compaction.
+    let idle_handlers_over_1ms_per_second =
+        (handlers_over_1ms(&idle_after.partition_handler_seconds)
+            - handlers_over_1ms(&idle_before.partition_handler_seconds)) as f64
+            / options.idle_seconds;
 
     // During compaction.
     let before = runtime.metrics();
@@ -360,6 +369,7 @@ fn run_once(store: &Path, run: usize, options: &Options) -> RunResult {
         handlers_over_1ms: handlers_over_1ms(&after.partition_handler_seconds)
             - handlers_over_1ms(&before.partition_handler_seconds),
         handler_buckets_over_1ms,
+        idle_handlers_over_1ms_per_second,
     };
     Arc::try_unwrap(runtime)
         .ok()
@@ -387,7 +397,8 @@ fn main() {
              fetch_p50_ms={:.3} fetch_p99_ms={:.3} fetch_p99.9_ms={:.3} fetch_max_ms={:.3} \
              produce_idle_rps={:.0} produce_during_rps={:.0} produce_ratio={:.2} \
              handler_max_before_ms={:.3} handler_max_after_ms={:.3} handlers_over_1ms={} \
-             handler_buckets_over_1ms={:?}",
+             handler_buckets_over_1ms={:?} handlers_over_1ms_per_s={:.2} \
+             idle_handlers_over_1ms_per_s={:.2}",
             result.compact_seconds,
             result.records_before,
             result.records_after,
@@ -409,13 +420,16 @@ fn main() {
                 .iter()
                 .filter(|(_, count)| *count > 0)
                 .collect::<Vec<_>>(),
+            result.handlers_over_1ms as f64 / result.compact_seconds,
+            result.idle_handlers_over_1ms_per_second,
         );
         results.push(result);
     }
     let m = |f: fn(&RunResult) -> f64| median(results.iter().map(f).collect());
     println!(
         "median compact_s={:.3} fetch_p50_ms={:.3} fetch_p99_ms={:.3} fetch_p99.9_ms={:.3} \
-         fetch_max_ms={:.3} produce_ratio={:.2} handler_max_after_ms={:.3} handlers_over_1ms={}",
+         fetch_max_ms={:.3} produce_ratio={:.2} handler_max_after_ms={:.3} handlers_over_1ms={} \
+         handlers_over_1ms_per_s={:.2} idle_handlers_over_1ms_per_s={:.2}",
         m(|r| r.compact_seconds),
         m(|r| r.p50_ms),
         m(|r| r.p99_ms),
@@ -424,5 +438,7 @@ fn main() {
         m(|r| r.busy_records_per_second / r.idle_records_per_second),
         m(|r| r.handler_max_after_ms),
         m(|r| r.handlers_over_1ms as f64),
+        m(|r| r.handlers_over_1ms as f64 / r.compact_seconds),
+        m(|r| r.idle_handlers_over_1ms_per_second),
     );
 }
