@@ -439,7 +439,7 @@ fn build_store(store: &Path, target: u64) -> Result<StoreSpec, String> {
     let started = Instant::now();
     let every = (batches / 20).max(1);
     let progress = move |done: u64| {
-        if done % every == 0 || done == batches {
+        if done.is_multiple_of(every) || done == batches {
             let seconds = started.elapsed().as_secs_f64();
             let bytes = done as f64 * BATCH_RECORDS as f64 * bytes_per_record;
             eprintln!(

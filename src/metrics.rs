@@ -124,6 +124,9 @@ impl PartitionGauges {
     }
 }
 
+/// Reads one per-partition gauge's value.
+type PartitionValue = fn(&PartitionMetrics) -> u64;
+
 /// Cumulative histogram values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistogramSnapshot {
@@ -408,7 +411,7 @@ impl MetricsSnapshot {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
-        let gauges: [(&str, &str, fn(&PartitionMetrics) -> u64); 5] = [
+        let gauges: [(&str, &str, PartitionValue); 5] = [
             ("millrace_log_start_offset", "First readable offset.", |p| {
                 p.log_start_offset
             }),

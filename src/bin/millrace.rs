@@ -135,7 +135,7 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), String>;
 
-fn start(config: &PathBuf) -> Result<Runtime, String> {
+fn start(config: &std::path::Path) -> Result<Runtime, String> {
     let config = Config::from_file(config).map_err(|error| error.to_string())?;
     Runtime::start(config).map_err(|error| error.to_string())
 }

@@ -224,6 +224,19 @@ pub fn delete_file(path: &Path) -> Result<(), IoError> {
     }
 }
 
+/// Asks the kernel to start reading `path` into the page cache
+/// (`posix_fadvise(WILLNEED)`), so the next block's read overlaps the
+/// current block's verification. Best effort: errors are ignored.
+pub fn prefetch(path: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(file) = std::fs::File::open(path) {
+        // SAFETY: the descriptor is open for the duration of the call.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,19 +428,6 @@ mod tests {
                 );
                 scenario.teardown();
             });
-        }
-    }
-}
-
-/// Asks the kernel to start reading `path` into the page cache
-/// (`posix_fadvise(WILLNEED)`), so the next block's read overlaps the
-/// current block's verification. Best effort: errors are ignored.
-pub fn prefetch(path: &Path) {
-    use std::os::fd::AsRawFd;
-    if let Ok(file) = std::fs::File::open(path) {
-        // SAFETY: the descriptor is open for the duration of the call.
-        unsafe {
-            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
         }
     }
 }
