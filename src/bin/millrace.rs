@@ -236,7 +236,9 @@ fn compact_with(runtime: &Runtime, topic: &str) -> CliResult {
                     "compacted: {records_before} -> {records_after} records, {bytes_before} -> {bytes_after} bytes in {seconds:.3}s"
                 )
             }
-            PartitionCompaction::NothingToDo => "nothing to compact (no sealed blocks)".to_owned(),
+            PartitionCompaction::NothingToDo => {
+                "nothing to compact now (no sealed, durable block)".to_owned()
+            }
             PartitionCompaction::NotCompactable { reason } => {
                 format!("not compactable now: {reason}")
             }

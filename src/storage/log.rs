@@ -1525,12 +1525,12 @@ impl PartitionLog {
     }
     /// The blocks a key compaction may rewrite now, marked *compacting*
     /// (retention stops at them until [`PartitionLog::swap_compacted`] or
-    /// [`PartitionLog::compaction_aborted`]): every sealed block, oldest
-    /// first. `None` while any block is unloaded, being sealed, not yet
-    /// durable or damaged (a damaged block is never rewritten: its damage
-    /// would be laundered into a valid-looking block), while a run is
-    /// already in flight, or when there is no sealed block. The active
-    /// segment is never part of it.
+    /// [`PartitionLog::compaction_aborted`]): the sealed blocks, oldest
+    /// first, up to the first one that is being sealed, not yet durable or
+    /// damaged (a damaged block is never rewritten: its damage would be
+    /// laundered into a valid-looking block). `None` while any block is
+    /// unloaded, while a run is already in flight, or when no block
+    /// qualifies. The active segment is never part of it.
     pub fn compaction_input(
         &mut self,
         now_ms: i64,
@@ -1539,18 +1539,31 @@ impl PartitionLog {
         if self.blocks.is_empty() || !self.unloaded.is_empty() {
             return None;
         }
-        let ready = self.blocks.values().all(|block| {
+        if self.blocks.values().any(|block| block.compacting) {
+            return None; // one run at a time
+        }
+        // The oldest blocks up to the first one that is still sealing, not
+        // yet durable, or damaged: under steady writes the newest block is
+        // often mid-seal, and that must not keep the rest from compacting.
+        // Keeping the latest record per key *within* the prefix is correct:
+        // a newer record of a key, if any, is after the prefix and stays.
+        let ready = |block: &Block| {
             block.seal == SealState::Sealed
-                && !block.compacting
                 && block.corrupt_from.is_none()
                 && block.durable_bytes == block.size_bytes
-        });
-        if !ready {
+        };
+        let prefix = self
+            .blocks
+            .values()
+            .take_while(|block| ready(block))
+            .count();
+        if prefix == 0 {
             return None;
         }
         let blocks = self
             .blocks
             .iter_mut()
+            .take(prefix)
             .map(|(base_offset, block)| {
                 block.compacting = true;
                 CompactionBlock {
@@ -3129,6 +3142,40 @@ pub(crate) mod tests {
         assert_eq!(log.high_watermark(), Offset(8));
         assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 8);
         assert!(file_names(directory.path()).contains(&format!("{:020}.wal", 8)));
+    }
+
+    #[test]
+    fn compaction_takes_the_sealed_prefix_while_the_newest_block_is_still_sealing() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        append_batches(&mut log, 30, 4);
+        let sealed_before: Vec<Offset> = log.blocks.keys().copied().collect();
+        assert!(sealed_before.len() >= 3);
+        // A roll whose seal job has not run: the newest block is `Sealing`.
+        loop {
+            let first = log.log_end_offset().0;
+            let outcome = log.append(&records(first, 4), Term(0), 1_000).unwrap();
+            if outcome.jobs.iter().any(|job| matches!(job, IoJob::Seal(_))) {
+                break;
+            }
+            run_jobs(&mut log, outcome.jobs);
+        }
+        let input = log
+            .compaction_input(1_000, Duration::from_secs(60))
+            .expect("the sealed prefix is compactable");
+        let taken: Vec<Offset> = input.blocks.iter().map(|block| block.base_offset).collect();
+        assert_eq!(
+            taken, sealed_before,
+            "every sealed block, not the one being sealed"
+        );
+        // One run at a time.
+        assert!(log
+            .compaction_input(1_000, Duration::from_secs(60))
+            .is_none());
+        log.compaction_aborted();
+        assert!(log
+            .compaction_input(1_000, Duration::from_secs(60))
+            .is_some());
     }
 
     #[test]
