@@ -271,6 +271,7 @@ impl Compactor {
         };
         input.bytes_per_second = self.config.bytes_per_second;
         // 2. Resources.
+        input.key_map_bytes_max = Some(key_map_budget(&self.config));
         if let Err(reason) = check_resources(&compaction::estimate(&input), &input, &self.config) {
             target.address.do_send(CompactionAborted);
             return PartitionCompaction::Skipped { reason };
@@ -362,19 +363,16 @@ fn check_resources(
     input: &CompactionInput,
     config: &CompactorConfig,
 ) -> Result<(), String> {
-    if estimate.memory_bytes > config.memory_budget {
+    // The run takes as many blocks as its key map allows (pass 1 stops at
+    // the budget); it can start only if the first block fits.
+    let first_block = compaction::first_block_estimate(input);
+    let budget = key_map_budget(config);
+    if first_block > budget {
         return Err(format!(
-            "needs about {} bytes of memory for {} records, over the memory_budget of {} bytes",
-            estimate.memory_bytes, estimate.records_max, config.memory_budget
+            "the oldest block alone needs about {first_block} bytes of key map memory, over the \
+             {budget} bytes allowed (memory_budget {}, or the memory available)",
+            config.memory_budget
         ));
-    }
-    if let Some(available) = memory_available_bytes() {
-        if estimate.memory_bytes > available {
-            return Err(format!(
-                "needs about {} bytes of memory, only {available} bytes are available",
-                estimate.memory_bytes
-            ));
-        }
     }
     if let Some(free) = disk_free_bytes(&input.directory) {
         if estimate.disk_bytes > free {
@@ -385,6 +383,13 @@ fn check_resources(
         }
     }
     Ok(())
+}
+
+/// The key map's limit: the budget, or the memory available if less.
+fn key_map_budget(config: &CompactorConfig) -> u64 {
+    memory_available_bytes().map_or(config.memory_budget, |available| {
+        available.min(config.memory_budget)
+    })
 }
 
 /// `MemAvailable` from /proc/meminfo, if readable.

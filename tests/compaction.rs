@@ -744,6 +744,43 @@ fn compact_never_deletes_by_age_and_compact_delete_does_both() {
 /// naming memory, counted in `compaction_skipped_total`; the data is
 /// unchanged, the runtime keeps serving, and no file of the run is left.
 ///
+/// A partition whose offsets would need far more key-map memory than the
+/// budget, but with few distinct keys, is still compacted: pass 1 counts
+/// the keys it has really seen and stops only at the budget (Kafka's way).
+/// Catches: an estimate by offset range alone (the run would be skipped
+/// forever, however few keys remain).
+#[test]
+fn a_tight_budget_still_compacts_many_blocks_with_few_keys() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut config = config_with(
+        directory.path(),
+        vec![compacted_topic("few-keys", CleanupPolicy::Compact)],
+    );
+    config.compactor.memory_budget = millrace::config::COMPACTOR_MEMORY_BUDGET_MIN;
+    let runtime = Runtime::start(config).unwrap();
+    let mut model = Model::default();
+    // 24,000 records over 50 keys in 4 KiB blocks: 64 bytes per offset
+    // would be about 1.5 MiB, over the 1 MiB budget.
+    for chunk in 0..48u64 {
+        let batch = (0..500)
+            .map(|index| {
+                let sequence = chunk * 500 + index;
+                let key = format!("k{}", sequence % 50);
+                record(&key, Some(keyed_value(&key, sequence, 10)), now_ms())
+            })
+            .collect();
+        produce(&runtime, "few-keys", batch, &mut model);
+    }
+    let last = *model.produced.keys().next_back().unwrap();
+    seal_through(&runtime, directory.path(), "few-keys", last, &mut model);
+    let outcome = compact_one(&runtime, "few-keys");
+    let (records_before, records_after, _, _) = assert_compacted(&outcome);
+    assert!(records_before >= 24_000, "{outcome:?}");
+    assert!(records_after < records_before / 10, "{outcome:?}");
+    assert_eq!(runtime.metrics().compaction_skipped_total, 0);
+    runtime.shutdown().unwrap();
+}
+
 /// Catches: the resource check removed (the run compacts instead), the
 /// skip not counted, a skip that leaves the blocks marked compacting
 /// (retention and later runs would stop: the next run here would find
@@ -751,10 +788,13 @@ fn compact_never_deletes_by_age_and_compact_delete_does_both() {
 #[test]
 fn a_low_memory_budget_skips_the_run_with_its_reason() {
     let directory = tempfile::tempdir().unwrap();
-    let mut config = config_with(
-        directory.path(),
-        vec![compacted_topic("tight", CleanupPolicy::Compact)],
-    );
+    // One big block: the oldest block alone is over the budget, so not even
+    // a partial run (which stops at the budget) can start.
+    let tight = TopicConfig {
+        segment_bytes: 2 * 1024 * 1024,
+        ..compacted_topic("tight", CleanupPolicy::Compact)
+    };
+    let mut config = config_with(directory.path(), vec![tight]);
     config.compactor.memory_budget = millrace::config::COMPACTOR_MEMORY_BUDGET_MIN;
     let runtime = Runtime::start(config).unwrap();
     let mut model = Model::default();

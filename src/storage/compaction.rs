@@ -100,6 +100,12 @@ pub struct CompactionInput {
     /// Bytes per second each pass may read (`None`: no limit). Pacing
     /// sleeps between frames, so a run leaves CPU and disk to others.
     pub bytes_per_second: Option<u64>,
+    /// Most memory the key map may take (`None`: no limit). Pass 1 stops
+    /// before a block that could push the map (its distinct keys so far,
+    /// plus one entry per offset of that block) past this, and the run
+    /// compacts the blocks before it, as Kafka's cleaner does. The first
+    /// block is always taken: check [`first_block_estimate`] first.
+    pub key_map_bytes_max: Option<u64>,
 }
 
 /// Resources a run needs, for the caller to check against its budget.
@@ -136,6 +142,18 @@ pub fn estimate(input: &CompactionInput) -> CompactionEstimate {
         disk_bytes: input.blocks.iter().map(|block| block.size_bytes).sum(),
         records_max,
     }
+}
+
+/// The key-map memory the first block alone may need: a run that cannot
+/// afford it cannot start (its `key_map_bytes_max` must be at least this).
+pub fn first_block_estimate(input: &CompactionInput) -> u64 {
+    input.blocks.first().map_or(0, |block| {
+        block
+            .next_offset
+            .0
+            .saturating_sub(block.base_offset.0)
+            .saturating_mul(KEY_MAP_ENTRY_BYTES)
+    })
 }
 
 /// A finished build: new block files beside the old ones, durable, named
@@ -444,10 +462,22 @@ fn records_of(view: &FrameView, file: &Path) -> Result<Vec<FetchedRecord>, Compa
 }
 
 /// Pass 1: the latest offset of every key, and the number of records.
-fn latest_offsets(input: &CompactionInput) -> Result<(KeyMap, u64), CompactionError> {
+/// Pass 1: each key's latest offset, over the blocks the memory limit
+/// allows (at least one). Returns the map, the records read, and how many
+/// of the input's blocks it covers.
+fn latest_offsets(input: &CompactionInput) -> Result<(KeyMap, u64, usize), CompactionError> {
     let mut map = KeyMap::default();
     let mut records_before = 0u64;
+    let mut covered = 0;
     for block in &input.blocks {
+        let block_offsets = block.next_offset.0.saturating_sub(block.base_offset.0);
+        let worst_case = (map.len() as u64)
+            .saturating_add(block_offsets)
+            .saturating_mul(KEY_MAP_ENTRY_BYTES);
+        if covered > 0 && input.key_map_bytes_max.is_some_and(|max| worst_case > max) {
+            break;
+        }
+        covered += 1;
         let path = SegmentFile::log_path(&input.directory, block.base_offset);
         for_each_frame(&input.directory, block, input.bytes_per_second, |view| {
             for record in records_of(&view, &path)? {
@@ -459,7 +489,7 @@ fn latest_offsets(input: &CompactionInput) -> Result<(KeyMap, u64), CompactionEr
             Ok(())
         })?;
     }
-    Ok((map, records_before))
+    Ok((map, records_before, covered))
 }
 
 /// Whether a record survives, given the key map: a record without a key is
@@ -806,14 +836,15 @@ pub fn build(input: &CompactionInput) -> Result<CompactedBlocks, CompactionError
 
 fn run(build: &mut Build<'_>) -> Result<CompactedBlocks, CompactionError> {
     let input = build.input;
-    let (map, records_before) = latest_offsets(input)?;
+    let (map, records_before, covered) = latest_offsets(input)?;
+    let blocks = &input.blocks[..covered];
     let delete_retention_ms = i64::try_from(input.delete_retention.as_millis()).unwrap_or(i64::MAX);
-    let first = &input.blocks[0];
-    let end = input.blocks[input.blocks.len() - 1].next_offset;
+    let first = &blocks[0];
+    let end = blocks[blocks.len() - 1].next_offset;
     build.start_block(first.base_offset)?;
     let mut records_after = 0u64;
     let mut frame = Vec::new();
-    for block in &input.blocks {
+    for block in blocks {
         let path = SegmentFile::log_path(&input.directory, block.base_offset);
         for_each_frame(&input.directory, block, input.bytes_per_second, |view| {
             let mut records = records_of(&view, &path)?;
@@ -857,16 +888,12 @@ fn run(build: &mut Build<'_>) -> Result<CompactedBlocks, CompactionError> {
         });
     }
     Ok(CompactedBlocks {
-        replaced: input.blocks.iter().map(|block| block.base_offset).collect(),
-        bytes_before: input.blocks.iter().map(|block| block.size_bytes).sum(),
+        replaced: blocks.iter().map(|block| block.base_offset).collect(),
+        bytes_before: blocks.iter().map(|block| block.size_bytes).sum(),
         bytes_after: added.iter().map(|block| block.size_bytes).sum(),
         records_before,
         records_after,
-        replaced_files: input
-            .blocks
-            .iter()
-            .map(|block| Arc::clone(&block.file))
-            .collect(),
+        replaced_files: blocks.iter().map(|block| Arc::clone(&block.file)).collect(),
         added_bases: added.iter().map(|block| block.base_offset).collect(),
         added,
     })
@@ -1229,6 +1256,41 @@ mod tests {
             .expect("sealed blocks to compact")
     }
 
+    #[test]
+    fn a_run_stops_at_the_key_map_budget_and_the_next_run_takes_the_rest() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, old) = setup(directory.path());
+        let mut input = input_of(&mut log);
+        assert!(input.blocks.len() >= 3, "the workload spans several blocks");
+        // Room for the first block's offsets and little more.
+        input.key_map_bytes_max = Some(first_block_estimate(&input) + KEY_MAP_ENTRY_BYTES);
+        let mut compacted = build(&input).unwrap();
+        assert!(
+            compacted.replaced.len() < input.blocks.len(),
+            "the budget must cut the run short: {:?}",
+            compacted.replaced
+        );
+        assert_eq!(
+            compacted.replaced,
+            input.blocks[..compacted.replaced.len()]
+                .iter()
+                .map(|block| block.base_offset)
+                .collect::<Vec<_>>(),
+            "a prefix of the input"
+        );
+        let partial_end = input.blocks[compacted.replaced.len() - 1].next_offset;
+        drop(input);
+        log.swap_compacted(&mut compacted).unwrap();
+        finish(log.directory(), &compacted).unwrap();
+        drop(compacted);
+        // The prefix keeps each key's latest *within* it; later blocks are untouched.
+        check_reads(&log, &model(&old, partial_end));
+        // Without a limit, the next run covers everything.
+        let end = compact(&mut log);
+        check_reads(&log, &model(&old, end));
+        assert!(leftovers(directory.path()).is_empty());
+    }
+
     /// A whole run; returns the end of the compacted range.
     fn compact(log: &mut PartitionLog) -> Offset {
         let input = input_of(log);
@@ -1402,7 +1464,7 @@ mod tests {
             run_jobs(&mut log, outcome.jobs);
         }
         let input = input_of(&mut log);
-        let (map, records) = latest_offsets(&input).unwrap();
+        let (map, records, _) = latest_offsets(&input).unwrap();
         let estimate = estimate(&input);
         assert_eq!(estimate.records_max, records);
         let entry_bytes = std::mem::size_of::<(u128, Offset)>() as u64 + 1;

@@ -1583,6 +1583,7 @@ impl PartitionLog {
             index_interval_bytes: self.options.index_interval_bytes,
             segment_bytes: self.options.segment_bytes,
             bytes_per_second: None,
+            key_map_bytes_max: None,
         })
     }
 
