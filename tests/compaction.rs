@@ -89,6 +89,20 @@ fn seal_through(runtime: &Runtime, data_dir: &Path, topic: &str, offset: u64, mo
     }
 }
 
+/// 24,000 small keyed records in batches of 500, keys cycling over `keys`.
+fn produce_over_keys(runtime: &Runtime, topic: &str, keys: u64, model: &mut Model) {
+    for chunk in 0..48u64 {
+        let batch = (0..500)
+            .map(|index| {
+                let sequence = chunk * 500 + index;
+                let key = format!("k{}", sequence % keys);
+                record(&key, Some(keyed_value(&key, sequence, 10)), now_ms())
+            })
+            .collect();
+        produce(runtime, topic, batch, model);
+    }
+}
+
 /// The single outcome of compacting a one-partition topic.
 fn compact_one(runtime: &Runtime, topic: &str) -> PartitionCompaction {
     let summary = runtime
@@ -761,16 +775,7 @@ fn a_tight_budget_still_compacts_many_blocks_with_few_keys() {
     let mut model = Model::default();
     // 24,000 records over 50 keys in 4 KiB blocks: 64 bytes per offset
     // would be about 1.5 MiB, over the 1 MiB budget.
-    for chunk in 0..48u64 {
-        let batch = (0..500)
-            .map(|index| {
-                let sequence = chunk * 500 + index;
-                let key = format!("k{}", sequence % 50);
-                record(&key, Some(keyed_value(&key, sequence, 10)), now_ms())
-            })
-            .collect();
-        produce(&runtime, "few-keys", batch, &mut model);
-    }
+    produce_over_keys(&runtime, "few-keys", 50, &mut model);
     let last = *model.produced.keys().next_back().unwrap();
     seal_through(&runtime, directory.path(), "few-keys", last, &mut model);
     let outcome = compact_one(&runtime, "few-keys");
@@ -800,16 +805,7 @@ fn a_low_memory_budget_skips_the_run_with_its_reason() {
     let mut model = Model::default();
     // 24,000 records over 100 keys: a key map for that many offsets is far
     // above 1 MiB by any per-entry estimate of 48 bytes or more.
-    for chunk in 0..48u64 {
-        let batch = (0..500)
-            .map(|index| {
-                let sequence = chunk * 500 + index;
-                let key = format!("k{}", sequence % 100);
-                record(&key, Some(keyed_value(&key, sequence, 10)), now_ms())
-            })
-            .collect();
-        produce(&runtime, "tight", batch, &mut model);
-    }
+    produce_over_keys(&runtime, "tight", 100, &mut model);
     let last = *model.produced.keys().next_back().unwrap();
     seal_through(&runtime, directory.path(), "tight", last, &mut model);
     let before = read_everything(&runtime, "tight");
