@@ -242,6 +242,17 @@ pub enum CleanupPolicy {
     CompactAndDelete,
 }
 
+impl std::fmt::Display for CleanupPolicy {
+    /// The value as written in the config (`"delete"`, `"compact"`, `"compact,delete"`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactAndDelete => "compact,delete",
+        })
+    }
+}
+
 impl CleanupPolicy {
     /// Whether retention by age and size applies.
     pub fn deletes(self) -> bool {

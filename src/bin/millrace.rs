@@ -207,7 +207,7 @@ fn compact_with(runtime: &Runtime, topic: &str) -> CliResult {
         .ok_or_else(|| format!("unknown topic {topic:?}"))?;
     if !cleanup.compacts() {
         return Err(format!(
-            "topic {topic} has cleanup {cleanup:?}; set cleanup = \"compact\" or \"compact,delete\" to compact it"
+            "topic {topic} has cleanup = \"{cleanup}\"; set cleanup = \"compact\" or \"compact,delete\" to compact it"
         ));
     }
     // The startup load must reach every block before a partition can be compacted.
