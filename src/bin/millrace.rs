@@ -113,9 +113,12 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colours only on a terminal: logs piped to a file or a supervisor stay plain.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colours)
         .init();
     let result = match cli.command {
         Command::Run { config } => run(config),
@@ -148,24 +151,32 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn run(config: PathBuf) -> CliResult {
+    // The signal streams are registered before the runtime starts, so a
+    // SIGTERM or SIGINT that arrives at any point after "serving" (or even
+    // during the start) leads to a graceful shutdown, never to the default
+    // action of dying by the signal.
+    let event_loop = tokio_runtime()?;
+    let (mut terminate, mut interrupt) = event_loop.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate())
+            .map_err(|error| format!("cannot listen for SIGTERM: {error}"))?;
+        let interrupt = signal(SignalKind::interrupt())
+            .map_err(|error| format!("cannot listen for SIGINT: {error}"))?;
+        Ok::<_, String>((terminate, interrupt))
+    })?;
     let runtime = start(&config)?;
     for topic in runtime.topics() {
         let partitions = runtime.partition_count(&topic).unwrap_or(0);
         tracing::info!(%topic, partitions, "serving");
     }
-    tokio_runtime()?.block_on(wait_for_termination())?;
+    event_loop.block_on(async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    });
     tracing::info!("signal received; shutting down");
     runtime.shutdown().map_err(|error| error.to_string())
-}
-
-async fn wait_for_termination() -> CliResult {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())
-        .map_err(|error| format!("cannot listen for SIGTERM: {error}"))?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.map_err(|error| format!("cannot listen for SIGINT: {error}")),
-        _ = terminate.recv() => Ok(()),
-    }
 }
 
 fn topics(config: PathBuf) -> CliResult {
