@@ -505,3 +505,38 @@ fn run_stops_gracefully_on_sigterm_and_sigint() {
         let _ = setup.data_dir();
     }
 }
+
+/// A reader that closes the pipe early (`consume | head -1`) ends the
+/// consumer quietly with exit 0, as kcat does.
+/// Catches: a broken pipe reported as an error (one line on stderr, exit 1).
+#[test]
+fn consume_ends_quietly_when_its_reader_closes_the_pipe() {
+    use std::io::BufRead;
+    let setup = Setup::new("[[topic]]\nname = \"events\"\n");
+    let lines: Vec<u8> = (0..200_000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    assert_success(&setup.produce(&["-t", "events"], &lines));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["consume", "-c"])
+        .arg(&setup.config)
+        .args(["-t", "events", "--from-beginning", "--until-end"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "0\n");
+    // The reader is dropped here: the pipe is closed with most records unread.
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

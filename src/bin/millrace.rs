@@ -525,10 +525,29 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
+/// A write to stdout failed. A closed pipe (`consume | head`) is the reader
+/// saying it has enough, not an error: `consume` then ends with exit 0.
+fn stdout_error(error: std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        return STDOUT_CLOSED.to_owned();
+    }
+    format!("stdout: {error}")
+}
+
+/// The marker `stdout_error` returns for a closed pipe.
+const STDOUT_CLOSED: &str = "stdout closed";
+
 fn consume(arguments: ConsumeArgs) -> CliResult {
     let runtime = start(&arguments.config)?;
     let result = tokio_runtime()
         .and_then(|event_loop| event_loop.block_on(consume_with(&runtime, &arguments)));
+    let result = result.or_else(|error| {
+        if error == STDOUT_CLOSED {
+            Ok(())
+        } else {
+            Err(error)
+        }
+    });
     let shutdown = runtime.shutdown().map_err(|error| error.to_string());
     result.and(shutdown)
 }
@@ -598,7 +617,7 @@ async fn consume_with(runtime: &Runtime, arguments: &ConsumeArgs) -> CliResult {
             let fetch = runtime.fetch(topic, cursor.partition, cursor.position, options);
             let result = tokio::select! {
                 result = fetch => result,
-                _ = &mut interrupted => return out.flush().map_err(|error| format!("stdout: {error}")),
+                _ = &mut interrupted => return out.flush().map_err(stdout_error),
             };
             let result = match result {
                 Ok(result) => result,
@@ -612,17 +631,16 @@ async fn consume_with(runtime: &Runtime, arguments: &ConsumeArgs) -> CliResult {
                 line.clear();
                 render(&format, topic, cursor.partition, record, &mut line);
                 line.push(b'\n');
-                out.write_all(&line)
-                    .map_err(|error| format!("stdout: {error}"))?;
+                out.write_all(&line).map_err(stdout_error)?;
             }
             received |= !result.records.is_empty();
             cursor.position = result.next_offset;
         }
         if !received {
-            out.flush().map_err(|error| format!("stdout: {error}"))?;
+            out.flush().map_err(stdout_error)?;
         }
     }
-    out.flush().map_err(|error| format!("stdout: {error}"))
+    out.flush().map_err(stdout_error)
 }
 
 enum Piece {
