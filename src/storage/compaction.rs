@@ -805,7 +805,7 @@ fn prepare_directory(directory: &Path) -> Result<(), CompactionError> {
 
 /// Builds the compacted blocks (see the [module docs](self)). Streams: reads
 /// the input frame by frame (twice) and writes in chunks of
-/// [`WRITE_BUFFER_BYTES`]; only the key map grows with the input, as
+/// `WRITE_BUFFER_BYTES`; only the key map grows with the input, as
 /// [`estimate`] says. On error nothing of the run is left and the old blocks
 /// are untouched. Panics if the input has no block (a caller bug).
 pub fn build(input: &CompactionInput) -> Result<CompactedBlocks, CompactionError> {
