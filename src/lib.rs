@@ -37,6 +37,7 @@ pub mod error;
 pub mod health;
 pub(crate) mod http;
 pub mod metrics;
+pub mod offsets;
 pub mod partitioner;
 pub mod runtime;
 pub mod storage;

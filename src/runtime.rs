@@ -17,6 +17,7 @@ use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
 use crate::health::{Health, LoadState, PartitionHealth, Phase};
 use crate::http::{HttpServer, Probe};
 use crate::metrics::{Metrics, MetricsSnapshot, PartitionGauges};
+use crate::offsets::{OffsetError, OffsetStore};
 use crate::partitioner::partition_for_key;
 use crate::storage::{LogOptions, PartitionLog, RecoveryReport};
 use crate::types::{FetchedRecord, Offset, PartitionId, Record};
@@ -124,6 +125,7 @@ struct Inner {
     compactor_arbiter: Option<Arbiter>,
     deleter: DeleterHandle,
     http: Option<HttpServer>,
+    offsets: OffsetStore,
     _metadata: sled::Db,
     _lock: File,
 }
@@ -239,6 +241,10 @@ impl Runtime {
         create_directory(&config.data_dir)?;
         let lock = lock_data_directory(&config.data_dir)?;
         let metadata = open_metadata(&config)?;
+        let offsets = OffsetStore::open(&metadata).map_err(|error| StartError::Metadata {
+            path: config.data_dir.join("meta"),
+            message: error.to_string(),
+        })?;
         let metrics = Arc::new(Metrics::default());
         let logs = open_partition_logs(&config, &metrics)?;
         let deleter = DeleterHandle::spawn(metrics.clone()).map_err(|source| StartError::Io {
@@ -399,6 +405,7 @@ impl Runtime {
                 compactor_arbiter: Some(compactor_arbiter),
                 deleter,
                 http: None,
+                offsets,
                 _metadata: metadata,
                 _lock: lock,
             }),
@@ -542,6 +549,18 @@ impl Runtime {
     /// [`Runtime::compact`], blocking the calling thread.
     pub fn compact_blocking(&self, topic: &str) -> Option<CompactionSummary> {
         futures_executor::block_on(self.compact(topic))
+    }
+
+    /// The committed next offset of a consumer group on one partition, if
+    /// it has committed any. Commits are made by the pipeline once a batch's
+    /// sink write completes ([`crate::offsets`]).
+    pub fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Option<Offset>, OffsetError> {
+        self.inner().offsets.committed(group, topic, partition)
     }
 
     /// The address of the `[http]` listener, if it is on (useful with port 0).
