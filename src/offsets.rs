@@ -93,7 +93,6 @@ pub enum OffsetError {
 
 /// The committed offsets of every group, in the runtime's metadata store.
 pub struct OffsetStore {
-    database: sled::Db,
     tree: sled::Tree,
 }
 
@@ -101,10 +100,7 @@ impl OffsetStore {
     /// Opens the offsets tree of `database` (the runtime's metadata store).
     pub(crate) fn open(database: &sled::Db) -> Result<OffsetStore, OffsetError> {
         let tree = database.open_tree(TREE).map_err(storage)?;
-        Ok(OffsetStore {
-            database: database.clone(),
-            tree,
-        })
+        Ok(OffsetStore { tree })
     }
 
     /// The committed next offset of `group` on a partition, if any.
@@ -161,7 +157,8 @@ impl OffsetStore {
                 break;
             }
         }
-        self.database.flush().map_err(storage)?;
+        // Flushes the whole store (sled has one log): the commit is durable.
+        self.tree.flush().map_err(storage)?;
         Ok(*next_offset)
     }
 }

@@ -669,6 +669,9 @@ impl Inner {
                 first_error.get_or_insert(ShutdownError::ThreadPanicked);
             }
         }
+        // Metadata writes are done; flush so nothing is pending when the
+        // store's handles drop with `self`.
+        let _ = self._metadata.flush();
         // /ready answered 503 while draining; the listener goes last.
         if let Some(mut http) = self.http.take() {
             http.stop();
@@ -973,10 +976,8 @@ fn open_metadata(config: &Config) -> Result<sled::Db, StartError> {
         path: path.clone(),
         message,
     };
-    let database = sled::Config::new()
-        .path(&path)
-        .open()
-        .map_err(|error| metadata_error(error.to_string()))?;
+    let database =
+        open_sled_waiting_for_release(&path).map_err(|error| metadata_error(error.to_string()))?;
     let topics = database
         .open_tree("topics")
         .map_err(|error| metadata_error(error.to_string()))?;
@@ -1008,6 +1009,29 @@ fn open_metadata(config: &Config) -> Result<sled::Db, StartError> {
         .flush()
         .map_err(|error| metadata_error(error.to_string()))?;
     Ok(database)
+}
+
+/// How long opening the metadata store waits for sled's own lock.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens sled. Our `LOCK` file already makes this process the only user of
+/// the data directory, so sled's own lock can only be held by a runtime of
+/// this process that has just stopped: sled releases it when its background
+/// threads let go of the store, shortly after the last handle drops. Wait
+/// for that (bounded), rather than fail a restart in the same process.
+fn open_sled_waiting_for_release(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(error))
+                if error.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The directory of one partition.
