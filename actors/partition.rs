@@ -322,7 +322,7 @@ impl PartitionActor {
     ) {
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(self, context)));
-        self.metrics.observe_handler(handler, started.elapsed());
+        self.metrics.observe_handler(started.elapsed());
         if let Err(panic) = outcome {
             let reason = panic_message(panic.as_ref());
             tracing::error!(partition = %self.name, handler, %reason, "partition handler panicked; restarting it from disk");

@@ -88,7 +88,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     /// Records one partition-actor handler's duration.
-    pub(crate) fn observe_handler(&self, _handler: &'static str, elapsed: Duration) {
+    pub(crate) fn observe_handler(&self, elapsed: Duration) {
         self.partition_handler_seconds.observe(elapsed);
         self.partition_handler_max_nanoseconds
             .fetch_max(elapsed.as_nanos() as u64, Relaxed);

@@ -639,24 +639,14 @@ impl Inner {
         }
         // 3: consumer offsets: no consumer groups yet, so nothing to commit.
         // 4: the background loader (between blocks), the compactor and the deletion thread.
-        let (reply, stopped) = oneshot::channel();
-        if self.loader.try_send(StopLoader { reply }).is_ok() {
-            let _ = futures_executor::block_on(stopped);
-        }
-        if let Some(arbiter) = self.loader_arbiter.take() {
-            arbiter.stop();
-            let _ = arbiter.join();
-        }
+        stop_background_actor(self.loader_arbiter.take(), |reply| {
+            self.loader.try_send(StopLoader { reply }).is_ok()
+        });
         // The compactor finishes the partition it is on (a run is all or
         // nothing), then stops.
-        let (reply, stopped) = oneshot::channel();
-        if self.compactor.try_send(StopCompactor { reply }).is_ok() {
-            let _ = futures_executor::block_on(stopped);
-        }
-        if let Some(arbiter) = self.compactor_arbiter.take() {
-            arbiter.stop();
-            let _ = arbiter.join();
-        }
+        stop_background_actor(self.compactor_arbiter.take(), |reply| {
+            self.compactor.try_send(StopCompactor { reply }).is_ok()
+        });
         self.deleter.stop();
         // 5: the partitions, then the actor system.
         for arbiter in self.arbiters.drain(..) {
@@ -679,6 +669,24 @@ impl Inner {
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(data_dir = %shared.config.data_dir.display(), seconds, "millrace stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Stops an actor that runs alone on its arbiter: `send_stop` delivers its
+/// stop message (false if the actor is already gone); the reply comes when
+/// it has stopped between two steps of its work. Then the arbiter's thread
+/// is joined.
+fn stop_background_actor(
+    arbiter: Option<Arbiter>,
+    send_stop: impl FnOnce(oneshot::Sender<()>) -> bool,
+) {
+    let (reply, stopped) = oneshot::channel();
+    if send_stop(reply) {
+        let _ = futures_executor::block_on(stopped);
+    }
+    if let Some(arbiter) = arbiter {
+        arbiter.stop();
+        let _ = arbiter.join();
     }
 }
 

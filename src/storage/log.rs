@@ -2270,6 +2270,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// A fresh log with small segments in a temporary directory.
+    fn small_log() -> (tempfile::TempDir, PartitionLog) {
+        let directory = tempfile::tempdir().unwrap();
+        let (log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        (directory, log)
+    }
+
     fn small_segments() -> LogOptions {
         LogOptions {
             segment_bytes: 600,
@@ -2448,8 +2455,7 @@ pub(crate) mod tests {
 
     #[test]
     fn segments_roll_by_size_and_reads_cross_their_boundaries() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         let mut seals = 0;
         for _ in 0..20 {
             let first = log.log_end_offset().0;
@@ -2538,8 +2544,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reopening_after_clean_runs_gives_the_same_log() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         append_batches(&mut log, 15, 3);
         let (log_end_offset, segment_count, size_bytes) =
             (log.log_end_offset(), log.segment_count(), log.size_bytes());
@@ -2570,8 +2575,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_lost_index_is_rebuilt_at_open() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         append_batches(&mut log, 10, 3);
         drop(log);
         let index_path = SegmentFile::index_path(directory.path(), Offset(0));
@@ -2721,8 +2725,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_flipped_bit_in_a_sealed_block_is_found_at_read_time() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         append_batches(&mut log, 12, 3);
         drop(log);
         let log_path = SegmentFile::log_path(directory.path(), Offset(0));
@@ -2765,8 +2768,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_interrupted_seal_is_finished_at_open() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         let mut seal = None;
         while seal.is_none() {
             let first = log.log_end_offset().0;
@@ -2814,8 +2816,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_crash_right_after_a_roll_seals_the_old_file_and_keeps_the_new_one() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         let rolled_base = loop {
             let first = log.log_end_offset().0;
             let outcome = log.append(&records(first, 3), Term(0), 0).unwrap();
@@ -2864,8 +2865,7 @@ pub(crate) mod tests {
 
     #[test]
     fn retention_by_bytes_deletes_the_oldest_sealed_blocks_only() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         append_batches(&mut log, 20, 4);
         let bases: Vec<Offset> = log.blocks.keys().copied().collect();
         assert!(bases.len() >= 4);
@@ -2913,8 +2913,7 @@ pub(crate) mod tests {
 
     #[test]
     fn retention_by_age_stops_at_the_first_young_block() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (_directory, mut log) = small_log();
         // Timestamps 1_000, 2_000, ... per batch: blocks hold increasing times.
         for batch in 0..20 {
             let first = log.log_end_offset().0;
@@ -2982,8 +2981,7 @@ pub(crate) mod tests {
 
     #[test]
     fn failed_deletions_come_back_while_the_others_go_on() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         append_batches(&mut log, 20, 4);
         let bases: Vec<Offset> = log.blocks.keys().copied().collect();
         log.options.retention_bytes = Some(log.size_bytes() - log.blocks[&bases[0]].size_bytes);
@@ -3119,8 +3117,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_empty_segment_named_past_unwritten_batches_is_recreated_at_the_data_end() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         append_batches(&mut log, 2, 4);
         // Plan batches whose jobs never run (a kill before the writer got to
         // them) until one of them rolls: the new file exists, the data not.
@@ -3147,8 +3144,7 @@ pub(crate) mod tests {
 
     #[test]
     fn compaction_takes_the_sealed_prefix_while_the_newest_block_is_still_sealing() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (_directory, mut log) = small_log();
         append_batches(&mut log, 30, 4);
         let sealed_before: Vec<Offset> = log.blocks.keys().copied().collect();
         assert!(sealed_before.len() >= 3);
@@ -3181,8 +3177,7 @@ pub(crate) mod tests {
 
     #[test]
     fn term_at_follows_the_batches_epochs() {
-        let directory = tempfile::tempdir().unwrap();
-        let (mut log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        let (directory, mut log) = small_log();
         for (term, count) in [(1, 30), (2, 30), (5, 3)] {
             for _ in 0..count / 3 {
                 let first = log.log_end_offset().0;
