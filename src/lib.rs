@@ -39,6 +39,7 @@ pub(crate) mod http;
 pub mod metrics;
 pub mod offsets;
 pub mod partitioner;
+pub mod pipeline;
 pub mod runtime;
 pub mod storage;
 pub mod types;
