@@ -24,6 +24,90 @@
 //! Every bounded key has its bounds as a named constant below
 //! ([`PARTITIONS_MAX`], [`SEGMENT_BYTES_MIN`], ...), with the reason beside it.
 //!
+//! # Pipelines
+//!
+//! Each `[[pipeline]]` becomes a [`PipelineConfig`] in [`Config::pipelines`].
+//! Which keys a stage takes depends on its `type` (and a window's on its
+//! `kind`); a key that does not apply is an error at that key, e.g.
+//! `key `hop` does not apply to a tumbling window`. Errors name the
+//! pipeline, the stage and the key, `pipeline[NAME].operator[INDEX].KEY`
+//! or `pipeline[NAME].sink.table[INDEX].KEY` (indexes from 0;
+//! `pipeline[INDEX]` while the name is missing or invalid).
+//!
+//! ```toml
+//! [[pipeline]]
+//! name = "trace_ingest"          # required; [A-Za-z0-9_-], 1..=200 chars, unique ignoring case
+//! members = 1                    # default 1; 1..=256
+//! commit_interval = "1s"         # default 1s; "0s" commits after every batch; at most 1h
+//! retries = 3                    # default 3; 0..=100
+//! retry_backoff = "100ms"        # default 100ms; more than 0s, at most 1h (doubles per retry)
+//! fetch_max_bytes = "256 KiB"    # default 256 KiB; 1 KiB..=64 MiB
+//! in_flight_batches = 4          # default 4; 1..=64
+//!
+//! [pipeline.source]              # required
+//! topic = "spans"                # required; a [[topic]] of this file (or a pipeline's "<name>.dlq")
+//! group = "trace_ingest"         # default: the pipeline's name; 1..=255 bytes of [A-Za-z0-9._-]
+//! auto_offset_reset = "earliest" # default; or "latest"
+//!
+//! [[pipeline.operator]]          # zero or more, applied in order
+//! type = "filter"                # field, and exactly one of: equals = VALUE,
+//! field = "span.status"          #   not_equals = VALUE (a missing field is not equal),
+//! greater_than = 499             #   greater_than = NUMBER, less_than = NUMBER,
+//!                                #   exists = true|false, one_of = [VALUES]
+//! [[pipeline.operator]]
+//! type = "map"                   # at least one of, applied in this order:
+//! project = ["trace_id", "span"] #   project = [PATHS] (not empty), drop = [PATHS],
+//! drop = ["span.secret"]         #   rename = { "old.path" = "new.path" } (in file order),
+//! rename = { "span.name" = "name" }
+//! set = { "source" = "ingest" }  #   set = { "path" = VALUE }
+//!
+//! [[pipeline.operator]]
+//! type = "extract"               # field; likewise "flat_map", "key_by", "event_time"
+//! field = "payload"
+//!
+//! [[pipeline.operator]]
+//! type = "window"
+//! kind = "hopping"               # required: "tumbling" (size), "hopping" (size, hop <= size),
+//! size = "5m"                    #   "session" (gap); each more than 0s, at most 36500d
+//! hop = "1m"
+//! allowed_lateness = "30s"       # default 0s
+//! aggregate = "percentiles"      # default "count"; "sum", "min", "max", "mean", "percentiles"
+//! field = "duration_ms"          # required except for count (and not allowed with it)
+//! percentiles = [50, 99.9]       # aggregate = "percentiles" only; each 0 < p <= 100
+//! time_field = "start_time"      # optional: event time from this field
+//! late = "side_output"           # default "dlq"; or "side_output", with:
+//! side_output = "late_spans"     #   a [[topic]], not the source, not a dead-letter topic
+//!
+//! [[pipeline.operator]]
+//! type = "aggregate"             # aggregate (required), field, percentiles: as for window
+//! aggregate = "count"
+//!
+//! [[pipeline.operator]]
+//! type = "reduce"                # function: "sum", "min", "max" (these need field),
+//! function = "latest"            #   "latest", "merge" (these take no field)
+//!
+//! [[pipeline.operator]]
+//! type = "custom"                # name (required), params = { any table } (default {})
+//! name = "enrich"
+//!
+//! [pipeline.sink]                # required; type = ...
+//! type = "sled"                  # "topic": topic (a [[topic]], not the source, not a
+//! path = "./traces"              #   dead-letter topic); "sled": path and one or more tables;
+//!                                #   "jsonl": path; "stdout"; "custom": name, params
+//! [[pipeline.sink.table]]
+//! name = "spans"                 # required, not empty, unique in the sink
+//! key = ["trace_id", "span_id"]  # default []: the record's origin
+//! each = "logs"                  # optional: one row per element of this array
+//! fields = ["name"]              # optional: the row's fields (default: the whole value)
+//! ```
+//!
+//! Paths (`field`, `project`, ...) are [`FieldPath`]s: dotted names, an
+//! all-digit segment indexing arrays. Values (`equals`, `set`, `params`)
+//! become JSON (a TOML datetime becomes its text). The rules between
+//! sections (unique names, topics that exist, no writing to the source or
+//! to a dead-letter topic) are in [`Config::validate`] too, so a host that
+//! builds pipelines in code gets them.
+//!
 //! # Paths
 //!
 //! `data_dir` is kept exactly as written: a relative path is resolved against
@@ -39,6 +123,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::pipeline::config::{
+    AggregateConfig, AggregateFunction, LatePolicy, MapConfig, OffsetReset, OperatorConfig,
+    PipelineConfig, Predicate, ReduceConfig, ReduceFunction, SinkConfig, SledSinkConfig,
+    TableConfig, Test, WindowConfig, WindowKind, IN_FLIGHT_BATCHES_MAX, MEMBERS_MAX,
+    PIPELINE_NAME_CHARS_MAX, RETRIES_MAX,
+};
+use crate::pipeline::json::FieldPath;
 
 /// Longest topic name, in characters (Kafka's limit, so names carry over).
 pub const TOPIC_NAME_CHARS_MAX: usize = 249;
@@ -113,6 +205,10 @@ pub struct Config {
     /// for in-flight appends to drain before it stops everything anyway.
     /// More than zero, at most [`SHUTDOWN_TIMEOUT_MAX`].
     pub shutdown_timeout: Duration,
+    /// `[[pipeline]]` sections, in file order (see the module docs for their
+    /// keys). [`Config::validate`] checks them, and that the topics they
+    /// read and write are among `topics`.
+    pub pipelines: Vec<PipelineConfig>,
 }
 
 /// Default `shutdown_timeout`.
@@ -346,6 +442,7 @@ impl Config {
             http: None,
             compactor: CompactorConfig::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
+            pipelines: Vec::new(),
         }
     }
 
@@ -398,6 +495,19 @@ impl Config {
             check_unique_name(&self.topics, index)
                 .map_err(|message| error(format!("topic[{index}].name"), message))?;
         }
+        let pipeline_path = |index: usize, path: &str| {
+            let name = self
+                .pipelines
+                .get(index)
+                .map(|pipeline| pipeline.name.as_str());
+            join_path(&pipeline_label(index, name), path)
+        };
+        for (index, pipeline) in self.pipelines.iter().enumerate() {
+            check_pipeline(pipeline)
+                .map_err(|rule| error(pipeline_path(index, &rule.path), rule.message))?;
+        }
+        check_pipeline_links(&self.pipelines, &self.topics)
+            .map_err(|(index, rule)| error(pipeline_path(index, &rule.path), rule.message))?;
         Ok(())
     }
 
@@ -837,6 +947,8 @@ struct RawConfig {
     startup: Option<Spanned<RawStartup>>,
     http: Option<Spanned<RawHttp>>,
     compactor: Option<Spanned<RawCompactor>>,
+    #[serde(default)]
+    pipeline: Vec<Located<RawPipeline>>,
 }
 
 #[derive(Deserialize)]
@@ -1027,6 +1139,9 @@ struct TopicValueSpans {
 /// cannot be read that way (a syntax error, a duplicate key) or the key is
 /// in a table that only a dotted header such as `[topic.x]` names.
 fn key_path_at(text: &str, offset: usize, unknown_key: Option<&str>) -> Option<String> {
+    if let Some(path) = pipeline_key_path_at(text, offset, unknown_key) {
+        return Some(path);
+    }
     let value_at = |table: &SpannedValues| {
         table
             .iter()
@@ -1173,6 +1288,7 @@ impl RawConfig {
             http: None,
             compactor: CompactorConfig::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
+            pipelines: Vec::new(),
         };
         if let Some(timeout) = self.shutdown_timeout {
             let span = timeout.span();
@@ -1194,6 +1310,22 @@ impl RawConfig {
             let table_span = compactor.span();
             config.compactor = compactor.into_inner().into_compactor(table_span, source)?;
         }
+        let mut pipeline_spans = Vec::with_capacity(self.pipeline.len());
+        for (index, raw) in self.pipeline.into_iter().enumerate() {
+            let (pipeline, spans) = raw.value.into_pipeline(index, raw.span, source)?;
+            config.pipelines.push(pipeline);
+            pipeline_spans.push(spans);
+        }
+        check_pipeline_links(&config.pipelines, &config.topics).map_err(|(index, rule)| {
+            let name = config.pipelines.get(index).map(|p| p.name.as_str());
+            source.error(
+                pipeline_spans
+                    .get(index)
+                    .and_then(|spans| spans.find(&rule.path)),
+                Some(&join_path(&pipeline_label(index, name), &rule.path)),
+                rule.message,
+            )
+        })?;
         Ok(config)
     }
 }
@@ -1472,6 +1604,1927 @@ fn cleanup_value(text: &str) -> Result<CleanupPolicy, String> {
             "invalid cleanup {text:?}: expected \"delete\", \"compact\" or \"compact,delete\""
         )),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Pipelines: rules (shared by parsing and `validate`), raw structs, conversion.
+
+/// Longest `commit_interval`: offsets committed less often than hourly
+/// would make a restart replay an hour of records.
+pub const PIPELINE_COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(60 * 60);
+/// Longest `retry_backoff` (the first wait; later ones double).
+pub const PIPELINE_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
+/// Smallest `fetch_max_bytes`: below this a fetch returns a few records at
+/// a time and the per-fetch overhead dominates.
+pub const PIPELINE_FETCH_MAX_BYTES_MIN: u64 = KIB;
+/// Largest `fetch_max_bytes`: bounds the memory one member holds per fetch
+/// (times `in_flight_batches`).
+pub const PIPELINE_FETCH_MAX_BYTES_MAX: u64 = 64 * MIB;
+/// Longest `[pipeline.source] group`, in bytes.
+pub const CONSUMER_GROUP_BYTES_MAX: usize = 255;
+/// Longest window `size`, `hop`, `gap` and `allowed_lateness` (the same
+/// bound as ages, [`AGE_MAX`]): keeps event-time arithmetic in
+/// milliseconds far from overflow.
+pub const WINDOW_DURATION_MAX: Duration = AGE_MAX;
+
+/// The operator `type`s, for messages.
+const OPERATOR_TYPES: &str = "\"filter\", \"map\", \"extract\", \"flat_map\", \"key_by\", \
+                              \"event_time\", \"window\", \"aggregate\", \"reduce\" or \"custom\"";
+/// The sink `type`s, for messages.
+const SINK_TYPES: &str = "\"topic\", \"sled\", \"jsonl\", \"stdout\" or \"custom\"";
+/// The aggregate names, for messages.
+const AGGREGATES: &str = "\"count\", \"sum\", \"min\", \"max\", \"mean\" or \"percentiles\"";
+/// The filter tests, in the order the message lists them.
+const FILTER_TESTS: [&str; 6] = [
+    "equals",
+    "not_equals",
+    "greater_than",
+    "less_than",
+    "exists",
+    "one_of",
+];
+
+/// Checks a pipeline name: `[A-Za-z0-9_-]`, 1..=200 characters (so that
+/// its dead-letter topic `<name>.dlq` is a valid topic name).
+pub fn validate_pipeline_name(name: &str) -> Result<(), String> {
+    const RULE: &str = "a pipeline name is 1 to 200 characters of [A-Za-z0-9_-]";
+    let length = name.chars().count();
+    let problem = if length == 0 {
+        "it is empty".to_owned()
+    } else if let Some(bad) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        format!("{bad:?} is not allowed")
+    } else if length > PIPELINE_NAME_CHARS_MAX {
+        format!("it has {length} characters")
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "invalid pipeline name {}: {problem}; {RULE}",
+        shown_name(name)
+    ))
+}
+
+/// Checks a consumer group name: 1..=255 bytes of `[A-Za-z0-9._-]`.
+pub fn validate_group_name(group: &str) -> Result<(), String> {
+    const RULE: &str = "a consumer group is 1 to 255 bytes of [A-Za-z0-9._-]";
+    let problem = if group.is_empty() {
+        "it is empty".to_owned()
+    } else if let Some(bad) = group.chars().find(|&c| !is_topic_name_char(c)) {
+        format!("{bad:?} is not allowed")
+    } else if group.len() > CONSUMER_GROUP_BYTES_MAX {
+        format!("it has {} bytes", group.len())
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "invalid group {}: {problem}; {RULE}",
+        shown_name(group)
+    ))
+}
+
+/// A name for a message: quoted, and cut short when long.
+fn shown_name(name: &str) -> String {
+    if name.chars().count() > 40 {
+        let head: String = name.chars().take(20).collect();
+        format!("{head:?}...")
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// How a pipeline is named in key paths: `pipeline[NAME]`, or
+/// `pipeline[INDEX]` when the name is missing or not a valid name.
+fn pipeline_label(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(name) if validate_pipeline_name(name).is_ok() => format!("pipeline[{name}]"),
+        _ => format!("pipeline[{index}]"),
+    }
+}
+
+/// `label.path`, or `label` alone for the empty path.
+fn join_path(label: &str, path: &str) -> String {
+    if path.is_empty() {
+        label.to_owned()
+    } else {
+        format!("{label}.{path}")
+    }
+}
+
+/// A pipeline rule broken: the key path inside the pipeline (`members`,
+/// `operator[2].size`, `sink.table[0].name`; empty for the pipeline itself)
+/// and the rule.
+#[derive(Debug)]
+struct PipelineRule {
+    path: String,
+    message: String,
+}
+
+impl PipelineRule {
+    fn new(path: impl Into<String>, message: String) -> PipelineRule {
+        PipelineRule {
+            path: path.into(),
+            message,
+        }
+    }
+
+    /// This rule, inside the stage `prefix` (`operator[2]`, `sink`).
+    fn within(self, prefix: &str) -> PipelineRule {
+        PipelineRule {
+            path: join_path(prefix, &self.path),
+            message: self.message,
+        }
+    }
+}
+
+/// `result` as a rule broken at `path`.
+fn rule_at(path: &str, result: Result<(), String>) -> Result<(), PipelineRule> {
+    result.map_err(|message| PipelineRule::new(path, message))
+}
+
+fn check_count(key: &str, value: i64, bounds: std::ops::RangeInclusive<u32>) -> Result<(), String> {
+    if (i64::from(*bounds.start())..=i64::from(*bounds.end())).contains(&value) {
+        return Ok(());
+    }
+    Err(format!(
+        "{key} must be between {} and {}, got {value}",
+        bounds.start(),
+        bounds.end()
+    ))
+}
+
+fn check_members(members: i64) -> Result<(), String> {
+    check_count("members", members, 1..=MEMBERS_MAX)
+}
+
+fn check_retries(retries: i64) -> Result<(), String> {
+    check_count("retries", retries, 0..=RETRIES_MAX)
+}
+
+fn check_in_flight_batches(batches: i64) -> Result<(), String> {
+    check_count("in_flight_batches", batches, 1..=IN_FLIGHT_BATCHES_MAX)
+}
+
+fn check_commit_interval(interval: Duration) -> Result<(), String> {
+    if interval > PIPELINE_COMMIT_INTERVAL_MAX {
+        return Err(format!(
+            "commit_interval must be at most {}, got {} (\"0s\" commits after every batch)",
+            humantime::format_duration(PIPELINE_COMMIT_INTERVAL_MAX),
+            humantime::format_duration(interval)
+        ));
+    }
+    Ok(())
+}
+
+fn check_retry_backoff(backoff: Duration) -> Result<(), String> {
+    if backoff.is_zero() || backoff > PIPELINE_RETRY_BACKOFF_MAX {
+        return Err(format!(
+            "retry_backoff must be more than 0s and at most {}, got {}",
+            humantime::format_duration(PIPELINE_RETRY_BACKOFF_MAX),
+            humantime::format_duration(backoff)
+        ));
+    }
+    Ok(())
+}
+
+/// A window duration: more than zero (unless `zero_allowed`), at most
+/// [`WINDOW_DURATION_MAX`].
+fn check_window_duration(key: &str, duration: Duration, zero_allowed: bool) -> Result<(), String> {
+    if (duration.is_zero() && !zero_allowed) || duration > WINDOW_DURATION_MAX {
+        let least = if zero_allowed {
+            "at least 0s"
+        } else {
+            "more than 0s"
+        };
+        return Err(format!(
+            "{key} must be {least} and at most {AGE_MAX_TEXT}, got {}",
+            humantime::format_duration(duration)
+        ));
+    }
+    Ok(())
+}
+
+fn check_not_empty(key: &str, text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(format!("{key} must not be empty"));
+    }
+    Ok(())
+}
+
+/// Every rule of one pipeline on its own (not the topics it names: see
+/// [`check_pipeline_links`]); the first one broken.
+fn check_pipeline(pipeline: &PipelineConfig) -> Result<(), PipelineRule> {
+    rule_at("name", validate_pipeline_name(&pipeline.name))?;
+    rule_at("members", check_members(i64::from(pipeline.members)))?;
+    rule_at(
+        "commit_interval",
+        check_commit_interval(pipeline.commit_interval),
+    )?;
+    rule_at("retries", check_retries(i64::from(pipeline.retries)))?;
+    rule_at("retry_backoff", check_retry_backoff(pipeline.retry_backoff))?;
+    rule_at(
+        "fetch_max_bytes",
+        check_bytes(
+            "fetch_max_bytes",
+            pipeline.fetch_max_bytes,
+            PIPELINE_FETCH_MAX_BYTES_MIN..=PIPELINE_FETCH_MAX_BYTES_MAX,
+        ),
+    )?;
+    rule_at(
+        "in_flight_batches",
+        check_in_flight_batches(i64::from(pipeline.in_flight_batches)),
+    )?;
+    rule_at("source.topic", validate_topic_name(&pipeline.source.topic))?;
+    rule_at("source.group", validate_group_name(&pipeline.source.group))?;
+    for (index, operator) in pipeline.operators.iter().enumerate() {
+        check_operator(operator).map_err(|rule| rule.within(&format!("operator[{index}]")))?;
+    }
+    check_sink(&pipeline.sink).map_err(|rule| rule.within("sink"))
+}
+
+fn check_operator(operator: &OperatorConfig) -> Result<(), PipelineRule> {
+    match operator {
+        OperatorConfig::Filter(predicate) => match &predicate.test {
+            Test::GreaterThan(bound) if !bound.is_finite() => Err(PipelineRule::new(
+                "greater_than",
+                format!("greater_than must be a finite number, got {bound}"),
+            )),
+            Test::LessThan(bound) if !bound.is_finite() => Err(PipelineRule::new(
+                "less_than",
+                format!("less_than must be a finite number, got {bound}"),
+            )),
+            Test::OneOf(values) if values.is_empty() => Err(PipelineRule::new(
+                "one_of",
+                "one_of must list at least one value".to_owned(),
+            )),
+            _ => Ok(()),
+        },
+        OperatorConfig::Map(map) => {
+            if map.project.as_ref().is_some_and(Vec::is_empty) {
+                return Err(PipelineRule::new(
+                    "project",
+                    "project must list at least one field".to_owned(),
+                ));
+            }
+            if map.project.is_none()
+                && map.drop.is_empty()
+                && map.rename.is_empty()
+                && map.set.is_empty()
+            {
+                return Err(PipelineRule::new(
+                    "",
+                    "a map needs at least one of project, drop, rename or set".to_owned(),
+                ));
+            }
+            Ok(())
+        }
+        OperatorConfig::Extract { .. }
+        | OperatorConfig::FlatMap { .. }
+        | OperatorConfig::KeyBy { .. }
+        | OperatorConfig::EventTime { .. } => Ok(()),
+        OperatorConfig::Window(window) => check_window(window),
+        OperatorConfig::Aggregate(aggregate) => {
+            check_aggregate_function(&aggregate.function, aggregate.field.as_ref())
+        }
+        OperatorConfig::Reduce(reduce) => {
+            let needs_field = matches!(
+                reduce.function,
+                ReduceFunction::Sum | ReduceFunction::Min | ReduceFunction::Max
+            );
+            if needs_field && reduce.field.is_none() {
+                return Err(PipelineRule::new(
+                    "field",
+                    format!(
+                        "missing required key `field`: function = {:?} needs the number to reduce",
+                        reduce_function_name(reduce.function)
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        OperatorConfig::Custom { name, .. } => rule_at("name", check_not_empty("name", name)),
+    }
+}
+
+fn check_window(window: &WindowConfig) -> Result<(), PipelineRule> {
+    match window.kind {
+        WindowKind::Tumbling { size } => {
+            rule_at("size", check_window_duration("size", size, false))?
+        }
+        WindowKind::Hopping { size, hop } => {
+            rule_at("size", check_window_duration("size", size, false))?;
+            rule_at("hop", check_window_duration("hop", hop, false))?;
+            if hop > size {
+                return Err(PipelineRule::new(
+                    "hop",
+                    format!(
+                        "hop must be at most size ({}), got {}",
+                        humantime::format_duration(size),
+                        humantime::format_duration(hop)
+                    ),
+                ));
+            }
+        }
+        WindowKind::Session { gap } => rule_at("gap", check_window_duration("gap", gap, false))?,
+    }
+    rule_at(
+        "allowed_lateness",
+        check_window_duration("allowed_lateness", window.allowed_lateness, true),
+    )?;
+    check_aggregate_function(&window.function, window.field.as_ref())?;
+    if let LatePolicy::SideOutput(topic) = &window.late {
+        rule_at("side_output", validate_topic_name(topic))?;
+    }
+    Ok(())
+}
+
+fn check_aggregate_function(
+    function: &AggregateFunction,
+    field: Option<&FieldPath>,
+) -> Result<(), PipelineRule> {
+    if *function != AggregateFunction::Count && field.is_none() {
+        return Err(PipelineRule::new(
+            "field",
+            format!(
+                "missing required key `field`: aggregate = {:?} needs the number to aggregate",
+                aggregate_name(function)
+            ),
+        ));
+    }
+    if let AggregateFunction::Percentiles(percentiles) = function {
+        if percentiles.is_empty() {
+            return Err(PipelineRule::new(
+                "percentiles",
+                "percentiles must list at least one percentile, e.g. percentiles = [50, 99]"
+                    .to_owned(),
+            ));
+        }
+        if let Some(bad) = percentiles
+            .iter()
+            .find(|p| !(p.is_finite() && **p > 0.0 && **p <= 100.0))
+        {
+            return Err(PipelineRule::new(
+                "percentiles",
+                format!("each percentile must be more than 0 and at most 100, got {bad}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_sink(sink: &SinkConfig) -> Result<(), PipelineRule> {
+    match sink {
+        SinkConfig::Topic { topic } => rule_at("topic", validate_topic_name(topic)),
+        SinkConfig::Sled(sled) => {
+            rule_at(
+                "path",
+                check_not_empty("path", &sled.path.to_string_lossy()),
+            )?;
+            if sled.tables.is_empty() {
+                return Err(PipelineRule::new(
+                    "table",
+                    "a sled sink needs at least one [[pipeline.sink.table]]".to_owned(),
+                ));
+            }
+            for (index, table) in sled.tables.iter().enumerate() {
+                let path = format!("table[{index}].name");
+                rule_at(&path, check_not_empty("name", &table.name))?;
+                if let Some(earlier) = sled.tables[..index]
+                    .iter()
+                    .position(|earlier| earlier.name == table.name)
+                {
+                    return Err(PipelineRule::new(
+                        path,
+                        format!(
+                            "duplicate table name {:?}: table[{earlier}] is already named so",
+                            table.name
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        SinkConfig::JsonLines { path } => {
+            rule_at("path", check_not_empty("path", &path.to_string_lossy()))
+        }
+        SinkConfig::Stdout => Ok(()),
+        SinkConfig::Custom { name, .. } => rule_at("name", check_not_empty("name", name)),
+    }
+}
+
+/// The rules between pipelines, and between pipelines and topics; the
+/// first one broken, with the index of the pipeline that broke it.
+///
+/// Names are unique (ignoring letter case, like the dead-letter topics
+/// named after them). The source topic is a `[[topic]]`, or another
+/// pipeline's dead-letter topic (the runtime creates those). The sink topic
+/// and side outputs are `[[topic]]`s, not the source, and not any
+/// pipeline's dead-letter topic.
+fn check_pipeline_links(
+    pipelines: &[PipelineConfig],
+    topics: &[TopicConfig],
+) -> Result<(), (usize, PipelineRule)> {
+    let declared = |name: &str| topics.iter().any(|topic| topic.name == name);
+    let dead_letter_owner = |topic: &str| {
+        pipelines
+            .iter()
+            .find(|pipeline| pipeline.dlq_topic().eq_ignore_ascii_case(topic))
+    };
+    for (index, pipeline) in pipelines.iter().enumerate() {
+        let broken = |path: &str, message: String| Err((index, PipelineRule::new(path, message)));
+        if let Some(earlier) = pipelines[..index]
+            .iter()
+            .position(|earlier| earlier.name.eq_ignore_ascii_case(&pipeline.name))
+        {
+            return broken(
+                "name",
+                format!(
+                    "duplicate pipeline name {:?}: pipeline[{earlier}] is already named {:?} \
+                     (names must differ ignoring letter case)",
+                    pipeline.name, pipelines[earlier].name
+                ),
+            );
+        }
+        let source = pipeline.source.topic.as_str();
+        match dead_letter_owner(source) {
+            Some(owner) if owner.name == pipeline.name => {
+                return broken(
+                    "source.topic",
+                    format!(
+                        "source topic {source:?} is this pipeline's own dead-letter queue: \
+                         its failures would loop back into it"
+                    ),
+                );
+            }
+            Some(_) => {}
+            None if declared(source) => {}
+            None => {
+                return broken(
+                    "source.topic",
+                    format!("source topic {source:?} is not a [[topic]] of this config"),
+                );
+            }
+        }
+        let mut outputs = Vec::new();
+        if let SinkConfig::Topic { topic } = &pipeline.sink {
+            outputs.push(("sink.topic".to_owned(), "sink topic", topic.as_str()));
+        }
+        for (operator_index, operator) in pipeline.operators.iter().enumerate() {
+            if let OperatorConfig::Window(WindowConfig {
+                late: LatePolicy::SideOutput(topic),
+                ..
+            }) = operator
+            {
+                outputs.push((
+                    format!("operator[{operator_index}].side_output"),
+                    "side_output topic",
+                    topic.as_str(),
+                ));
+            }
+        }
+        for (path, what, topic) in outputs {
+            if let Some(owner) = dead_letter_owner(topic) {
+                return broken(
+                    &path,
+                    format!(
+                        "{what} {topic:?} is the dead-letter queue of pipeline {:?}; \
+                         a pipeline must not write to a dead-letter queue",
+                        owner.name
+                    ),
+                );
+            }
+            if !declared(topic) {
+                return broken(
+                    &path,
+                    format!("{what} {topic:?} is not a [[topic]] of this config"),
+                );
+            }
+            if topic == source {
+                return broken(
+                    &path,
+                    format!(
+                        "{what} {topic:?} is the source topic: a pipeline must not write to \
+                         the topic it reads"
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn aggregate_name(function: &AggregateFunction) -> &'static str {
+    match function {
+        AggregateFunction::Count => "count",
+        AggregateFunction::Sum => "sum",
+        AggregateFunction::Min => "min",
+        AggregateFunction::Max => "max",
+        AggregateFunction::Mean => "mean",
+        AggregateFunction::Percentiles(_) => "percentiles",
+    }
+}
+
+fn reduce_function_name(function: ReduceFunction) -> &'static str {
+    match function {
+        ReduceFunction::Sum => "sum",
+        ReduceFunction::Min => "min",
+        ReduceFunction::Max => "max",
+        ReduceFunction::Latest => "latest",
+        ReduceFunction::Merge => "merge",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pipeline raw structs.
+//
+// Which keys a stage may have depends on its `type` (and a window's on its
+// `kind`), so every stage is one struct with every key optional; after the
+// `type` is read, any key that does not belong to it is an error at that
+// key. Tables are [`Located`] rather than `Spanned`, so that a table made
+// by a dotted key (`source.topic = "spans"`) reads too.
+
+/// One `[[pipeline]]` table:
+///
+/// ```toml
+/// [[pipeline]]
+/// name = "trace_ingest"          # required; [A-Za-z0-9_-], 1..=200 chars, unique
+/// members = 1                    # 1..=256
+/// commit_interval = "1s"         # "0s" (every batch) ..= "1h"
+/// retries = 3                    # 0..=100
+/// retry_backoff = "100ms"        # more than 0s, at most 1h
+/// fetch_max_bytes = "256 KiB"    # 1 KiB ..= 64 MiB
+/// in_flight_batches = 4          # 1..=64
+/// [pipeline.source]              # required
+/// [[pipeline.operator]]          # zero or more, applied in order
+/// [pipeline.sink]                # required
+/// ```
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: Option<Located<String>>,
+    members: Option<Located<i64>>,
+    commit_interval: Option<Located<String>>,
+    retries: Option<Located<i64>>,
+    retry_backoff: Option<Located<String>>,
+    fetch_max_bytes: Option<Located<RawSize>>,
+    in_flight_batches: Option<Located<i64>>,
+    source: Option<Located<RawSource>>,
+    #[serde(default)]
+    operator: Vec<Located<RawOperator>>,
+    sink: Option<Located<RawSink>>,
+}
+
+/// `[pipeline.source]`:
+///
+/// ```toml
+/// [pipeline.source]
+/// topic = "spans"                # required; a [[topic]] of the same file
+/// group = "trace_ingest"         # default: the pipeline's name; 1..=255 bytes of [A-Za-z0-9._-]
+/// auto_offset_reset = "earliest" # default; or "latest"
+/// ```
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    topic: Option<Located<String>>,
+    group: Option<Located<String>>,
+    auto_offset_reset: Option<Located<String>>,
+}
+
+/// One `[[pipeline.operator]]`; `type` says which other keys apply:
+///
+/// ```toml
+/// [[pipeline.operator]]
+/// type = "filter"        # field, and exactly one of: equals = VALUE, not_equals = VALUE,
+///                        #   greater_than = NUMBER, less_than = NUMBER, exists = BOOL,
+///                        #   one_of = [VALUES]
+/// type = "map"           # at least one of: project = [PATHS], drop = [PATHS],
+///                        #   rename = { "old.path" = "new.path" }, set = { "path" = VALUE }
+/// type = "extract"       # field      (also "flat_map", "key_by", "event_time")
+/// type = "window"        # kind = "tumbling" (size) | "hopping" (size, hop <= size) | "session" (gap);
+///                        #   allowed_lateness (default "0s"); aggregate (default "count"),
+///                        #   field (required except for count), percentiles = [50, 99]
+///                        #   (aggregate = "percentiles" only; each 0 < p <= 100);
+///                        #   time_field; late = "dlq" (default) | "side_output", side_output = TOPIC
+///                        #   (required with late = "side_output", and only then)
+/// type = "aggregate"     # aggregate (required), field (required except for count), percentiles
+/// type = "reduce"        # function = "sum" | "min" | "max" | "latest" | "merge";
+///                        #   field (sum, min and max only, and required for them)
+/// type = "custom"        # name (required), params = { any table } (default {})
+/// ```
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperator {
+    #[serde(rename = "type")]
+    kind: Option<Located<String>>,
+    field: Option<Located<String>>,
+    // filter
+    equals: Option<Located<toml::Value>>,
+    not_equals: Option<Located<toml::Value>>,
+    greater_than: Option<Located<RawNumber>>,
+    less_than: Option<Located<RawNumber>>,
+    exists: Option<Located<bool>>,
+    one_of: Option<Located<Vec<Located<toml::Value>>>>,
+    // map
+    project: Option<Located<Vec<Located<String>>>>,
+    drop: Option<Located<Vec<Located<String>>>>,
+    rename: Option<Located<RawEntries<Located<String>>>>,
+    set: Option<Located<RawEntries<Located<toml::Value>>>>,
+    // window, aggregate
+    #[serde(rename = "kind")]
+    window_kind: Option<Located<String>>,
+    size: Option<Located<String>>,
+    hop: Option<Located<String>>,
+    gap: Option<Located<String>>,
+    allowed_lateness: Option<Located<String>>,
+    aggregate: Option<Located<String>>,
+    percentiles: Option<Located<Vec<Located<RawNumber>>>>,
+    time_field: Option<Located<String>>,
+    late: Option<Located<String>>,
+    side_output: Option<Located<String>>,
+    // reduce
+    function: Option<Located<String>>,
+    // custom
+    name: Option<Located<String>>,
+    params: Option<Located<toml::Value>>,
+}
+
+/// `[pipeline.sink]`; `type` says which other keys apply:
+///
+/// ```toml
+/// [pipeline.sink]
+/// type = "topic"         # topic: a [[topic]] of the file, not the source
+/// type = "sled"          # path, and one or more [[pipeline.sink.table]]
+/// type = "jsonl"         # path
+/// type = "stdout"        # nothing else
+/// type = "custom"        # name (required), params = { any table } (default {})
+/// ```
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    #[serde(rename = "type")]
+    kind: Option<Located<String>>,
+    topic: Option<Located<String>>,
+    path: Option<Located<String>>,
+    table: Option<Located<Vec<Located<RawTable>>>>,
+    name: Option<Located<String>>,
+    params: Option<Located<toml::Value>>,
+}
+
+/// One `[[pipeline.sink.table]]` of a sled sink:
+///
+/// ```toml
+/// [[pipeline.sink.table]]
+/// name = "spans"                 # required, not empty, unique in the sink
+/// key = ["trace_id", "span_id"]  # default []: the record's origin
+/// each = "logs"                  # optional: one row per element of this array
+/// fields = ["name", "duration"]  # optional: the row's fields (default: the whole value)
+/// ```
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: Option<Located<String>>,
+    key: Option<Located<Vec<Located<String>>>>,
+    each: Option<Located<String>>,
+    fields: Option<Located<Vec<Located<String>>>>,
+}
+
+/// A number as written: a TOML float, or an integer read as one.
+struct RawNumber(f64);
+
+impl<'de> Deserialize<'de> for RawNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumberVisitor;
+        impl serde::de::Visitor<'_> for NumberVisitor {
+            type Value = RawNumber;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a number")
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<RawNumber, E> {
+                Ok(RawNumber(value))
+            }
+            // Rounded to the nearest f64 for integers past 2^53, as JSON readers do.
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<RawNumber, E> {
+                Ok(RawNumber(value as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<RawNumber, E> {
+                Ok(RawNumber(value as f64))
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor)
+    }
+}
+
+/// A table's entries in file order (`rename`, `set`): the order they apply in.
+struct RawEntries<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for RawEntries<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for EntriesVisitor<V> {
+            type Value = RawEntries<V>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawEntries<V>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(RawEntries(entries))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A value and its span, when the document gives one.
+///
+/// Like [`toml::Spanned`], except that a value without a span still reads
+/// (with `span: None`) instead of failing: `toml` gives no span to a table
+/// made by dotted keys (`source.topic = "spans"` makes the table `source`).
+/// It speaks the same private protocol as `Spanned` (`serde_spanned`'s
+/// struct name and field names, which `toml` recognizes).
+struct Located<T> {
+    span: Option<Range<usize>>,
+    value: T,
+}
+
+const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START: &str = "$__serde_spanned_private_start";
+const SPANNED_END: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
+
+impl<T> Located<T> {
+    fn unspanned(value: T) -> Located<T> {
+        Located { span: None, value }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FIELDS: [&str; 3] = [SPANNED_START, SPANNED_END, SPANNED_VALUE];
+        deserializer.deserialize_struct(
+            SPANNED_NAME,
+            &FIELDS,
+            LocatedVisitor(std::marker::PhantomData),
+        )
+    }
+}
+
+struct LocatedVisitor<T>(std::marker::PhantomData<T>);
+
+/// A map whose first key was already read: gives it again, then the rest.
+struct ReplayFirstKey<A> {
+    first: Option<String>,
+    map: A,
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for ReplayFirstKey<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        use serde::de::IntoDeserializer;
+        match self.first.take() {
+            Some(key) => seed.deserialize(key.into_deserializer()).map(Some),
+            None => self.map.next_key_seed(seed),
+        }
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for LocatedVisitor<T> {
+    type Value = Located<T>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Located<T>, A::Error> {
+        use serde::de::Error;
+        let first: Option<String> = map.next_key()?;
+        if first.as_deref() != Some(SPANNED_START) {
+            // No span: this is the value itself, a table.
+            let replay = ReplayFirstKey { first, map };
+            return T::deserialize(serde::de::value::MapAccessDeserializer::new(replay))
+                .map(Located::unspanned);
+        }
+        let start: usize = map.next_value()?;
+        if map.next_key::<String>()?.as_deref() != Some(SPANNED_END) {
+            return Err(A::Error::missing_field(SPANNED_END));
+        }
+        let end: usize = map.next_value()?;
+        if map.next_key::<String>()?.as_deref() != Some(SPANNED_VALUE) {
+            return Err(A::Error::missing_field(SPANNED_VALUE));
+        }
+        let value: T = map.next_value()?;
+        Ok(Located {
+            span: Some(start..end),
+            value,
+        })
+    }
+
+    // Without a span, any other value is the value itself.
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Located<T>, A::Error> {
+        T::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Located::unspanned)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Located<T>, E> {
+        use serde::de::IntoDeserializer;
+        T::deserialize(value.into_deserializer()).map(Located::unspanned)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Located<T>, E> {
+        use serde::de::IntoDeserializer;
+        T::deserialize(value.into_deserializer()).map(Located::unspanned)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Located<T>, E> {
+        use serde::de::IntoDeserializer;
+        T::deserialize(value.into_deserializer()).map(Located::unspanned)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Located<T>, E> {
+        use serde::de::IntoDeserializer;
+        T::deserialize(value.into_deserializer()).map(Located::unspanned)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Located<T>, E> {
+        use serde::de::IntoDeserializer;
+        T::deserialize(value.into_deserializer()).map(Located::unspanned)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pipeline conversion.
+
+/// The spans of one pipeline's keys, by key path inside the pipeline
+/// (`members`, `operator[2].size`, `sink.table[0]`), to locate a broken rule.
+struct PipelineSpans {
+    /// The `[[pipeline]]` table.
+    table: Option<Range<usize>>,
+    keys: Vec<(String, Range<usize>)>,
+}
+
+impl PipelineSpans {
+    fn record(&mut self, path: String, span: Option<&Range<usize>>) {
+        if let Some(span) = span {
+            self.keys.push((path, span.clone()));
+        }
+    }
+
+    /// The span of `path`, or else of the nearest enclosing key or table
+    /// that has one (`operator[2].size`, `operator[2]`, the pipeline).
+    fn find(&self, path: &str) -> Option<Range<usize>> {
+        let mut path = path;
+        loop {
+            if let Some((_, span)) = self.keys.iter().find(|(key, _)| key == path) {
+                return Some(span.clone());
+            }
+            match path.rfind(['.', '[']) {
+                Some(end) => path = &path[..end],
+                None => return self.table.clone(),
+            }
+        }
+    }
+}
+
+/// What converting one pipeline needs to report an error.
+struct PipelineContext<'a> {
+    source: &'a Source<'a>,
+    /// `pipeline[NAME]` or `pipeline[INDEX]`.
+    label: String,
+    spans: PipelineSpans,
+}
+
+impl PipelineContext<'_> {
+    /// An error at `path` inside the pipeline, located at its span.
+    fn error(&self, path: &str, message: String) -> ConfigError {
+        self.error_at(path, None, message)
+    }
+
+    /// An error at `path`, located at `span` if given (an array element),
+    /// else at the span of `path`.
+    fn error_at(&self, path: &str, span: Option<&Range<usize>>, message: String) -> ConfigError {
+        let span = span.cloned().or_else(|| self.spans.find(path));
+        self.source
+            .error(span, Some(&join_path(&self.label, path)), message)
+    }
+
+    fn field_path(&self, path: &str, text: &Located<String>) -> Result<FieldPath, ConfigError> {
+        FieldPath::parse(&text.value)
+            .map_err(|message| self.error_at(path, text.span.as_ref(), message))
+    }
+
+    fn field_paths(
+        &self,
+        path: &str,
+        texts: Located<Vec<Located<String>>>,
+    ) -> Result<Vec<FieldPath>, ConfigError> {
+        texts
+            .value
+            .iter()
+            .map(|text| self.field_path(path, text))
+            .collect()
+    }
+
+    fn duration(
+        &self,
+        path: &str,
+        key: &str,
+        text: &Located<String>,
+    ) -> Result<Duration, ConfigError> {
+        duration_value(key, &text.value).map_err(|message| self.error(path, message))
+    }
+
+    fn json(
+        &self,
+        path: &str,
+        value: &Located<toml::Value>,
+    ) -> Result<serde_json::Value, ConfigError> {
+        toml_to_json(&value.value)
+            .map_err(|message| self.error_at(path, value.span.as_ref(), message))
+    }
+
+    /// `params`: a table, as a JSON object; absent, an empty one.
+    fn params(
+        &self,
+        path: &str,
+        params: Option<Located<toml::Value>>,
+    ) -> Result<serde_json::Value, ConfigError> {
+        match params {
+            None => Ok(serde_json::Value::Object(serde_json::Map::new())),
+            Some(params) if params.value.is_table() => self.json(path, &params),
+            Some(params) => Err(self.error(
+                path,
+                format!("params must be a table, got {}", params.value.type_str()),
+            )),
+        }
+    }
+}
+
+/// A TOML value as JSON: a datetime becomes its RFC 3339 text; NaN and
+/// infinities, which JSON cannot hold, are errors.
+fn toml_to_json(value: &toml::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as Json;
+    Ok(match value {
+        toml::Value::String(text) => Json::String(text.clone()),
+        toml::Value::Integer(integer) => Json::from(*integer),
+        toml::Value::Float(float) => serde_json::Number::from_f64(*float)
+            .map(Json::Number)
+            .ok_or_else(|| {
+                format!("{float} cannot be a JSON value (JSON has no NaN or infinity)")
+            })?,
+        toml::Value::Boolean(flag) => Json::Bool(*flag),
+        toml::Value::Datetime(datetime) => Json::String(datetime.to_string()),
+        toml::Value::Array(items) => {
+            Json::Array(items.iter().map(toml_to_json).collect::<Result<_, _>>()?)
+        }
+        toml::Value::Table(table) => Json::Object(
+            table
+                .iter()
+                .map(|(key, value)| Ok((key.clone(), toml_to_json(value)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+/// The present keys of a stage (`(name, span)`), in the order they were listed.
+type PresentKeys = Vec<(&'static str, Option<Range<usize>>)>;
+
+/// Adds `key` to `keys` if `value` is present.
+fn present<T>(keys: &mut PresentKeys, key: &'static str, value: &Option<Located<T>>) {
+    if let Some(value) = value {
+        keys.push((key, value.span.clone()));
+    }
+}
+
+/// Of `keys`, the first in the file (by position; unlocated ones last)
+/// that `allowed` does not list.
+fn first_not_allowed(keys: &PresentKeys, allowed: &[&str]) -> Option<&'static str> {
+    keys.iter()
+        .filter(|(key, _)| !allowed.contains(key))
+        .min_by_key(|(_, span)| span.as_ref().map_or(usize::MAX, |span| span.start))
+        .map(|(key, _)| *key)
+}
+
+impl RawOperator {
+    /// Every key present, but `type`.
+    fn present_keys(&self) -> PresentKeys {
+        let mut keys = Vec::new();
+        present(&mut keys, "field", &self.field);
+        present(&mut keys, "equals", &self.equals);
+        present(&mut keys, "not_equals", &self.not_equals);
+        present(&mut keys, "greater_than", &self.greater_than);
+        present(&mut keys, "less_than", &self.less_than);
+        present(&mut keys, "exists", &self.exists);
+        present(&mut keys, "one_of", &self.one_of);
+        present(&mut keys, "project", &self.project);
+        present(&mut keys, "drop", &self.drop);
+        present(&mut keys, "rename", &self.rename);
+        present(&mut keys, "set", &self.set);
+        present(&mut keys, "kind", &self.window_kind);
+        present(&mut keys, "size", &self.size);
+        present(&mut keys, "hop", &self.hop);
+        present(&mut keys, "gap", &self.gap);
+        present(&mut keys, "allowed_lateness", &self.allowed_lateness);
+        present(&mut keys, "aggregate", &self.aggregate);
+        present(&mut keys, "percentiles", &self.percentiles);
+        present(&mut keys, "time_field", &self.time_field);
+        present(&mut keys, "late", &self.late);
+        present(&mut keys, "side_output", &self.side_output);
+        present(&mut keys, "function", &self.function);
+        present(&mut keys, "name", &self.name);
+        present(&mut keys, "params", &self.params);
+        keys
+    }
+
+    /// Converts the operator at `stage` (`operator[2]`).
+    fn into_operator(
+        self,
+        stage: &str,
+        context: &PipelineContext<'_>,
+    ) -> Result<OperatorConfig, ConfigError> {
+        let path = |key: &str| join_path(stage, key);
+        let fail = |key: &str, message: String| context.error(&path(key), message);
+        let Some(kind) = &self.kind else {
+            return Err(fail(
+                "type",
+                format!(
+                    "missing required key `type` in [[pipeline.operator]]: one of {OPERATOR_TYPES}"
+                ),
+            ));
+        };
+        let type_name = kind.value.clone();
+        let type_name = type_name.as_str();
+        let allowed: &[&str] = match type_name {
+            "filter" => &[
+                "field",
+                "equals",
+                "not_equals",
+                "greater_than",
+                "less_than",
+                "exists",
+                "one_of",
+            ],
+            "map" => &["project", "drop", "rename", "set"],
+            "extract" | "flat_map" | "key_by" | "event_time" => &["field"],
+            "window" => &[
+                "kind",
+                "size",
+                "hop",
+                "gap",
+                "allowed_lateness",
+                "aggregate",
+                "field",
+                "percentiles",
+                "time_field",
+                "late",
+                "side_output",
+            ],
+            "aggregate" => &["aggregate", "field", "percentiles"],
+            "reduce" => &["function", "field"],
+            "custom" => &["name", "params"],
+            other => {
+                return Err(fail(
+                    "type",
+                    format!("unknown operator type {other:?}: expected {OPERATOR_TYPES}"),
+                ))
+            }
+        };
+        let keys = self.present_keys();
+        if let Some(key) = first_not_allowed(&keys, allowed) {
+            return Err(fail(
+                key,
+                format!("key `{key}` does not apply to type = {type_name:?}"),
+            ));
+        }
+        let required_field = |field: &Option<Located<String>>| match field {
+            Some(field) => context.field_path(&path("field"), field),
+            None => Err(fail(
+                "field",
+                format!("missing required key `field` for type = {type_name:?}"),
+            )),
+        };
+        Ok(match type_name {
+            "filter" => {
+                let field = required_field(&self.field)?;
+                OperatorConfig::Filter(Predicate {
+                    field,
+                    test: self.into_test(stage, &keys, context)?,
+                })
+            }
+            "map" => {
+                let mut map = MapConfig::default();
+                if let Some(project) = self.project {
+                    map.project = Some(context.field_paths(&path("project"), project)?);
+                }
+                if let Some(drop) = self.drop {
+                    map.drop = context.field_paths(&path("drop"), drop)?;
+                }
+                if let Some(rename) = self.rename {
+                    let key_path = path("rename");
+                    for (from, to) in rename.value.0 {
+                        let from = FieldPath::parse(&from).map_err(|message| {
+                            context.error_at(&key_path, to.span.as_ref(), message)
+                        })?;
+                        map.rename.push((from, context.field_path(&key_path, &to)?));
+                    }
+                }
+                if let Some(set) = self.set {
+                    let key_path = path("set");
+                    for (at, value) in set.value.0 {
+                        let at = FieldPath::parse(&at).map_err(|message| {
+                            context.error_at(&key_path, value.span.as_ref(), message)
+                        })?;
+                        map.set.push((at, context.json(&key_path, &value)?));
+                    }
+                }
+                OperatorConfig::Map(map)
+            }
+            "extract" => OperatorConfig::Extract {
+                field: required_field(&self.field)?,
+            },
+            "flat_map" => OperatorConfig::FlatMap {
+                field: required_field(&self.field)?,
+            },
+            "key_by" => OperatorConfig::KeyBy {
+                field: required_field(&self.field)?,
+            },
+            "event_time" => OperatorConfig::EventTime {
+                field: required_field(&self.field)?,
+            },
+            "window" => OperatorConfig::Window(self.into_window(stage, &keys, context)?),
+            "aggregate" => {
+                let Some(aggregate) = &self.aggregate else {
+                    return Err(fail(
+                        "aggregate",
+                        format!("missing required key `aggregate` for type = \"aggregate\": one of {AGGREGATES}"),
+                    ));
+                };
+                let (function, field) = aggregate_function(
+                    stage,
+                    Some(aggregate),
+                    self.field.as_ref(),
+                    self.percentiles,
+                    context,
+                )?;
+                OperatorConfig::Aggregate(AggregateConfig { function, field })
+            }
+            "reduce" => {
+                let Some(function) = &self.function else {
+                    return Err(fail(
+                        "function",
+                        "missing required key `function` for type = \"reduce\": one of \"sum\", \
+                         \"min\", \"max\", \"latest\" or \"merge\""
+                            .to_owned(),
+                    ));
+                };
+                let function_name = function.value.as_str();
+                let function = match function_name {
+                    "sum" => ReduceFunction::Sum,
+                    "min" => ReduceFunction::Min,
+                    "max" => ReduceFunction::Max,
+                    "latest" => ReduceFunction::Latest,
+                    "merge" => ReduceFunction::Merge,
+                    other => {
+                        return Err(fail(
+                            "function",
+                            format!(
+                                "unknown function {other:?}: expected \"sum\", \"min\", \"max\", \
+                                 \"latest\" or \"merge\""
+                            ),
+                        ))
+                    }
+                };
+                let field = match (&self.field, function) {
+                    (Some(_), ReduceFunction::Latest | ReduceFunction::Merge) => {
+                        return Err(fail(
+                            "field",
+                            format!("key `field` does not apply to function = {function_name:?}"),
+                        ))
+                    }
+                    (Some(field), _) => Some(context.field_path(&path("field"), field)?),
+                    (None, ReduceFunction::Latest | ReduceFunction::Merge) => None,
+                    (None, _) => {
+                        return Err(fail(
+                            "field",
+                            format!(
+                                "missing required key `field`: function = {function_name:?} \
+                                 needs the number to reduce"
+                            ),
+                        ))
+                    }
+                };
+                OperatorConfig::Reduce(ReduceConfig { function, field })
+            }
+            "custom" => {
+                let Some(name) = self.name else {
+                    return Err(fail(
+                        "name",
+                        "missing required key `name` for type = \"custom\" (the name the \
+                         operator is registered under)"
+                            .to_owned(),
+                    ));
+                };
+                OperatorConfig::Custom {
+                    name: name.value,
+                    params: context.params(&path("params"), self.params)?,
+                }
+            }
+            // Every other type returned above.
+            other => {
+                return Err(fail(
+                    "type",
+                    format!("unknown operator type {other:?}: expected {OPERATOR_TYPES}"),
+                ))
+            }
+        })
+    }
+
+    /// A filter's one test.
+    fn into_test(
+        self,
+        stage: &str,
+        keys: &PresentKeys,
+        context: &PipelineContext<'_>,
+    ) -> Result<Test, ConfigError> {
+        let mut tests: Vec<&(&'static str, Option<Range<usize>>)> = keys
+            .iter()
+            .filter(|(key, _)| FILTER_TESTS.contains(key))
+            .collect();
+        tests.sort_by_key(|(_, span)| span.as_ref().map_or(usize::MAX, |span| span.start));
+        match tests.as_slice() {
+            [] => {
+                return Err(context.error(
+                    stage,
+                    format!("a filter needs exactly one of {}", FILTER_TESTS.join(", ")),
+                ))
+            }
+            [_] => {}
+            [(first, _), (second, _), ..] => {
+                return Err(context.error(
+                    &join_path(stage, second),
+                    format!(
+                        "key `{second}` cannot be combined with `{first}`: a filter has exactly \
+                         one test (chain two filters for both)"
+                    ),
+                ))
+            }
+        }
+        let path = |key: &str| join_path(stage, key);
+        Ok(if let Some(value) = &self.equals {
+            Test::Equals(context.json(&path("equals"), value)?)
+        } else if let Some(value) = &self.not_equals {
+            Test::NotEquals(context.json(&path("not_equals"), value)?)
+        } else if let Some(bound) = &self.greater_than {
+            Test::GreaterThan(bound.value.0)
+        } else if let Some(bound) = &self.less_than {
+            Test::LessThan(bound.value.0)
+        } else if let Some(expected) = &self.exists {
+            Test::Exists(expected.value)
+        } else if let Some(values) = &self.one_of {
+            Test::OneOf(
+                values
+                    .value
+                    .iter()
+                    .map(|value| context.json(&path("one_of"), value))
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            // `tests` has exactly one of these.
+            return Err(context.error(stage, "a filter needs exactly one test".to_owned()));
+        })
+    }
+
+    fn into_window(
+        self,
+        stage: &str,
+        keys: &PresentKeys,
+        context: &PipelineContext<'_>,
+    ) -> Result<WindowConfig, ConfigError> {
+        let path = |key: &str| join_path(stage, key);
+        let fail = |key: &str, message: String| context.error(&path(key), message);
+        let Some(kind) = &self.window_kind else {
+            return Err(fail(
+                "kind",
+                "missing required key `kind` for type = \"window\": \"tumbling\", \"hopping\" \
+                 or \"session\""
+                    .to_owned(),
+            ));
+        };
+        let kind_name = kind.value.clone();
+        let kind_name = kind_name.as_str();
+        let sizes: &[&str] = match kind_name {
+            "tumbling" => &["size"],
+            "hopping" => &["size", "hop"],
+            "session" => &["gap"],
+            other => {
+                return Err(fail(
+                    "kind",
+                    format!(
+                        "unknown window kind {other:?}: expected \"tumbling\", \"hopping\" or \"session\""
+                    ),
+                ))
+            }
+        };
+        let size_keys: PresentKeys = keys
+            .iter()
+            .filter(|(key, _)| ["size", "hop", "gap"].contains(key))
+            .cloned()
+            .collect();
+        if let Some(key) = first_not_allowed(&size_keys, sizes) {
+            return Err(fail(
+                key,
+                format!("key `{key}` does not apply to a {kind_name} window"),
+            ));
+        }
+        let required = |key: &str, value: &Option<Located<String>>| match value {
+            Some(value) => context.duration(&path(key), key, value),
+            None => Err(fail(
+                key,
+                format!("missing required key `{key}` for a {kind_name} window"),
+            )),
+        };
+        let kind = match kind_name {
+            "tumbling" => WindowKind::Tumbling {
+                size: required("size", &self.size)?,
+            },
+            "hopping" => WindowKind::Hopping {
+                size: required("size", &self.size)?,
+                hop: required("hop", &self.hop)?,
+            },
+            _ => WindowKind::Session {
+                gap: required("gap", &self.gap)?,
+            },
+        };
+        let allowed_lateness = match &self.allowed_lateness {
+            Some(lateness) => {
+                context.duration(&path("allowed_lateness"), "allowed_lateness", lateness)?
+            }
+            None => Duration::ZERO,
+        };
+        let time_field = match &self.time_field {
+            Some(field) => Some(context.field_path(&path("time_field"), field)?),
+            None => None,
+        };
+        let late = match (
+            self.late.as_ref().map(|late| late.value.as_str()),
+            &self.side_output,
+        ) {
+            (None | Some("dlq"), None) => LatePolicy::DeadLetter,
+            (None, Some(_)) => {
+                return Err(fail(
+                    "side_output",
+                    "key `side_output` does not apply to late = \"dlq\" (the default); set \
+                     late = \"side_output\" to send late records there"
+                        .to_owned(),
+                ))
+            }
+            (Some("dlq"), Some(_)) => {
+                return Err(fail(
+                    "side_output",
+                    "key `side_output` does not apply to late = \"dlq\"".to_owned(),
+                ))
+            }
+            (Some("side_output"), Some(topic)) => LatePolicy::SideOutput(topic.value.clone()),
+            (Some("side_output"), None) => {
+                return Err(fail(
+                    "side_output",
+                    "missing required key `side_output` for late = \"side_output\" (the topic \
+                     late records go to)"
+                        .to_owned(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(fail(
+                    "late",
+                    format!("invalid late {other:?}: expected \"dlq\" or \"side_output\""),
+                ))
+            }
+        };
+        let (function, field) = aggregate_function(
+            stage,
+            self.aggregate.as_ref(),
+            self.field.as_ref(),
+            self.percentiles,
+            context,
+        )?;
+        Ok(WindowConfig {
+            kind,
+            allowed_lateness,
+            function,
+            field,
+            time_field,
+            late,
+        })
+    }
+}
+
+/// `aggregate` (absent: count), `field` and `percentiles` of a window or an
+/// aggregate operator at `stage`.
+fn aggregate_function(
+    stage: &str,
+    aggregate: Option<&Located<String>>,
+    field: Option<&Located<String>>,
+    percentiles: Option<Located<Vec<Located<RawNumber>>>>,
+    context: &PipelineContext<'_>,
+) -> Result<(AggregateFunction, Option<FieldPath>), ConfigError> {
+    let path = |key: &str| join_path(stage, key);
+    let fail = |key: &str, message: String| context.error(&path(key), message);
+    let name = aggregate.map_or("count", |aggregate| aggregate.value.as_str());
+    let function = match (name, percentiles) {
+        ("percentiles", Some(percentiles)) => {
+            AggregateFunction::Percentiles(percentiles.value.iter().map(|p| p.value.0).collect())
+        }
+        ("percentiles", None) => {
+            return Err(fail(
+                "percentiles",
+                "missing required key `percentiles` for aggregate = \"percentiles\", e.g. \
+                 percentiles = [50, 99]"
+                    .to_owned(),
+            ))
+        }
+        ("count" | "sum" | "min" | "max" | "mean", Some(_)) => {
+            return Err(fail(
+                "percentiles",
+                format!("key `percentiles` does not apply to aggregate = {name:?}"),
+            ))
+        }
+        ("count", None) => AggregateFunction::Count,
+        ("sum", None) => AggregateFunction::Sum,
+        ("min", None) => AggregateFunction::Min,
+        ("max", None) => AggregateFunction::Max,
+        ("mean", None) => AggregateFunction::Mean,
+        (other, _) => {
+            return Err(fail(
+                "aggregate",
+                format!("unknown aggregate {other:?}: expected {AGGREGATES}"),
+            ))
+        }
+    };
+    let field = match (field, &function) {
+        (Some(_), AggregateFunction::Count) => {
+            return Err(fail(
+                "field",
+                "key `field` does not apply to aggregate = \"count\"".to_owned(),
+            ))
+        }
+        (Some(field), _) => Some(context.field_path(&path("field"), field)?),
+        (None, AggregateFunction::Count) => None,
+        (None, _) => {
+            return Err(fail(
+                "field",
+                format!(
+                    "missing required key `field`: aggregate = {name:?} needs the number to \
+                 aggregate"
+                ),
+            ))
+        }
+    };
+    Ok((function, field))
+}
+
+impl RawSink {
+    fn present_keys(&self) -> PresentKeys {
+        let mut keys = Vec::new();
+        present(&mut keys, "topic", &self.topic);
+        present(&mut keys, "path", &self.path);
+        present(&mut keys, "table", &self.table);
+        present(&mut keys, "name", &self.name);
+        present(&mut keys, "params", &self.params);
+        keys
+    }
+
+    fn into_sink(self, context: &PipelineContext<'_>) -> Result<SinkConfig, ConfigError> {
+        let path = |key: &str| join_path("sink", key);
+        let fail = |key: &str, message: String| context.error(&path(key), message);
+        let Some(kind) = &self.kind else {
+            return Err(fail(
+                "type",
+                format!("missing required key `type` in [pipeline.sink]: one of {SINK_TYPES}"),
+            ));
+        };
+        let type_name = kind.value.as_str();
+        let allowed: &[&str] = match type_name {
+            "topic" => &["topic"],
+            "sled" => &["path", "table"],
+            "jsonl" => &["path"],
+            "stdout" => &[],
+            "custom" => &["name", "params"],
+            other => {
+                return Err(fail(
+                    "type",
+                    format!("unknown sink type {other:?}: expected {SINK_TYPES}"),
+                ))
+            }
+        };
+        if let Some(key) = first_not_allowed(&self.present_keys(), allowed) {
+            return Err(fail(
+                key,
+                format!("key `{key}` does not apply to type = {type_name:?}"),
+            ));
+        }
+        let required = |key: &str, value: Option<Located<String>>| {
+            value.map(|value| value.value).ok_or_else(|| {
+                fail(
+                    key,
+                    format!("missing required key `{key}` for type = {type_name:?}"),
+                )
+            })
+        };
+        Ok(match type_name {
+            "topic" => SinkConfig::Topic {
+                topic: required("topic", self.topic)?,
+            },
+            "sled" => {
+                let sled_path = PathBuf::from(required("path", self.path)?);
+                let Some(tables) = self.table else {
+                    return Err(fail(
+                        "table",
+                        "a sled sink needs at least one [[pipeline.sink.table]]".to_owned(),
+                    ));
+                };
+                let tables = tables
+                    .value
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, table)| {
+                        table
+                            .value
+                            .into_table(&path(&format!("table[{index}]")), context)
+                    })
+                    .collect::<Result<_, _>>()?;
+                SinkConfig::Sled(SledSinkConfig {
+                    path: sled_path,
+                    tables,
+                })
+            }
+            "jsonl" => SinkConfig::JsonLines {
+                path: PathBuf::from(required("path", self.path)?),
+            },
+            "stdout" => SinkConfig::Stdout,
+            _ => SinkConfig::Custom {
+                name: required("name", self.name)?,
+                params: context.params(&path("params"), self.params)?,
+            },
+        })
+    }
+}
+
+impl RawTable {
+    /// Converts the table at `stage` (`sink.table[1]`).
+    fn into_table(
+        self,
+        stage: &str,
+        context: &PipelineContext<'_>,
+    ) -> Result<TableConfig, ConfigError> {
+        let path = |key: &str| join_path(stage, key);
+        let Some(name) = self.name else {
+            return Err(context.error(
+                &path("name"),
+                "missing required key `name` in [[pipeline.sink.table]]".to_owned(),
+            ));
+        };
+        Ok(TableConfig {
+            name: name.value,
+            key: match self.key {
+                Some(key) => context.field_paths(&path("key"), key)?,
+                None => Vec::new(),
+            },
+            each: match &self.each {
+                Some(each) => Some(context.field_path(&path("each"), each)?),
+                None => None,
+            },
+            fields: match self.fields {
+                Some(fields) => Some(context.field_paths(&path("fields"), fields)?),
+                None => None,
+            },
+        })
+    }
+}
+
+impl RawPipeline {
+    /// Records the span of every key, by its path inside the pipeline.
+    fn spans(&self, table: Option<Range<usize>>) -> PipelineSpans {
+        let mut spans = PipelineSpans {
+            table,
+            keys: Vec::new(),
+        };
+        let mut record =
+            |path: String, span: &Option<Range<usize>>| spans.record(path, span.as_ref());
+        let mut top = Vec::new();
+        present(&mut top, "name", &self.name);
+        present(&mut top, "members", &self.members);
+        present(&mut top, "commit_interval", &self.commit_interval);
+        present(&mut top, "retries", &self.retries);
+        present(&mut top, "retry_backoff", &self.retry_backoff);
+        present(&mut top, "fetch_max_bytes", &self.fetch_max_bytes);
+        present(&mut top, "in_flight_batches", &self.in_flight_batches);
+        present(&mut top, "source", &self.source);
+        present(&mut top, "sink", &self.sink);
+        for (key, span) in &top {
+            record((*key).to_owned(), span);
+        }
+        if let Some(source) = &self.source {
+            let mut keys = Vec::new();
+            present(&mut keys, "topic", &source.value.topic);
+            present(&mut keys, "group", &source.value.group);
+            present(
+                &mut keys,
+                "auto_offset_reset",
+                &source.value.auto_offset_reset,
+            );
+            for (key, span) in &keys {
+                record(format!("source.{key}"), span);
+            }
+        }
+        for (index, operator) in self.operator.iter().enumerate() {
+            let stage = format!("operator[{index}]");
+            record(stage.clone(), &operator.span);
+            if let Some(kind) = &operator.value.kind {
+                record(format!("{stage}.type"), &kind.span);
+            }
+            for (key, span) in &operator.value.present_keys() {
+                record(format!("{stage}.{key}"), span);
+            }
+        }
+        if let Some(sink) = &self.sink {
+            if let Some(kind) = &sink.value.kind {
+                record("sink.type".to_owned(), &kind.span);
+            }
+            for (key, span) in &sink.value.present_keys() {
+                record(format!("sink.{key}"), span);
+            }
+            for (index, table) in sink
+                .value
+                .table
+                .iter()
+                .flat_map(|tables| tables.value.iter())
+                .enumerate()
+            {
+                let stage = format!("sink.table[{index}]");
+                record(stage.clone(), &table.span);
+                let mut keys = Vec::new();
+                present(&mut keys, "name", &table.value.name);
+                present(&mut keys, "key", &table.value.key);
+                present(&mut keys, "each", &table.value.each);
+                present(&mut keys, "fields", &table.value.fields);
+                for (key, span) in &keys {
+                    record(format!("{stage}.{key}"), span);
+                }
+            }
+        }
+        spans
+    }
+
+    /// Converts the `index`th `[[pipeline]]` (at `table_span`) and checks
+    /// its own rules ([`check_pipeline`]). Returns it with its key spans.
+    fn into_pipeline(
+        self,
+        index: usize,
+        table_span: Option<Range<usize>>,
+        source: &Source<'_>,
+    ) -> Result<(PipelineConfig, PipelineSpans), ConfigError> {
+        let context = PipelineContext {
+            source,
+            label: pipeline_label(index, self.name.as_ref().map(|name| name.value.as_str())),
+            spans: self.spans(table_span),
+        };
+        let fail = |path: &str, message: String| context.error(path, message);
+        let Some(name) = self.name else {
+            return Err(fail(
+                "name",
+                "missing required key `name` in [[pipeline]]".to_owned(),
+            ));
+        };
+        let Some(raw_source) = self.source else {
+            return Err(fail(
+                "source",
+                "missing required table [pipeline.source] (topic = \"...\": the topic the \
+                 pipeline reads)"
+                    .to_owned(),
+            ));
+        };
+        let raw_source = raw_source.value;
+        let Some(topic) = raw_source.topic else {
+            return Err(fail(
+                "source.topic",
+                "missing required key `topic` in [pipeline.source]".to_owned(),
+            ));
+        };
+        let Some(sink) = self.sink else {
+            return Err(fail(
+                "sink",
+                format!("missing required table [pipeline.sink] (type = {SINK_TYPES})"),
+            ));
+        };
+        let sink = sink.value.into_sink(&context)?;
+        let mut pipeline = PipelineConfig::new(name.value, topic.value, sink);
+        if let Some(group) = raw_source.group {
+            pipeline.source.group = group.value;
+        }
+        if let Some(reset) = raw_source.auto_offset_reset {
+            pipeline.source.auto_offset_reset = match reset.value.as_str() {
+                "earliest" => OffsetReset::Earliest,
+                "latest" => OffsetReset::Latest,
+                other => {
+                    return Err(fail(
+                        "source.auto_offset_reset",
+                        format!(
+                            "invalid auto_offset_reset {other:?}: expected \"earliest\" or \
+                         \"latest\""
+                        ),
+                    ))
+                }
+            };
+        }
+        if let Some(members) = self.members {
+            pipeline.members =
+                to_u32(members.value, check_members).map_err(|m| fail("members", m))?;
+        }
+        if let Some(interval) = &self.commit_interval {
+            pipeline.commit_interval =
+                context.duration("commit_interval", "commit_interval", interval)?;
+        }
+        if let Some(retries) = self.retries {
+            pipeline.retries =
+                to_u32(retries.value, check_retries).map_err(|m| fail("retries", m))?;
+        }
+        if let Some(backoff) = &self.retry_backoff {
+            pipeline.retry_backoff = context.duration("retry_backoff", "retry_backoff", backoff)?;
+        }
+        if let Some(size) = &self.fetch_max_bytes {
+            pipeline.fetch_max_bytes = size_value("fetch_max_bytes", &size.value)
+                .map_err(|m| fail("fetch_max_bytes", m))?;
+        }
+        if let Some(batches) = self.in_flight_batches {
+            pipeline.in_flight_batches = to_u32(batches.value, check_in_flight_batches)
+                .map_err(|m| fail("in_flight_batches", m))?;
+        }
+        for (index, operator) in self.operator.into_iter().enumerate() {
+            let stage = format!("operator[{index}]");
+            pipeline
+                .operators
+                .push(operator.value.into_operator(&stage, &context)?);
+        }
+        check_pipeline(&pipeline).map_err(|rule| fail(&rule.path, rule.message))?;
+        Ok((pipeline, context.spans))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Key paths of `toml` errors inside pipelines.
+
+/// Any TOML value with the spans of everything inside it, to find which key
+/// an error is in. Reads any document shape.
+enum SpanTree {
+    Table(Vec<(String, Located<SpanTree>)>),
+    Array(Vec<Located<SpanTree>>),
+    Text(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for SpanTree {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TreeVisitor;
+        impl<'de> serde::de::Visitor<'de> for TreeVisitor {
+            type Value = SpanTree;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("any TOML value")
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SpanTree, E> {
+                Ok(SpanTree::Other)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SpanTree, E> {
+                Ok(SpanTree::Other)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SpanTree, E> {
+                Ok(SpanTree::Other)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SpanTree, E> {
+                Ok(SpanTree::Other)
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SpanTree, E> {
+                Ok(SpanTree::Text(text.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SpanTree, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(SpanTree::Table(entries))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SpanTree, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(SpanTree::Array(items))
+            }
+        }
+        deserializer.deserialize_any(TreeVisitor)
+    }
+}
+
+/// The pipeline tables, leniently: any keys, any value types.
+#[derive(Deserialize)]
+struct PipelineTrees {
+    #[serde(default)]
+    pipeline: Vec<Located<SpanTree>>,
+}
+
+/// One step of a key path.
+enum PathStep<'t> {
+    Key(&'t str),
+    Index(usize),
+}
+
+/// The deepest value under `node` (itself included) whose span contains
+/// `offset`, and the steps to it. Children are searched whatever the
+/// parent's span: a `[pipeline.source]` table lies outside the span of its
+/// `[[pipeline]]` table.
+fn deepest_at(node: &Located<SpanTree>, offset: usize) -> Option<(Vec<PathStep<'_>>, &SpanTree)> {
+    let found = match &node.value {
+        SpanTree::Table(entries) => entries.iter().find_map(|(key, child)| {
+            deepest_at(child, offset).map(|(mut steps, tree)| {
+                steps.insert(0, PathStep::Key(key));
+                (steps, tree)
+            })
+        }),
+        SpanTree::Array(items) => items.iter().enumerate().find_map(|(index, child)| {
+            deepest_at(child, offset).map(|(mut steps, tree)| {
+                steps.insert(0, PathStep::Index(index));
+                (steps, tree)
+            })
+        }),
+        SpanTree::Text(_) | SpanTree::Other => None,
+    };
+    found.or_else(|| {
+        node.span
+            .as_ref()
+            .filter(|span| span.contains(&offset))
+            .map(|_| (Vec::new(), &node.value))
+    })
+}
+
+/// The key path (`pipeline[NAME].operator[2].size`) of byte `offset` if it
+/// is inside a `[[pipeline]]`; `unknown_key` names the key when the offset
+/// is in a table that has it but in none of its values.
+fn pipeline_key_path_at(text: &str, offset: usize, unknown_key: Option<&str>) -> Option<String> {
+    let trees = toml::from_str::<PipelineTrees>(text).ok()?;
+    trees
+        .pipeline
+        .iter()
+        .enumerate()
+        .find_map(|(index, pipeline)| {
+            let (steps, found) = deepest_at(pipeline, offset)?;
+            let name = match &pipeline.value {
+                SpanTree::Table(entries) => {
+                    entries.iter().find_map(|(key, value)| match &value.value {
+                        SpanTree::Text(name) if key == "name" => Some(name.as_str()),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            };
+            let mut path = pipeline_label(index, name);
+            for step in &steps {
+                match step {
+                    PathStep::Key(key) => {
+                        path.push('.');
+                        path.push_str(key);
+                    }
+                    PathStep::Index(index) => path.push_str(&format!("[{index}]")),
+                }
+            }
+            if let (SpanTree::Table(entries), Some(unknown)) = (found, unknown_key) {
+                if entries.iter().any(|(key, _)| key == unknown) {
+                    path.push('.');
+                    path.push_str(unknown);
+                }
+            }
+            Some(path)
+        })
 }
 
 #[cfg(test)]
