@@ -5,7 +5,7 @@ use super::batch::{
     BATCH_HEADER_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
 use super::compaction::{CompactedBlocks, CompactionBlock, CompactionInput, SwapError};
-use super::index::{SegmentIndex, INDEX_HEADER_BYTES, INDEX_MAGIC};
+use super::index::{SegmentIndex, INDEX_ENTRIES_MAX, INDEX_HEADER_BYTES, INDEX_MAGIC};
 use super::io::{self, AppendJob, DeleteJob, IoError, IoJob, SealJob};
 use super::segment::{check_header, encode_header, SegmentFile, SEGMENT_HEADER_BYTES};
 use crate::types::{FetchedRecord, Offset, Record, Term};
@@ -320,6 +320,207 @@ impl ReadPlan {
             }
         }
     }
+}
+
+/// The answer of [`PartitionLog::offset_for_timestamp`]: either already
+/// known, or a scan of segment files that the caller runs on its own thread
+/// (like [`ReadPlan::execute`]), so the partition's owner never does
+/// the I/O of a time lookup.
+#[derive(Clone, Debug)]
+pub enum TimeLookup {
+    /// Known without reading segment data: no segment holds a record at or
+    /// after the time below the high watermark, so the answer is the high
+    /// watermark.
+    Resolved(Offset),
+    /// Segments that may hold the answer; [`TimeScanPlan::execute`] finds it.
+    Scan(TimeScanPlan),
+}
+
+impl TimeLookup {
+    /// The offset: the resolved one, or the result of executing the scan
+    /// (file reads on the calling thread).
+    pub fn resolve(&self) -> Result<Offset, ReadError> {
+        match self {
+            TimeLookup::Resolved(offset) => Ok(*offset),
+            TimeLookup::Scan(plan) => plan.execute(),
+        }
+    }
+}
+
+/// A time lookup planned by the log: the segments that may hold the
+/// earliest record whose timestamp is at or after
+/// [`TimeScanPlan::timestamp_ms`], in offset order, each from the position
+/// the index proves safe. Files are held by `Arc`, so retention or a
+/// compaction swap after planning does not pull them away.
+#[derive(Clone, Debug)]
+pub struct TimeScanPlan {
+    timestamp_ms: i64,
+    high_watermark: Offset,
+    steps: Vec<TimeScanStep>,
+}
+
+/// One segment of a [`TimeScanPlan`].
+#[derive(Clone, Debug)]
+enum TimeScanStep {
+    /// Scan these frames for the first record at or after the time.
+    Scan(ReadRange),
+    /// A sealed block the startup load has not registered yet. Skipped if
+    /// its index file (CRC-verified, describing the file as listed) proves
+    /// every record of it is earlier than the time; otherwise the answer
+    /// may be in it, and the lookup answers [`ReadError::NotLoaded`].
+    Unloaded {
+        directory: PathBuf,
+        base_offset: Offset,
+        size_bytes: u64,
+    },
+}
+
+/// Largest index file a time lookup reads to check an unloaded block
+/// (every entry list at [`INDEX_ENTRIES_MAX`]); a larger file cannot be
+/// valid and is not read.
+const INDEX_FILE_BYTES_MAX: u64 =
+    INDEX_HEADER_BYTES as u64 + 4 + (16 + 16 + 12) * INDEX_ENTRIES_MAX as u64;
+
+impl TimeScanPlan {
+    /// The time looked up (milliseconds since the Unix epoch).
+    pub fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+
+    /// The high watermark when planned: the answer when no record below it
+    /// reaches the time.
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark
+    }
+
+    /// Finds the earliest offset below the high watermark whose record's
+    /// timestamp is at or after the time, or the high watermark if none is.
+    /// Reads frames forward from each segment's index position (skipping,
+    /// without decoding, batches whose largest timestamp is earlier) and
+    /// verifies every frame it reads (CRC).
+    ///
+    /// Errors: [`ReadError::NotLoaded`] (retryable) when the answer may be
+    /// in a block the startup load has not reached yet (`requested` is that
+    /// block's base offset); [`ReadError::Corrupt`] when damage comes before
+    /// any record reaching the time (the answer may be in the damaged part);
+    /// [`ReadError::Io`].
+    pub fn execute(&self) -> Result<Offset, ReadError> {
+        let mut records = Vec::new();
+        for step in &self.steps {
+            match step {
+                TimeScanStep::Scan(range) => {
+                    if let Some(offset) = self.scan_range(range, &mut records)? {
+                        return Ok(offset);
+                    }
+                }
+                TimeScanStep::Unloaded {
+                    directory,
+                    base_offset,
+                    size_bytes,
+                } => {
+                    if !unloaded_block_is_earlier(
+                        directory,
+                        *base_offset,
+                        *size_bytes,
+                        self.timestamp_ms,
+                    ) {
+                        return Err(ReadError::NotLoaded {
+                            requested: *base_offset,
+                            block_base_offset: *base_offset,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(self.high_watermark)
+    }
+
+    /// The first offset in `range` whose record reaches the time (or the
+    /// high watermark, if the range reaches it first); `None` if no record
+    /// of the range does.
+    fn scan_range(
+        &self,
+        range: &ReadRange,
+        records: &mut Vec<FetchedRecord>,
+    ) -> Result<Option<Offset>, ReadError> {
+        let mut reader = FrameReader::new(
+            &range.file.file,
+            range.start_position,
+            range.end_position,
+            READ_CHUNK_BYTES_MAX,
+        );
+        loop {
+            if let Some(corruption) = &range.corrupt_from {
+                if reader.position >= corruption.position && reader.position < range.end_position {
+                    return Err(ReadError::Corrupt(corruption.to_string()));
+                }
+            }
+            let (position, view) = match reader.next_frame() {
+                Ok(Some(found)) => found,
+                Ok(None) => return Ok(None),
+                Err(FrameReadError::Io(source)) => {
+                    return Err(ReadError::Io {
+                        file: segment_path(&range.file),
+                        message: source.to_string(),
+                    })
+                }
+                Err(FrameReadError::Frame { position, error }) => {
+                    return Err(corrupt_read(&range.file, position, error.to_string()))
+                }
+            };
+            let header = view.header;
+            if header.base_offset >= self.high_watermark {
+                return Ok(Some(self.high_watermark));
+            }
+            // `maxTimestamp` bounds every record's timestamp (decode checks
+            // it for CreateTime; under LogAppendTime it is each record's).
+            if header.max_timestamp_ms < self.timestamp_ms {
+                continue;
+            }
+            records.clear();
+            view.records_into(records, header.base_offset)
+                .map_err(|error| corrupt_read(&range.file, position, error.to_string()))?;
+            for record in records.iter() {
+                if record.offset >= self.high_watermark {
+                    return Ok(Some(self.high_watermark));
+                }
+                if record.timestamp_ms >= self.timestamp_ms {
+                    return Ok(Some(record.offset));
+                }
+            }
+            // A compacted batch can keep a `maxTimestamp` none of its
+            // remaining records reaches: go on.
+        }
+    }
+}
+
+/// Whether the index file of an unloaded block proves that every record of
+/// it is earlier than `timestamp_ms`. The 48-byte header hint is read first
+/// (a block that may reach the time is decided by it alone); a skip is only
+/// taken on the whole index file: its CRC checked, and describing the block
+/// file at the size it was listed with. Anything missing, damaged or stale
+/// proves nothing (the startup load will rebuild it).
+fn unloaded_block_is_earlier(
+    directory: &Path,
+    base_offset: Offset,
+    size_bytes: u64,
+    timestamp_ms: i64,
+) -> bool {
+    let index_path = SegmentFile::index_path(directory, base_offset);
+    if read_index_timestamp_hint(&index_path).is_none_or(|hint| hint >= timestamp_ms) {
+        return false;
+    }
+    let small_enough =
+        std::fs::metadata(&index_path).is_ok_and(|metadata| metadata.len() <= INDEX_FILE_BYTES_MAX);
+    if !small_enough {
+        return false;
+    }
+    let Ok(bytes) = std::fs::read(&index_path) else {
+        return false;
+    };
+    SegmentIndex::decode(&bytes).is_ok_and(|index| {
+        index.segment_bytes == size_bytes && index.max_timestamp_ms < timestamp_ms
+    })
 }
 
 /// How reading one range of a plan ended.
@@ -1293,6 +1494,90 @@ impl PartitionLog {
         }))
     }
 
+    /// Plans a lookup of the earliest offset whose record's timestamp is at
+    /// or after `timestamp_ms` (Kafka's ListOffsets by time); the answer is
+    /// the high watermark if no record below it reaches the time. Only
+    /// offsets below the high watermark count.
+    ///
+    /// No I/O here: each segment's index decides. A sealed block whose
+    /// largest timestamp is earlier is skipped whole; the others are
+    /// scanned from [`SegmentIndex::time_scan_start`] (every record before
+    /// that position is earlier). Timestamps need not grow with offsets, so
+    /// the scan takes the *first* record in offset order that reaches the
+    /// time, which is not always the one with the smallest such timestamp.
+    /// A block the startup load has not registered yet becomes a step that
+    /// [`TimeScanPlan::execute`] decides from its index file (skipped when
+    /// that proves every record earlier, else `NotLoaded`). A damaged block
+    /// is always scanned up to its damage, since its index cannot speak for
+    /// what follows the damage.
+    ///
+    /// The plan holds one step per segment that may hold the answer (a
+    /// compacted batch may keep a largest timestamp none of its remaining
+    /// records reaches, so later candidates are kept too); execution stops
+    /// at the first record found.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> TimeLookup {
+        let mut steps = Vec::new();
+        let mut loaded = self.blocks.iter().peekable();
+        let mut unloaded = self.unloaded.iter().peekable();
+        // Sealed blocks, loaded or not, in offset order.
+        loop {
+            let unloaded_first = match (loaded.peek(), unloaded.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((loaded_base, _)), Some((unloaded_base, _))) => unloaded_base < loaded_base,
+            };
+            if unloaded_first {
+                let Some((base_offset, block)) = unloaded.next() else {
+                    break;
+                };
+                if *base_offset >= self.high_watermark {
+                    break;
+                }
+                steps.push(TimeScanStep::Unloaded {
+                    directory: self.directory.clone(),
+                    base_offset: *base_offset,
+                    size_bytes: block.size_bytes,
+                });
+            } else {
+                let Some((base_offset, block)) = loaded.next() else {
+                    break;
+                };
+                if *base_offset >= self.high_watermark {
+                    break;
+                }
+                let view = SegmentView {
+                    base_offset: *base_offset,
+                    file: &block.file,
+                    index: &block.index,
+                    next_offset: block.index.next_offset,
+                    end_position: block.durable_bytes,
+                    corrupt_from: block.corrupt_from.as_ref(),
+                };
+                steps.extend(time_scan_range(&view, timestamp_ms).map(TimeScanStep::Scan));
+            }
+        }
+        if self.active.base_offset < self.high_watermark {
+            let view = SegmentView {
+                base_offset: self.active.base_offset,
+                file: &self.active.file,
+                index: &self.active.index,
+                next_offset: self.log_end_offset,
+                end_position: self.active.durable_position,
+                corrupt_from: None,
+            };
+            steps.extend(time_scan_range(&view, timestamp_ms).map(TimeScanStep::Scan));
+        }
+        if steps.is_empty() {
+            return TimeLookup::Resolved(self.high_watermark);
+        }
+        TimeLookup::Scan(TimeScanPlan {
+            timestamp_ms,
+            high_watermark: self.high_watermark,
+            steps,
+        })
+    }
+
     /// The segments from the one that may hold `offset` on, in offset order.
     fn segments_from(&self, offset: Offset) -> impl Iterator<Item = SegmentView<'_>> {
         let first_block = self
@@ -1652,6 +1937,25 @@ impl PartitionLog {
     pub fn options(&self) -> &LogOptions {
         &self.options
     }
+}
+
+/// The part of a segment a time lookup must scan: from the index's
+/// [`SegmentIndex::time_scan_start`] to its durable end. `None` when no
+/// durable record of it can reach the time. A damaged segment is scanned
+/// up to its damage even when its index says no record reaches the time:
+/// the index knows nothing of what follows the damage.
+fn time_scan_range(view: &SegmentView<'_>, timestamp_ms: i64) -> Option<ReadRange> {
+    let start_position = match view.index.time_scan_start(timestamp_ms) {
+        Some(entry) => entry.position,
+        None => view.corrupt_from?.position,
+    }
+    .max(SEGMENT_HEADER_BYTES);
+    (view.end_position > start_position).then(|| ReadRange {
+        file: Arc::clone(view.file),
+        start_position,
+        end_position: view.end_position,
+        corrupt_from: view.corrupt_from.cloned(),
+    })
 }
 
 fn duration_ms(duration: Duration) -> i64 {
@@ -3229,5 +3533,307 @@ pub(crate) mod tests {
         let (log, report) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
         assert_eq!(report.torn_tail_bytes, 0);
         assert_values(&read_all(&log, Offset(0), 1 << 20), 0, 8);
+    }
+
+    // ---- offset_for_timestamp ------------------------------------------
+
+    /// Appends one batch whose records carry these timestamps (values and
+    /// keys name their offsets, as `records` does); runs its jobs.
+    fn append_timed(log: &mut PartitionLog, timestamps: &[i64]) {
+        let first = log.log_end_offset().0;
+        let batch: Vec<Record> = records(first, timestamps.len() as u64)
+            .into_iter()
+            .zip(timestamps)
+            .map(|(record, timestamp_ms)| record.with_timestamp_ms(*timestamp_ms))
+            .collect();
+        let outcome = log.append(&batch, Term(0), 0).unwrap();
+        run_jobs(log, outcome.jobs);
+    }
+
+    /// The answer by definition: the first offset (in offset order) below
+    /// the high watermark whose timestamp reaches `timestamp_ms`, else the
+    /// high watermark.
+    fn model_lookup(timestamps: &[i64], high_watermark: Offset, timestamp_ms: i64) -> Offset {
+        timestamps
+            .iter()
+            .take(high_watermark.0 as usize)
+            .position(|ts| *ts >= timestamp_ms)
+            .map_or(high_watermark, |offset| Offset(offset as u64))
+    }
+
+    fn lookup(log: &PartitionLog, timestamp_ms: i64) -> Result<Offset, ReadError> {
+        log.offset_for_timestamp(timestamp_ms).resolve()
+    }
+
+    /// Every record's timestamp, one below and one above it, and the two
+    /// ends: each answered as the model says.
+    fn assert_lookups_match_the_model(log: &PartitionLog, timestamps: &[i64]) {
+        let mut probes: Vec<i64> = timestamps
+            .iter()
+            .flat_map(|ts| [ts - 1, *ts, ts + 1])
+            .collect();
+        probes.extend([i64::MIN, i64::MAX]);
+        for probe in probes {
+            assert_eq!(
+                lookup(log, probe),
+                Ok(model_lookup(timestamps, log.high_watermark(), probe)),
+                "timestamp {probe}"
+            );
+        }
+    }
+
+    /// xorshift64*, for seeded timestamps.
+    fn next_random(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[test]
+    fn time_lookups_find_exact_times_times_between_batches_and_both_ends() {
+        let (_directory, mut log) = small_log();
+        // Batch b holds 4 records at 1_000·(b+1) + 10·i: gaps between batches.
+        let mut timestamps = Vec::new();
+        for batch in 0..20i64 {
+            let batch_times: Vec<i64> = (0..4).map(|i| 1_000 * (batch + 1) + 10 * i).collect();
+            append_timed(&mut log, &batch_times);
+            timestamps.extend(batch_times);
+        }
+        let bases: Vec<Offset> = log.blocks.keys().copied().collect();
+        assert!(bases.len() >= 3, "several sealed blocks: {bases:?}");
+        let active_base = log.active.base_offset;
+        assert!(active_base < Offset(80), "the active segment holds records");
+
+        // Exact: the offset of the record with that time.
+        assert_eq!(lookup(&log, 1_000), Ok(Offset(0)));
+        assert_eq!(lookup(&log, 1_020), Ok(Offset(2)));
+        assert_eq!(lookup(&log, 7_030), Ok(Offset(27)));
+        // Between batches: the first record of the next batch.
+        assert_eq!(lookup(&log, 1_031), Ok(Offset(4)));
+        assert_eq!(lookup(&log, 5_500), Ok(Offset(20)));
+        // Before the start: the first record.
+        assert_eq!(lookup(&log, 0), Ok(Offset(0)));
+        assert_eq!(lookup(&log, i64::MIN), Ok(Offset(0)));
+        // After the end: the high watermark, without reading anything.
+        assert!(matches!(
+            log.offset_for_timestamp(20_031),
+            TimeLookup::Resolved(Offset(80))
+        ));
+        assert_eq!(lookup(&log, i64::MAX), Ok(Offset(80)));
+        // In a middle block and in the active segment.
+        let middle = bases[bases.len() / 2];
+        assert_eq!(
+            lookup(&log, timestamps[middle.0 as usize + 1]),
+            Ok(middle.next())
+        );
+        let last = Offset(79);
+        assert!(last >= active_base);
+        assert_eq!(lookup(&log, timestamps[79]), Ok(last));
+        assert_lookups_match_the_model(&log, &timestamps);
+    }
+
+    #[test]
+    fn time_lookups_give_the_earliest_offset_when_timestamps_go_backwards() {
+        use crate::storage::index::TimeEntry;
+        let directory = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            segment_bytes: 100_000,
+            index_interval_bytes: 128,
+            ..LogOptions::default()
+        };
+        let (mut log, _) = PartitionLog::open(directory.path(), options).unwrap();
+        // Single-record batches of about 90 bytes: every second one is
+        // indexed. The unindexed batch 1 is later than the indexed batch 2.
+        for timestamp_ms in [100, 300, 200, 150] {
+            append_timed(&mut log, &[timestamp_ms]);
+        }
+        let index = &log.active.index;
+        assert_eq!(
+            index
+                .offsets
+                .iter()
+                .map(|entry| entry.base_offset)
+                .collect::<Vec<_>>(),
+            [Offset(0), Offset(2)],
+            "the fixture needs an unindexed batch between two entries"
+        );
+        assert_eq!(
+            index.times,
+            [
+                TimeEntry {
+                    timestamp_ms: 100,
+                    offset: Offset(0)
+                },
+                TimeEntry {
+                    timestamp_ms: 300,
+                    offset: Offset(2)
+                }
+            ]
+        );
+        // The time index alone ("largest timestamp so far" reaches 250 at
+        // the entry of offset 2) would answer 2, whose record is at 200;
+        // the earliest record reaching 250 is offset 1, at 300.
+        assert_eq!(
+            index.lookup_time(250).map(|entry| entry.offset),
+            Some(Offset(2))
+        );
+        assert_eq!(lookup(&log, 250), Ok(Offset(1)));
+        // 200 is reached first by offset 1 (300), not by offset 2 (exactly 200).
+        assert_eq!(lookup(&log, 200), Ok(Offset(1)));
+        assert_eq!(lookup(&log, 101), Ok(Offset(1)));
+        assert_eq!(lookup(&log, 301), Ok(Offset(4)));
+        assert_lookups_match_the_model(&log, &[100, 300, 200, 150]);
+    }
+
+    #[test]
+    fn time_lookups_match_the_model_on_seeded_disordered_timestamps_across_blocks() {
+        for seed in 1..=20u64 {
+            let (_directory, mut log) = small_log();
+            let mut state = seed;
+            let mut timestamps = Vec::new();
+            for _ in 0..40 {
+                let count = 1 + next_random(&mut state) % 4;
+                // Mostly rising, often jumping back; within a batch too.
+                let batch_times: Vec<i64> = (0..count)
+                    .map(|_| {
+                        let base = timestamps.len() as i64 * 10;
+                        base + (next_random(&mut state) % 400) as i64 - 200
+                    })
+                    .collect();
+                append_timed(&mut log, &batch_times);
+                timestamps.extend(batch_times);
+            }
+            assert!(log.blocks.len() >= 3, "seed {seed}: several blocks");
+            assert_lookups_match_the_model(&log, &timestamps);
+        }
+    }
+
+    #[test]
+    fn time_lookups_never_answer_an_offset_at_or_past_the_high_watermark() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(directory.path(), LogOptions::default()).unwrap();
+        append_timed(&mut log, &[10, 20]);
+        // Written, not durable: a record at 5_000 is not an answer yet.
+        let outcome = log
+            .append(&[Record::new("late").with_timestamp_ms(5_000)], Term(0), 0)
+            .unwrap();
+        write_only(&outcome.jobs);
+        assert_eq!(log.high_watermark(), Offset(2));
+        assert_eq!(lookup(&log, 30), Ok(Offset(2)));
+        assert_eq!(lookup(&log, 5_000), Ok(Offset(2)));
+        // A plan made before the record is durable keeps its high watermark.
+        let early = log.offset_for_timestamp(5_000);
+        log.mark_durable(Offset(3));
+        assert_eq!(early.resolve(), Ok(Offset(2)));
+        assert_eq!(lookup(&log, 5_000), Ok(Offset(2)));
+        assert_eq!(lookup(&log, 5_001), Ok(Offset(3)));
+        // An empty log answers its high watermark.
+        let empty = tempfile::tempdir().unwrap();
+        let (log, _) = PartitionLog::open(empty.path(), LogOptions::default()).unwrap();
+        assert!(matches!(
+            log.offset_for_timestamp(0),
+            TimeLookup::Resolved(Offset(0))
+        ));
+    }
+
+    /// A log of 30 batches of 4 at 1_000·(b+1) + i, closed and reopened
+    /// deferred; returns it with the timestamps.
+    fn deferred_timed_log(directory: &Path) -> (PartitionLog, Vec<i64>) {
+        let (mut log, _) = PartitionLog::open(directory, small_segments()).unwrap();
+        let mut timestamps = Vec::new();
+        for batch in 0..30i64 {
+            let batch_times: Vec<i64> = (0..4).map(|i| 1_000 * (batch + 1) + i).collect();
+            append_timed(&mut log, &batch_times);
+            timestamps.extend(batch_times);
+        }
+        drop(log);
+        let (log, _) = PartitionLog::open_deferred(directory, small_segments()).unwrap();
+        (log, timestamps)
+    }
+
+    #[test]
+    fn unloaded_blocks_are_skipped_only_when_their_verified_index_proves_them_earlier() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut log, timestamps) = deferred_timed_log(directory.path());
+        let bases: Vec<Offset> = log.unloaded.keys().copied().collect();
+        assert!(bases.len() >= 3, "several unloaded blocks: {bases:?}");
+        let active_base = log.active.base_offset;
+        // Every block is earlier than a time in the active segment: answered.
+        let in_active = timestamps[active_base.0 as usize + 1];
+        assert_eq!(lookup(&log, in_active), Ok(active_base.next()));
+        assert_eq!(lookup(&log, i64::MAX), Ok(Offset(120)));
+        // A time some unloaded block may reach: "not loaded", naming the
+        // first such block, not an answer from a later segment.
+        let in_second = timestamps[bases[1].0 as usize + 2];
+        assert_eq!(
+            lookup(&log, in_second),
+            Err(ReadError::NotLoaded {
+                requested: bases[1],
+                block_base_offset: bases[1]
+            })
+        );
+        assert_eq!(
+            lookup(&log, 0),
+            Err(ReadError::NotLoaded {
+                requested: bases[0],
+                block_base_offset: bases[0]
+            })
+        );
+        // A damaged index proves nothing, even where its header hint is fine.
+        let index_path = SegmentFile::index_path(directory.path(), bases[0]);
+        let original = std::fs::read(&index_path).unwrap();
+        let mut damaged = original.clone();
+        let entry_byte = INDEX_HEADER_BYTES + 3;
+        damaged[entry_byte] ^= 0x01;
+        std::fs::write(&index_path, &damaged).unwrap();
+        assert_eq!(
+            lookup(&log, in_active),
+            Err(ReadError::NotLoaded {
+                requested: bases[0],
+                block_base_offset: bases[0]
+            })
+        );
+        std::fs::write(&index_path, &original).unwrap();
+        assert_eq!(lookup(&log, in_active), Ok(active_base.next()));
+
+        // Registered newest first (as the startup load does): the answers
+        // come as each block arrives, and match the model once all are in.
+        for base in bases.iter().rev() {
+            let loaded = load_block(directory.path(), *base, 128, Verification::Full).unwrap();
+            assert!(log.register_block(loaded));
+            let inside = timestamps[base.0 as usize + 1];
+            assert_eq!(lookup(&log, inside), Ok(base.next()));
+        }
+        assert_lookups_match_the_model(&log, &timestamps);
+    }
+
+    #[test]
+    fn a_time_lookup_reaching_damage_reports_it_and_other_times_still_answer() {
+        let (directory, mut log) = small_log();
+        let mut timestamps = Vec::new();
+        for batch in 0..12i64 {
+            let batch_times: Vec<i64> = (0..3).map(|i| 1_000 * (batch + 1) + i).collect();
+            append_timed(&mut log, &batch_times);
+            timestamps.extend(batch_times);
+        }
+        drop(log);
+        let log_path = SegmentFile::log_path(directory.path(), Offset(0));
+        let positions = frame_positions(&log_path);
+        assert!(positions.len() >= 3);
+        flip_bit(&log_path, positions[1] + 50);
+        let (log, _) = PartitionLog::open(directory.path(), small_segments()).unwrap();
+        // The second batch (offsets 3..6) is damaged: a time it may hold
+        // cannot be answered past it.
+        let error = lookup(&log, 2_001).unwrap_err();
+        assert!(
+            matches!(&error, ReadError::Corrupt(message) if message.contains("00000000000000000000.log")),
+            "{error:?}"
+        );
+        // Before the damage, and in later blocks, answers are exact.
+        assert_eq!(lookup(&log, 1_001), Ok(Offset(1)));
+        let second_block = log.blocks.keys().nth(1).copied().unwrap();
+        let later = timestamps[second_block.0 as usize];
+        assert_eq!(lookup(&log, later), Ok(second_block));
     }
 }

@@ -40,6 +40,6 @@ pub use compaction::{
 pub use io::{IoError, IoJob, SealJob};
 pub use log::{
     AppendError, AppendOutcome, Corruption, LogOptions, OpenError, PartitionLog, ReadError,
-    ReadPlan, ReadRange, ReadResult, RecoveryReport,
+    ReadPlan, ReadRange, ReadResult, RecoveryReport, TimeLookup, TimeScanPlan,
 };
 pub use segment::SegmentFile;
