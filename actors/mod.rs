@@ -7,6 +7,9 @@
 
 pub(crate) mod compactor;
 pub(crate) mod deleter;
+pub(crate) mod group;
 pub(crate) mod loader;
+pub(crate) mod mailbox;
+pub(crate) mod pipeline;
 pub(crate) mod partition;
 pub(crate) mod writer;

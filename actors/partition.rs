@@ -35,7 +35,9 @@ use crate::storage::compaction::{CompactedBlocks, CompactionInput, SwapError};
 use crate::storage::log::{
     block_timestamp_hint, load_block, LoadedBlock, UnloadedBlock, Verification,
 };
-use crate::storage::{AppendError, IoJob, OpenError, PartitionLog, ReadError, ReadPlan};
+use crate::storage::{
+    AppendError, IoJob, OpenError, PartitionLog, ReadError, ReadPlan, TimeLookup,
+};
 use crate::types::{Offset, PartitionId, Record, Term};
 use actix::prelude::*;
 use crossbeam_channel::Sender;
@@ -47,7 +49,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
-/// Messages waiting in a partition's mailbox before senders wait.
+/// Requests (produce, fetch, describe, time lookups) in flight to one
+/// partition before callers wait (see `actors/mailbox.rs`: the bound is a
+/// semaphore, the actix mailbox itself is unbounded).
 pub(crate) const MAILBOX_CAPACITY: usize = 1024;
 /// Fetches parked (at the high watermark or on an unloaded block); more are answered at once.
 const WAITING_FETCHES_MAX: usize = 4096;
@@ -95,6 +99,25 @@ pub(crate) struct Fetch {
     pub(crate) max_bytes: usize,
     pub(crate) max_wait: Duration,
     pub(crate) reply: oneshot::Sender<Result<FetchReply, FetchError>>,
+}
+
+/// What a time lookup gets from the actor: the log's answer (maybe a scan
+/// for the caller to execute on its own thread), and the startup load's
+/// progress for a `Loading` error.
+#[derive(Debug)]
+pub(crate) struct OffsetForTimeReply {
+    pub(crate) lookup: TimeLookup,
+    pub(crate) loaded_percent: u8,
+}
+
+/// Plan a lookup of the earliest offset whose timestamp is at or after
+/// `timestamp_ms` ([`PartitionLog::offset_for_timestamp`]). Answered at once:
+/// the actor only consults its indexes; the caller runs the scan.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct OffsetForTime {
+    pub(crate) timestamp_ms: i64,
+    pub(crate) reply: oneshot::Sender<Result<OffsetForTimeReply, FetchError>>,
 }
 
 /// Offsets of a partition, for `topics` and health.
@@ -777,7 +800,9 @@ impl Actor for PartitionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, context: &mut Context<Self>) {
-        context.set_mailbox_capacity(MAILBOX_CAPACITY);
+        // Unbounded here; `Gated` bounds requests (actix's own bound can
+        // leave a sender waiting forever, see actors/mailbox.rs).
+        context.set_mailbox_capacity(0);
         self.start_writer(context);
         context.run_interval(MAINTENANCE_INTERVAL, |actor, context| {
             actor.guarded(context, "maintenance", |actor, context| {
@@ -1006,6 +1031,32 @@ impl PartitionActor {
             return;
         }
         let _ = message.reply.send(reply);
+    }
+}
+
+impl Handler<OffsetForTime> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, message: OffsetForTime, context: &mut Context<Self>) {
+        self.guarded(context, "offset for time", |actor, _| {
+            actor.offset_for_time(message)
+        });
+    }
+}
+
+impl PartitionActor {
+    fn offset_for_time(&mut self, message: OffsetForTime) {
+        let answer = if !self.accepting {
+            Err(FetchError::ShuttingDown)
+        } else if self.restarting.is_some() {
+            Err(FetchError::Unavailable)
+        } else {
+            Ok(OffsetForTimeReply {
+                lookup: self.log.offset_for_timestamp(message.timestamp_ms),
+                loaded_percent: self.load.progress.percent(),
+            })
+        };
+        let _ = message.reply.send(answer);
     }
 }
 

@@ -64,6 +64,17 @@ pub enum StartError {
         /// What is wrong.
         message: String,
     },
+    /// A pipeline could not be built: an unregistered custom operator or
+    /// sink, a factory that refused its params, a sink that cannot open.
+    #[error("pipeline {pipeline}, {stage}: {message}")]
+    Pipeline {
+        /// The pipeline's name.
+        pipeline: String,
+        /// `operator[INDEX]` or `sink`.
+        stage: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Why a produce was not acknowledged. Unless the variant says so, nothing
@@ -211,4 +222,13 @@ pub enum ShutdownError {
     /// The actor system thread panicked.
     #[error("runtime thread panicked")]
     ThreadPanicked,
+    /// A pipeline did not finish its in-flight batches in time; what it had
+    /// not committed is processed again after the restart (at least once).
+    #[error("pipeline {pipeline}: {reason}")]
+    Pipeline {
+        /// The pipeline.
+        pipeline: String,
+        /// What happened.
+        reason: String,
+    },
 }

@@ -33,6 +33,7 @@
 #[path = "../actors/mod.rs"]
 mod actors;
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 pub mod health;
 pub(crate) mod http;
@@ -42,6 +43,7 @@ pub mod partitioner;
 pub mod pipeline;
 pub mod runtime;
 pub mod storage;
+mod time_lookup;
 pub mod types;
 
 pub use error::{FetchError, ProduceError, ShutdownError, StartError};

@@ -124,6 +124,117 @@ impl PartitionGauges {
     }
 }
 
+/// Counters of one pipeline, written by its members and its sink stage.
+#[derive(Debug)]
+pub(crate) struct PipelineMetrics {
+    pub(crate) pipeline: String,
+    pub(crate) group: String,
+    pub(crate) topic: String,
+    pub(crate) records_in_total: AtomicU64,
+    pub(crate) records_out_total: AtomicU64,
+    pub(crate) dead_letters_total: AtomicU64,
+    pub(crate) late_total: AtomicU64,
+    pub(crate) retries_total: AtomicU64,
+    /// 1 once the pipeline stopped writing after an error retries could not fix.
+    pub(crate) failed: AtomicU64,
+    pub(crate) sink_write_seconds: Histogram,
+    /// One per source partition.
+    pub(crate) partitions: Vec<ConsumerGauges>,
+}
+
+impl PipelineMetrics {
+    pub(crate) fn new(pipeline: &str, group: &str, topic: &str, partitions: u32) -> Arc<Self> {
+        Arc::new(PipelineMetrics {
+            pipeline: pipeline.to_owned(),
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            records_in_total: AtomicU64::new(0),
+            records_out_total: AtomicU64::new(0),
+            dead_letters_total: AtomicU64::new(0),
+            late_total: AtomicU64::new(0),
+            retries_total: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            sink_write_seconds: Histogram::default(),
+            partitions: (0..partitions).map(|_| ConsumerGauges::default()).collect(),
+        })
+    }
+
+    fn snapshot(&self) -> PipelineSnapshot {
+        PipelineSnapshot {
+            pipeline: self.pipeline.clone(),
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            records_in_total: self.records_in_total.load(Relaxed),
+            records_out_total: self.records_out_total.load(Relaxed),
+            dead_letters_total: self.dead_letters_total.load(Relaxed),
+            late_total: self.late_total.load(Relaxed),
+            retries_total: self.retries_total.load(Relaxed),
+            failed: self.failed.load(Relaxed) != 0,
+            sink_write_seconds: self.sink_write_seconds.snapshot(),
+            partitions: self
+                .partitions
+                .iter()
+                .map(|gauges| {
+                    let high_watermark = gauges.high_watermark.load(Relaxed);
+                    let committed = gauges.committed.load(Relaxed);
+                    ConsumerLag {
+                        high_watermark,
+                        committed,
+                        lag: high_watermark.saturating_sub(committed),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A group's position on one source partition.
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerGauges {
+    /// The high watermark the last fetch saw.
+    pub(crate) high_watermark: AtomicU64,
+    /// The committed next offset.
+    pub(crate) committed: AtomicU64,
+}
+
+/// A pipeline's counters and its group's lag.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSnapshot {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Its source topic.
+    pub topic: String,
+    /// Source records read.
+    pub records_in_total: u64,
+    /// Events written to the sink.
+    pub records_out_total: u64,
+    /// Records sent to the dead-letter queue.
+    pub dead_letters_total: u64,
+    /// Records too late for their window (dead-lettered or side output).
+    pub late_total: u64,
+    /// Retries of operators, sink writes and produces.
+    pub retries_total: u64,
+    /// The pipeline stopped writing after an error retries could not fix.
+    pub failed: bool,
+    /// Sink write latency.
+    pub sink_write_seconds: HistogramSnapshot,
+    /// Per source partition, by partition number.
+    pub partitions: Vec<ConsumerLag>,
+}
+
+/// A consumer group's position on one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsumerLag {
+    /// The partition's high watermark, as last seen by the group.
+    pub high_watermark: u64,
+    /// The committed next offset.
+    pub committed: u64,
+    /// `high_watermark - committed`.
+    pub lag: u64,
+}
+
 /// Reads one per-partition gauge's value.
 type PartitionValue = fn(&PartitionMetrics) -> u64;
 
@@ -210,10 +321,16 @@ pub struct MetricsSnapshot {
     pub partition_handler_max_seconds: f64,
     /// Per partition, in topic then partition order.
     pub partitions: Vec<PartitionMetrics>,
+    /// Per pipeline, in config order.
+    pub pipelines: Vec<PipelineSnapshot>,
 }
 
 impl Metrics {
-    pub(crate) fn snapshot(&self, partitions: &[Arc<PartitionGauges>]) -> MetricsSnapshot {
+    pub(crate) fn snapshot(
+        &self,
+        partitions: &[Arc<PartitionGauges>],
+        pipelines: &[Arc<PipelineMetrics>],
+    ) -> MetricsSnapshot {
         MetricsSnapshot {
             records_produced_total: self.records_produced_total.load(Relaxed),
             bytes_produced_total: self.bytes_produced_total.load(Relaxed),
@@ -253,6 +370,7 @@ impl Metrics {
                     fail_stopped: gauges.fail_stopped.load(Relaxed) != 0,
                 })
                 .collect(),
+            pipelines: pipelines.iter().map(|pipeline| pipeline.snapshot()).collect(),
         }
     }
 }
@@ -446,6 +564,45 @@ impl MetricsSnapshot {
                 );
             }
         }
+        self.pipelines_to_prometheus(&mut out);
         out
+    }
+
+    fn pipelines_to_prometheus(&self, out: &mut String) {
+        type PipelineValue = fn(&PipelineSnapshot) -> u64;
+        let counters: [(&str, &str, PipelineValue); 5] = [
+            ("millrace_pipeline_records_in_total", "Source records read.", |p| p.records_in_total),
+            ("millrace_pipeline_records_out_total", "Events written to the sink.", |p| p.records_out_total),
+            ("millrace_pipeline_dead_letters_total", "Records sent to the dead-letter queue.", |p| p.dead_letters_total),
+            ("millrace_pipeline_late_total", "Records too late for their window.", |p| p.late_total),
+            ("millrace_pipeline_retries_total", "Retries of operators, sink writes and produces.", |p| p.retries_total),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for pipeline in &self.pipelines {
+                let _ = writeln!(out, "{name}{{pipeline=\"{}\"}} {}", pipeline.pipeline, value(pipeline));
+            }
+        }
+        let _ = writeln!(out, "# HELP millrace_pipeline_failed 1 when the pipeline stopped writing after an error.\n# TYPE millrace_pipeline_failed gauge");
+        for pipeline in &self.pipelines {
+            let _ = writeln!(out, "millrace_pipeline_failed{{pipeline=\"{}\"}} {}", pipeline.pipeline, u8::from(pipeline.failed));
+        }
+        type LagValue = fn(&ConsumerLag) -> u64;
+        let lags: [(&str, &str, LagValue); 2] = [
+            ("millrace_consumer_lag", "High watermark minus the committed offset.", |l| l.lag),
+            ("millrace_consumer_committed_offset", "The committed next offset.", |l| l.committed),
+        ];
+        for (name, help, value) in lags {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for pipeline in &self.pipelines {
+                for (partition, lag) in pipeline.partitions.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{group=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {}",
+                        pipeline.group, pipeline.topic, value(lag)
+                    );
+                }
+            }
+        }
     }
 }

@@ -39,7 +39,6 @@ pub struct CommitToken {
 
 impl CommitToken {
     /// Built where a sink write has completed; nowhere else.
-    #[allow(dead_code)] // the pipeline (stream-processing issue) is its caller
     pub(crate) fn after_sink_write(
         group: &str,
         topic: &str,
@@ -58,6 +57,28 @@ impl CommitToken {
     pub fn next_offset(&self) -> Offset {
         self.next_offset
     }
+
+    /// The group it commits for.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition.
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+}
+
+/// State changes committed in the same transaction as an offset: keys and
+/// new values (`None` removes) of one sled tree.
+pub(crate) struct StateChanges<'a> {
+    pub(crate) tree: &'a sled::Tree,
+    pub(crate) changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Why a commit or a lookup failed.
@@ -92,6 +113,8 @@ pub enum OffsetError {
 }
 
 /// The committed offsets of every group, in the runtime's metadata store.
+/// Clones share the store; only the group coordinator commits.
+#[derive(Clone)]
 pub struct OffsetStore {
     tree: sled::Tree,
 }
@@ -120,8 +143,22 @@ impl OffsetStore {
     /// Commits the token's offset durably (flushed before returning).
     /// Committing the offset already stored is a no-op; a lower one is
     /// refused with [`OffsetError::Backwards`].
-    #[allow(dead_code)] // the pipeline (stream-processing issue) is its caller
+    #[cfg(test)]
     pub(crate) fn commit(&self, token: &CommitToken) -> Result<Offset, OffsetError> {
+        self.commit_with_state(token, None)
+    }
+
+    /// Commits the token's offset and, in the same sled transaction, the
+    /// keyed state that is consistent with it: after a crash either both
+    /// are stored or neither. Flushed (fsync) before returning. A lower
+    /// offset than the stored one is refused and nothing is written.
+    pub(crate) fn commit_with_state(
+        &self,
+        token: &CommitToken,
+        state: Option<StateChanges<'_>>,
+    ) -> Result<Offset, OffsetError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
         let CommitToken {
             group,
             topic,
@@ -130,32 +167,45 @@ impl OffsetStore {
         } = token;
         let key = key(group, topic, *partition)?;
         let new_value = next_offset.0.to_le_bytes();
-        loop {
-            let current = self.tree.get(&key).map_err(storage)?;
-            if let Some(value) = &current {
-                let committed = decode(value, group, topic, *partition)?;
-                if *next_offset < committed {
-                    return Err(OffsetError::Backwards {
-                        group: group.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                        committed,
-                        requested: *next_offset,
-                    });
-                }
-                if *next_offset == committed {
-                    return Ok(committed);
-                }
+        let check = |current: Option<sled::IVec>| -> Result<bool, OffsetError> {
+            let Some(value) = current else {
+                return Ok(true);
+            };
+            let committed = decode(&value, group, topic, *partition)?;
+            if *next_offset < committed {
+                return Err(OffsetError::Backwards {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed,
+                    requested: *next_offset,
+                });
             }
-            // Compare-and-swap: a concurrent writer (there should be none:
-            // one coordinator owns the store) makes us re-read, never regress.
-            let swapped = self
-                .tree
-                .compare_and_swap(&key, current, Some(&new_value[..]))
-                .map_err(storage)?;
-            if swapped.is_ok() {
-                break;
-            }
+            Ok(*next_offset > committed)
+        };
+        let result = match &state {
+            None => self.tree.transaction(|offsets| {
+                if check(offsets.get(&key)?).map_err(ConflictableTransactionError::Abort)? {
+                    offsets.insert(key.as_slice(), &new_value[..])?;
+                }
+                Ok(())
+            }),
+            Some(state) => (&self.tree, state.tree).transaction(|(offsets, tree)| {
+                check(offsets.get(&key)?).map_err(ConflictableTransactionError::Abort)?;
+                offsets.insert(key.as_slice(), &new_value[..])?;
+                for (state_key, value) in &state.changes {
+                    match value {
+                        Some(value) => tree.insert(state_key.as_slice(), value.as_slice())?,
+                        None => tree.remove(state_key.as_slice())?,
+                    };
+                }
+                Ok(())
+            }),
+        };
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(error)) => return Err(error),
+            Err(TransactionError::Storage(error)) => return Err(storage(error)),
         }
         // Flushes the whole store (sled has one log): the commit is durable.
         self.tree.flush().map_err(storage)?;

@@ -30,10 +30,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run CONFIG until SIGINT or SIGTERM, then shut down gracefully.
+    /// Run CONFIG (its topics and pipelines) until SIGINT or SIGTERM, then
+    /// shut down gracefully.
     Run {
         /// The TOML config.
         config: PathBuf,
+        /// Stop once every pipeline has committed everything its source
+        /// held at the time (a batch job); exit 0.
+        #[arg(long = "until-caught-up")]
+        until_caught_up: bool,
+    },
+    /// A pipeline's dead-letter queue: list its entries, or replay them
+    /// into the pipeline's source topic (idempotent; see the README).
+    Dlq {
+        /// `list` or `replay`.
+        action: DlqAction,
+        /// The pipeline.
+        pipeline: String,
+        /// The TOML config.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// With `replay`: every entry again, not only those after the last replay.
+        #[arg(long = "all")]
+        all: bool,
     },
     /// Print each topic's partitions with log start, log end and high watermark.
     Topics {
@@ -54,6 +73,14 @@ enum Command {
     Produce(ProduceArgs),
     /// Print records, one per line.
     Consume(ConsumeArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DlqAction {
+    /// Print every entry as one JSON object per line.
+    List,
+    /// Re-inject entries into the pipeline's source topic.
+    Replay,
 }
 
 #[derive(Args)]
@@ -121,7 +148,16 @@ fn main() -> ExitCode {
         .with_ansi(colours)
         .init();
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run {
+            config,
+            until_caught_up,
+        } => run(config, until_caught_up),
+        Command::Dlq {
+            action,
+            pipeline,
+            config,
+            all,
+        } => dlq(action, &pipeline, &config, all),
         Command::Topics { config } => topics(config),
         Command::Compact { config, topic } => compact(config, topic),
         Command::Produce(arguments) => produce(arguments),
@@ -138,9 +174,56 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), String>;
 
+/// Starts the config's topics without running its pipelines (the tools
+/// read and write topics; `run` is what runs pipelines). Dead-letter topics
+/// are there, so `dlq` and `consume` can read them.
 fn start(config: &std::path::Path) -> Result<Runtime, String> {
     let config = Config::from_file(config).map_err(|error| error.to_string())?;
-    Runtime::start(config).map_err(|error| error.to_string())
+    Runtime::start_paused(config).map_err(|error| error.to_string())
+}
+
+fn dlq(action: DlqAction, pipeline: &str, config: &std::path::Path, all: bool) -> CliResult {
+    let runtime = start(config)?;
+    let result = match action {
+        DlqAction::List => {
+            let (letters, undecodable) = runtime
+                .dead_letters(pipeline)
+                .map_err(|error| error.to_string())?;
+            let mut out = std::io::stdout().lock();
+            for letter in &letters {
+                let mut json = letter.entry.to_json();
+                if let Some(object) = json.as_object_mut() {
+                    object.insert("dlq_partition".into(), letter.partition.0.into());
+                    object.insert("dlq_offset".into(), letter.offset.0.into());
+                }
+                if writeln!(out, "{json}").is_err() {
+                    break;
+                }
+            }
+            for (partition, offset, error) in &undecodable {
+                eprintln!("millrace: warning: dead letter at partition {partition} offset {offset} does not decode: {error}");
+            }
+            Ok(())
+        }
+        DlqAction::Replay => {
+            let from = if all {
+                millrace::dead_letter::ReplayFrom::Start
+            } else {
+                millrace::dead_letter::ReplayFrom::LastReplayed
+            };
+            runtime
+                .replay_dead_letters(pipeline, from)
+                .map(|summary| {
+                    println!("replayed {} dead letters of {pipeline}", summary.replayed);
+                    for (partition, offset, error) in &summary.undecodable {
+                        eprintln!("millrace: warning: dead letter at partition {partition} offset {offset} does not decode: {error}");
+                    }
+                })
+                .map_err(|error| error.to_string())
+        }
+    };
+    runtime.shutdown().map_err(|error| error.to_string())?;
+    result
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -150,7 +233,7 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|error| format!("cannot start the CLI's event loop: {error}"))
 }
 
-fn run(config: PathBuf) -> CliResult {
+fn run(config: PathBuf, until_caught_up: bool) -> CliResult {
     // The signal streams are registered before the runtime starts, so a
     // SIGTERM or SIGINT that arrives at any point after "serving" (or even
     // during the start) leads to a graceful shutdown, never to the default
@@ -164,18 +247,41 @@ fn run(config: PathBuf) -> CliResult {
             .map_err(|error| format!("cannot listen for SIGINT: {error}"))?;
         Ok::<_, String>((terminate, interrupt))
     })?;
-    let runtime = start(&config)?;
+    let config = Config::from_file(&config).map_err(|error| error.to_string())?;
+    let runtime = Runtime::start(config).map_err(|error| error.to_string())?;
     for topic in runtime.topics() {
         let partitions = runtime.partition_count(&topic).unwrap_or(0);
         tracing::info!(%topic, partitions, "serving");
     }
+    let pipelines: Vec<String> = runtime
+        .config()
+        .pipelines
+        .iter()
+        .map(|pipeline| pipeline.name.clone())
+        .collect();
     event_loop.block_on(async {
+        let caught_up = async {
+            if !until_caught_up {
+                return std::future::pending().await;
+            }
+            loop {
+                if pipelines
+                    .iter()
+                    .all(|pipeline| runtime.caught_up(pipeline).unwrap_or(true))
+                {
+                    tracing::info!("every pipeline has caught up");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
         tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = caught_up => {}
         }
     });
-    tracing::info!("signal received; shutting down");
+    tracing::info!("shutting down");
     runtime.shutdown().map_err(|error| error.to_string())
 }
 

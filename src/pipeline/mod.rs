@@ -28,6 +28,7 @@ pub mod config;
 pub mod dlq;
 pub mod json;
 pub mod operators;
+pub mod registry;
 pub mod sink;
 pub mod window;
 
@@ -37,6 +38,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use operators::{Emitter, Operator, OperatorError};
+pub use registry::Registry;
 pub use sink::{Sink, SinkBatch, SinkError};
 
 /// Header that carries a replayed record's original identity,
