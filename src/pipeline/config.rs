@@ -54,8 +54,8 @@ pub struct PipelineConfig {
     pub retry_backoff: Duration,
     /// `fetch_max_bytes`: the size of one source fetch.
     pub fetch_max_bytes: u64,
-    /// `in_flight_batches`: processed batches waiting for the sink, per
-    /// member (the backpressure bound).
+    /// `in_flight_batches`: processed batches waiting for the sink stage,
+    /// shared by the pipeline's members (the backpressure bound).
     pub in_flight_batches: u32,
 }
 
