@@ -1032,7 +1032,9 @@ impl Handler<Started> for PipelineMember {
             Ok(offset) => {
                 tracing::info!(pipeline = %self.spec.config.name, member = %self.id, %partition, %offset, "partition assigned");
                 task.position = Some(offset);
-                task.committed_through = Some(offset);
+                // Unknown whether this position is committed (it may come
+                // from auto_offset_reset): the first idle poll commits it.
+                task.committed_through = None;
                 self.after_step(partition, context);
             }
             Err(error) => {

@@ -13,9 +13,26 @@
 use millrace::config::Config;
 use millrace::pipeline::config::SinkConfig;
 use millrace::{Record, Runtime};
+use std::error::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Summary {
+    /// Clicks in `WORK_DIR/input.jsonl`.
+    pub clicks_in: usize,
+    /// The first this many of them were produced before the restart, the
+    /// rest after it.
+    pub produced_before_restart: usize,
+    /// Sessions written to `WORK_DIR/sessions.jsonl`.
+    pub sessions: u64,
+    /// Clicks counted in them.
+    pub clicks_counted: u64,
+    /// The first sessions written (up to five), as written.
+    pub first_sessions: Vec<String>,
+}
 
 const START_MS: i64 = 1_767_225_600_000;
 const USERS: u64 = 40;
@@ -34,7 +51,7 @@ impl Random {
 /// Every user clicks in bursts: a few clicks seconds apart, then a pause of
 /// 6 to 30 minutes (a new session). Time runs forward (per user it is in
 /// order); the last click, a day later, closes every session.
-fn generate() -> Vec<String> {
+pub fn generate() -> Vec<String> {
     let mut random = Random(0x7365_7373);
     let mut next_click: Vec<i64> = (0..USERS).map(|user| START_MS + user as i64 * 1_000).collect();
     let mut lines = Vec::new();
@@ -59,7 +76,9 @@ fn generate() -> Vec<String> {
     lines
 }
 
-fn config(work: &Path) -> Result<Config, Box<dyn std::error::Error>> {
+/// The example's TOML with its paths moved under `work`: data in
+/// `work/data`, sessions in `work/sessions.jsonl`.
+pub fn config(work: &Path) -> Result<Config, Box<dyn Error>> {
     let mut config = Config::from_toml_str(include_str!("sessionize.toml"), "examples/sessionize.toml")?;
     config.data_dir = work.join("data");
     for pipeline in &mut config.pipelines {
@@ -70,7 +89,9 @@ fn config(work: &Path) -> Result<Config, Box<dyn std::error::Error>> {
     Ok(config)
 }
 
-fn produce_and_wait(runtime: &Runtime, lines: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+/// Produces `lines` keyed by user (in order, in batches of 500) and waits
+/// until the pipeline has committed all of it.
+fn produce_and_wait(runtime: &Runtime, lines: &[String]) -> Result<(), Box<dyn Error>> {
     let producer = runtime.producer("clicks")?;
     for chunk in lines.chunks(500) {
         let batch = chunk
@@ -93,13 +114,12 @@ fn produce_and_wait(runtime: &Runtime, lines: &[String]) -> Result<(), Box<dyn s
     Ok(())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let work = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/example-data/sessionize"));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
+/// Runs the example in `work` (emptied first): writes `work/input.jsonl`,
+/// produces the first half, restarts the runtime, produces the rest, and
+/// summarizes `work/sessions.jsonl`.
+pub fn run(work: &Path) -> Result<Summary, Box<dyn Error>> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
     let lines = generate();
     let mut input = std::io::BufWriter::new(std::fs::File::create(work.join("input.jsonl"))?);
     for line in &lines {
@@ -108,25 +128,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     input.flush()?;
     let (first, second) = lines.split_at(lines.len() / 2);
 
-    let runtime = Runtime::start(config(&work)?)?;
+    let runtime = Runtime::start(config(work)?)?;
     produce_and_wait(&runtime, first)?;
     runtime.shutdown()?;
     // Open sessions come back from the state store.
-    let runtime = Runtime::start(config(&work)?)?;
+    let runtime = Runtime::start(config(work)?)?;
     produce_and_wait(&runtime, second)?;
     runtime.shutdown()?;
 
     let sessions = std::fs::read_to_string(work.join("sessions.jsonl"))?;
-    let mut count = 0;
-    let mut clicks = 0;
+    let mut summary = Summary {
+        clicks_in: lines.len(),
+        produced_before_restart: first.len(),
+        sessions: 0,
+        clicks_counted: 0,
+        first_sessions: Vec::new(),
+    };
     for line in sessions.lines() {
         let session: serde_json::Value = serde_json::from_str(line)?;
-        count += 1;
-        clicks += session["count"].as_u64().unwrap_or(0);
-        if count <= 5 {
-            println!("{line}");
+        summary.sessions += 1;
+        summary.clicks_counted += session["count"].as_u64().unwrap_or(0);
+        if summary.first_sessions.len() < 5 {
+            summary.first_sessions.push(line.to_owned());
         }
     }
-    println!("sessions closed: {count}, clicks in them: {clicks}");
+    Ok(summary)
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let work = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/example-data/sessionize"));
+    let summary = run(&work)?;
+    for line in &summary.first_sessions {
+        println!("{line}");
+    }
+    println!(
+        "sessions closed: {}, clicks in them: {}",
+        summary.sessions, summary.clicks_counted
+    );
     Ok(())
 }

@@ -13,12 +13,41 @@
 //!    then replays all of it again: the rows are the same after both.
 
 use millrace::config::Config;
-use millrace::dead_letter::ReplayFrom;
-use millrace::pipeline::config::SinkConfig;
+use millrace::dead_letter::{DeadLetter, ReplayFrom};
+use millrace::pipeline::config::{SinkConfig, SledSinkConfig};
+use millrace::pipeline::sink::{Row, SledTableSink};
 use millrace::pipeline::{Emitter, Event, Operator, OperatorError, Registry};
 use millrace::{Record, Runtime};
+use std::collections::BTreeMap;
+use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The sample spans, one JSON value per line (three of them malformed).
+pub const SPANS: &str = include_str!("data/spans.jsonl");
+
+/// The sled tables the example writes, in the order it prints them.
+pub const TABLES: [&str; 3] = ["traces", "spans", "logs"];
+
+/// Every row of every table: table name → rows in key order.
+pub type Tables = BTreeMap<String, Vec<Row>>;
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Summary {
+    /// The dead-letter queue after the first version of the pipeline.
+    pub dead_letters: Vec<DeadLetter>,
+    /// The tables after the first version of the pipeline.
+    pub before_fix: Tables,
+    /// Dead letters the first replay (with the fix) re-injected.
+    pub replayed: u64,
+    /// The tables after that replay.
+    pub after_replay: Tables,
+    /// Dead letters the second replay (`ReplayFrom::Start`) re-injected.
+    pub replayed_again: u64,
+    /// The tables after replaying everything again.
+    pub after_replay_again: Tables,
+}
 
 /// The first version: passes records through as they are.
 struct PassThrough;
@@ -58,17 +87,20 @@ fn registry(fixed: bool) -> Registry {
     registry
 }
 
-/// The example's TOML with its paths moved under `work`.
-fn config(work: &Path) -> Result<(Config, PathBuf), Box<dyn std::error::Error>> {
+/// The example's TOML with its paths moved under `work`; also returns the
+/// sled sink's config (its path is `work/rows.sled`).
+pub fn config(work: &Path) -> Result<(Config, SledSinkConfig), Box<dyn Error>> {
     let text = include_str!("trace_ingest.toml");
     let mut config = Config::from_toml_str(text, "examples/trace_ingest.toml")?;
     config.data_dir = work.join("data");
-    let rows = work.join("rows.sled");
+    let mut rows = None;
     for pipeline in &mut config.pipelines {
         if let SinkConfig::Sled(sled) = &mut pipeline.sink {
-            sled.path = rows.clone();
+            sled.path = work.join("rows.sled");
+            rows = Some(sled.clone());
         }
     }
+    let rows = rows.ok_or("examples/trace_ingest.toml has no sled sink")?;
     Ok((config, rows))
 }
 
@@ -83,64 +115,91 @@ fn wait_caught_up(runtime: &Runtime) -> Result<(), String> {
     Ok(())
 }
 
-fn count_rows(rows: &Path) -> Result<Vec<(String, usize)>, sled::Error> {
-    let database = sled::open(rows)?;
-    ["traces", "spans", "logs"]
+/// Every row of every table, read once the runtime has shut down (opening
+/// the database through the sink waits for the runtime's handle to let go).
+fn read_tables(rows: &SledSinkConfig) -> Result<Tables, Box<dyn Error>> {
+    let database = SledTableSink::open(rows)?;
+    TABLES
         .iter()
-        .map(|table| Ok((table.to_string(), database.open_tree(table)?.len())))
+        .map(|table| Ok((table.to_string(), database.table_rows(table)?)))
         .collect()
 }
 
-fn print_rows(label: &str, rows: &[(String, usize)]) {
-    let counts: Vec<String> = rows.iter().map(|(table, count)| format!("{table}={count}")).collect();
-    println!("{label}: {}", counts.join(" "));
+/// `traces=N spans=N logs=N`.
+pub fn row_counts(tables: &Tables) -> String {
+    TABLES
+        .iter()
+        .map(|table| format!("{table}={}", tables.get(*table).map_or(0, Vec::len)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let work = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/example-data/trace_ingest"));
+/// Runs the whole story in `work` (emptied first): the first version of
+/// the pipeline over the sample spans, then the fix with a replay of the
+/// dead-letter queue, then a replay of all of it again.
+pub fn run(work: &Path) -> Result<Summary, Box<dyn Error>> {
     // A fresh run each time.
-    let _ = std::fs::remove_dir_all(&work);
-    let (config, rows) = config(&work)?;
+    let _ = std::fs::remove_dir_all(work);
+    let (config, rows) = config(work)?;
 
     // 1. The first version of the pipeline.
     let runtime = Runtime::start_with(config.clone(), registry(false))?;
     let producer = runtime.producer("spans")?;
-    let spans: Vec<Record> = include_str!("data/spans.jsonl")
+    let spans: Vec<Record> = SPANS
         .lines()
         .map(|line| Record::new(line.to_owned()))
         .collect();
     producer.send_batch_blocking(spans)?;
     wait_caught_up(&runtime)?;
-    let (letters, _) = runtime.dead_letters("trace_ingest")?;
-    for letter in &letters {
+    let (dead_letters, _) = runtime.dead_letters("trace_ingest")?;
+    runtime.shutdown()?;
+    let before_fix = read_tables(&rows)?;
+
+    // 2. The fix, and a replay; then everything replayed again.
+    let runtime = Runtime::start_with(config.clone(), registry(true))?;
+    let replayed = runtime
+        .replay_dead_letters("trace_ingest", ReplayFrom::LastReplayed)?
+        .replayed;
+    wait_caught_up(&runtime)?;
+    runtime.shutdown()?;
+    let after_replay = read_tables(&rows)?;
+
+    let runtime = Runtime::start_with(config, registry(true))?;
+    let replayed_again = runtime
+        .replay_dead_letters("trace_ingest", ReplayFrom::Start)?
+        .replayed;
+    wait_caught_up(&runtime)?;
+    runtime.shutdown()?;
+    let after_replay_again = read_tables(&rows)?;
+
+    Ok(Summary {
+        dead_letters,
+        before_fix,
+        replayed,
+        after_replay,
+        replayed_again,
+        after_replay_again,
+    })
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let work = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/example-data/trace_ingest"));
+    let summary = run(&work)?;
+    for letter in &summary.dead_letters {
         println!(
             "dead letter: {} at {}: {}",
             letter.entry.origin, letter.entry.stage, letter.entry.error
         );
     }
-    runtime.shutdown()?;
-    print_rows("before the fix", &count_rows(&rows)?);
-
-    // 2. The fix, and a replay; then everything replayed again.
-    let runtime = Runtime::start_with(config.clone(), registry(true))?;
-    let summary = runtime.replay_dead_letters("trace_ingest", ReplayFrom::LastReplayed)?;
+    println!("before the fix: {}", row_counts(&summary.before_fix));
     println!("replayed {} dead letters", summary.replayed);
-    wait_caught_up(&runtime)?;
-    runtime.shutdown()?;
-    let once = count_rows(&rows)?;
-    print_rows("after the replay", &once);
-
-    let runtime = Runtime::start_with(config, registry(true))?;
-    let summary = runtime.replay_dead_letters("trace_ingest", ReplayFrom::Start)?;
-    println!("replayed {} dead letters again", summary.replayed);
-    wait_caught_up(&runtime)?;
-    runtime.shutdown()?;
-    let twice = count_rows(&rows)?;
-    print_rows("after replaying again", &twice);
-    if once != twice {
+    println!("after the replay: {}", row_counts(&summary.after_replay));
+    println!("replayed {} dead letters again", summary.replayed_again);
+    println!("after replaying again: {}", row_counts(&summary.after_replay_again));
+    if summary.after_replay != summary.after_replay_again {
         return Err("replaying again changed the rows".into());
     }
     Ok(())

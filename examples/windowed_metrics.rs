@@ -12,9 +12,26 @@
 use millrace::config::Config;
 use millrace::pipeline::config::SinkConfig;
 use millrace::{PartitionId, Record, Runtime};
+use std::error::Error;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Records generated when no count is given.
+pub const DEFAULT_RECORDS: u64 = 20_000;
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Summary {
+    /// Windows written to `WORK_DIR/windows.jsonl`.
+    pub windows: u64,
+    /// Records counted in them.
+    pub counted: u64,
+    /// Records in the side-output topic `metrics.late`.
+    pub late: u64,
+    /// The first windows written (up to five), as written.
+    pub first_windows: Vec<String>,
+}
 
 const START_MS: i64 = 1_767_225_600_000;
 const HOSTS: u64 = 5;
@@ -34,7 +51,7 @@ impl Random {
 /// `records` metric points, 10 per simulated second; 5% up to 8 s out of
 /// order (counted), 0.5% two minutes late (late); then one point far ahead
 /// that closes every window.
-fn generate(records: u64) -> Vec<String> {
+pub fn generate(records: u64) -> Vec<String> {
     let mut random = Random(0x6d65_7472_6963);
     let mut lines = Vec::with_capacity(records as usize + 1);
     for index in 0..records {
@@ -54,24 +71,28 @@ fn generate(records: u64) -> Vec<String> {
     lines
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut arguments = std::env::args().skip(1);
-    let work = arguments
-        .next()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/example-data/windowed_metrics"));
-    let records: u64 = arguments.next().map_or(Ok(20_000), |text| text.parse())?;
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
+/// The example's TOML with its paths moved under `work`: data in
+/// `work/data`, windows in `work/windows.jsonl`.
+pub fn config(work: &Path) -> Result<Config, Box<dyn Error>> {
     let text = include_str!("windowed_metrics.toml");
     let mut config = Config::from_toml_str(text, "examples/windowed_metrics.toml")?;
     config.data_dir = work.join("data");
-    let output = work.join("windows.jsonl");
     for pipeline in &mut config.pipelines {
         if let SinkConfig::JsonLines { path } = &mut pipeline.sink {
-            path.clone_from(&output);
+            *path = work.join("windows.jsonl");
         }
     }
+    Ok(config)
+}
+
+/// Runs the example in `work` (emptied first) over `records` generated
+/// points (plus the one far ahead): writes `work/input.jsonl`, produces it
+/// in order to the one partition of `metrics`, waits until the pipeline has
+/// caught up, and summarizes `work/windows.jsonl` and `metrics.late`.
+pub fn run(work: &Path, records: u64) -> Result<Summary, Box<dyn Error>> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
+    let config = config(work)?;
 
     let lines = generate(records);
     let mut input = std::io::BufWriter::new(std::fs::File::create(work.join("input.jsonl"))?);
@@ -93,21 +114,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let late = runtime.offsets_blocking("metrics.late", PartitionId(0))?.high_watermark;
+    let late = runtime.offsets_blocking("metrics.late", PartitionId(0))?.high_watermark.0;
     runtime.shutdown()?;
 
-    let windows = std::fs::read_to_string(&output)?;
-    let mut count = 0;
-    let mut counted = 0;
+    let windows = std::fs::read_to_string(work.join("windows.jsonl"))?;
+    let mut summary = Summary {
+        windows: 0,
+        counted: 0,
+        late,
+        first_windows: Vec::new(),
+    };
     for line in windows.lines() {
         let window: serde_json::Value = serde_json::from_str(line)?;
-        count += 1;
-        counted += window["count"].as_u64().unwrap_or(0);
-        if count <= 5 {
-            println!("{line}");
+        summary.windows += 1;
+        summary.counted += window["count"].as_u64().unwrap_or(0);
+        if summary.first_windows.len() < 5 {
+            summary.first_windows.push(line.to_owned());
         }
     }
-    println!("windows closed: {count}, records counted: {counted}, late records: {late}");
+    Ok(summary)
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let mut arguments = std::env::args().skip(1);
+    let work = arguments
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/example-data/windowed_metrics"));
+    let records: u64 = arguments.next().map_or(Ok(DEFAULT_RECORDS), |text| text.parse())?;
+    let summary = run(&work, records)?;
+    for line in &summary.first_windows {
+        println!("{line}");
+    }
+    println!(
+        "windows closed: {}, records counted: {}, late records: {}",
+        summary.windows, summary.counted, summary.late
+    );
     println!("(the last point, far ahead, opened a window that stays open)");
     Ok(())
 }

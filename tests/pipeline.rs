@@ -379,11 +379,21 @@ topic = "counts"
 
 #[test]
 fn stopping_mid_stream_is_not_an_error_and_resumes_from_the_commit() {
+    common::capture::install();
     let directory = tempfile::tempdir().unwrap();
     let runtime = start(directory.path(), FILTER_MAP, Registry::new());
     produce_json(&runtime, "in", 0..5_000, 0);
-    // Stop whatever the pipeline is doing; the stop is graceful (Ok).
+    // Stop whatever the pipeline is doing: the stop is graceful (Ok), and
+    // is not logged as a failure (LESSONS.md section 1).
     runtime.shutdown().unwrap();
+    let errors = common::capture::events_where(|event| {
+        event.level == tracing::Level::ERROR && event.field("pipeline") == Some("errors")
+    });
+    assert!(errors.is_empty(), "no ERROR event for the pipeline: {errors:#?}");
+    let refused = common::capture::events_where(|event| {
+        event.field("pipeline") == Some("errors") && event.message.contains("commit refused")
+    });
+    assert!(refused.is_empty(), "final commits happen before the member leaves: {refused:#?}");
     let runtime = start(directory.path(), FILTER_MAP, Registry::new());
     wait_caught_up(&runtime, "errors");
     let out: BTreeSet<u64> = read_topic(&runtime, "out")
@@ -391,6 +401,28 @@ fn stopping_mid_stream_is_not_an_error_and_resumes_from_the_commit() {
         .map(|(_, record)| json_value(record)["id"].as_u64().unwrap())
         .collect();
     assert_eq!(out, (0..5_000).filter(|id| id % 2 == 0).collect());
+    runtime.shutdown().unwrap();
+}
+
+#[test]
+fn a_group_without_a_commit_starts_at_the_end_with_auto_offset_reset_latest() {
+    let directory = tempfile::tempdir().unwrap();
+    let toml = FILTER_MAP.replace("topic = \"in\"\n[[pipeline.operator]]", "topic = \"in\"\nauto_offset_reset = \"latest\"\n[[pipeline.operator]]");
+    assert!(toml.contains("latest"));
+    // Records from before the pipeline's first start...
+    let runtime = Runtime::start_paused(Config::from_toml_str(&format!("data_dir = {:?}\n{toml}", directory.path().display().to_string()), "<test>").unwrap()).unwrap();
+    produce_json(&runtime, "in", 0..1_000, 0);
+    runtime.shutdown().unwrap();
+    // ...are skipped; records after it are processed.
+    let runtime = start(directory.path(), &toml, Registry::new());
+    wait_caught_up(&runtime, "errors");
+    produce_json(&runtime, "in", 1_000..2_000, 0);
+    wait_caught_up(&runtime, "errors");
+    let out: BTreeSet<u64> = read_topic(&runtime, "out")
+        .iter()
+        .map(|(_, record)| json_value(record)["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(out, (1_000..2_000).filter(|id| id % 2 == 0).collect());
     runtime.shutdown().unwrap();
 }
 
