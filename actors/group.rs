@@ -149,7 +149,10 @@ enum Ownership {
     Owned(String),
     /// `from` is finishing it; `to` gets it when `from` answers `Revoked`
     /// (`None`: nobody yet, decided again then).
-    Revoking { from: String, to: Option<String> },
+    Revoking {
+        from: String,
+        to: Option<String>,
+    },
 }
 
 struct Group {
@@ -177,8 +180,10 @@ impl Group {
         }
         // Current holdings (a partition being revoked counts for its
         // destination if it has one, otherwise for nobody).
-        let mut held: BTreeMap<&str, Vec<usize>> =
-            members.iter().map(|member| (member.as_str(), Vec::new())).collect();
+        let mut held: BTreeMap<&str, Vec<usize>> = members
+            .iter()
+            .map(|member| (member.as_str(), Vec::new()))
+            .collect();
         for (index, ownership) in self.partitions.iter().enumerate() {
             let holder = match ownership {
                 Ownership::Owned(member) => Some(member),
@@ -312,9 +317,7 @@ impl GroupCoordinator {
         for ownership in &mut state.partitions {
             match ownership {
                 Ownership::Owned(owner) if owner == member => *ownership = Ownership::Free,
-                Ownership::Revoking { from, .. } if from == member => {
-                    *ownership = Ownership::Free
-                }
+                Ownership::Revoking { from, .. } if from == member => *ownership = Ownership::Free,
                 Ownership::Revoking { to, .. } if to.as_deref() == Some(member) => *to = None,
                 _ => {}
             }
@@ -357,12 +360,15 @@ impl Handler<Join> for GroupCoordinator {
     type Result = Result<(), GroupError>;
 
     fn handle(&mut self, join: Join, _: &mut Self::Context) -> Self::Result {
-        let state = self.groups.entry(join.group.clone()).or_insert_with(|| Group {
-            topic: join.topic.clone(),
-            members: BTreeMap::new(),
-            partitions: vec![Ownership::Free; join.partitions as usize],
-            rebalances: 0,
-        });
+        let state = self
+            .groups
+            .entry(join.group.clone())
+            .or_insert_with(|| Group {
+                topic: join.topic.clone(),
+                members: BTreeMap::new(),
+                partitions: vec![Ownership::Free; join.partitions as usize],
+                rebalances: 0,
+            });
         if state.topic != join.topic {
             return Err(GroupError::WrongTopic {
                 group: join.group,
@@ -438,13 +444,13 @@ impl Handler<Commit> for GroupCoordinator {
     fn handle(&mut self, commit: Commit, _: &mut Self::Context) -> Self::Result {
         let token = &commit.token;
         tracing::debug!(group = token.group(), partition = %token.partition(), offset = %token.next_offset(), "coordinator: commit");
-        let state = self
-            .groups
-            .get_mut(token.group())
-            .ok_or_else(|| GroupError::UnknownMember {
-                group: token.group().to_owned(),
-                member: commit.member.clone(),
-            })?;
+        let state =
+            self.groups
+                .get_mut(token.group())
+                .ok_or_else(|| GroupError::UnknownMember {
+                    group: token.group().to_owned(),
+                    member: commit.member.clone(),
+                })?;
         if state.owner_for_commit(token.partition()) != Some(commit.member.as_str()) {
             return Err(GroupError::NotOwner {
                 group: token.group().to_owned(),
@@ -456,13 +462,10 @@ impl Handler<Commit> for GroupCoordinator {
         if let Some(member) = state.members.get_mut(&commit.member) {
             member.last_seen = Instant::now();
         }
-        let changes = commit
-            .state
-            .as_ref()
-            .map(|(tree, changes)| StateChanges {
-                tree,
-                changes: changes.clone(),
-            });
+        let changes = commit.state.as_ref().map(|(tree, changes)| StateChanges {
+            tree,
+            changes: changes.clone(),
+        });
         Ok(self.store.commit_with_state(token, changes)?)
     }
 }
@@ -587,13 +590,19 @@ mod tests {
     fn a_join_moves_only_what_the_newcomer_needs_and_revokes_before_assigning() {
         let mut state = group(6, &["a", "b"]);
         state.rebalance();
-        let before = state.owners().iter().map(|o| o.map(str::to_owned)).collect::<Vec<_>>();
+        let before = state
+            .owners()
+            .iter()
+            .map(|o| o.map(str::to_owned))
+            .collect::<Vec<_>>();
         state.members.insert("c".into(), test_member());
         let changes = state.rebalance();
         // Two partitions move, one from each old member; c gets nothing yet.
         let revoked: usize = changes.values().map(|change| change.revoked.len()).sum();
         assert_eq!(revoked, 2);
-        assert!(changes.get("c").is_none_or(|change| change.assigned.is_empty()));
+        assert!(changes
+            .get("c")
+            .is_none_or(|change| change.assigned.is_empty()));
         // The partitions that did not move kept their owner, and were never paused.
         let kept = state
             .owners()

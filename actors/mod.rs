@@ -10,6 +10,6 @@ pub(crate) mod deleter;
 pub(crate) mod group;
 pub(crate) mod loader;
 pub(crate) mod mailbox;
-pub(crate) mod pipeline;
 pub(crate) mod partition;
+pub(crate) mod pipeline;
 pub(crate) mod writer;

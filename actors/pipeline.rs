@@ -22,9 +22,7 @@
 //! has completed. The commit carries the keyed state checkpointed with that
 //! batch, so state and offset are stored in one transaction.
 
-use super::group::{
-    AssignmentChange, Commit, GroupCoordinator, GroupError, Join, Leave, Revoked,
-};
+use super::group::{AssignmentChange, Commit, GroupCoordinator, GroupError, Join, Leave, Revoked};
 use super::mailbox::Gated;
 use super::partition::{Describe, PartitionActor};
 use crate::error::FetchError;
@@ -105,6 +103,9 @@ pub(crate) struct WriteBatch {
     first_offset: Offset,
     next_offset: Offset,
     events: Vec<Event>,
+    /// The source records as read (shared bytes), for dead letters of
+    /// records the sink refuses: an entry keeps the original record.
+    originals: Vec<FetchedRecord>,
     dead_letters: Vec<DlqEntry>,
     side_outputs: Vec<(String, Event)>,
     /// Commit `next_offset` after the write, with these state changes.
@@ -202,22 +203,34 @@ impl SinkStage {
         }
     }
 
-    /// Writes with bounded retries; returns the last error and attempts.
-    fn write_with_retries(&mut self, batch: &SinkBatch<'_>) -> Result<(), (SinkError, u32)> {
+    /// Writes with bounded retries; returns the last error and the failure.
+    fn write_with_retries(&mut self, batch: &SinkBatch<'_>) -> Result<(), (SinkError, Failure)> {
         let mut attempt = 0;
+        let mut first_failed_ms = None;
         loop {
             let started = Instant::now();
             let result = self.write_once(batch);
-            self.spec.metrics.sink_write_seconds.observe(started.elapsed());
+            self.spec
+                .metrics
+                .sink_write_seconds
+                .observe(started.elapsed());
             match result {
                 Ok(()) => return Ok(()),
                 Err(error) if error.retryable && attempt < self.spec.config.retries => {
+                    first_failed_ms.get_or_insert_with(now_ms);
                     self.spec.metrics.retries_total.fetch_add(1, Relaxed);
                     tracing::warn!(pipeline = %self.spec.config.name, partition = %batch.partition, %error, attempt, "sink write failed; retrying");
                     std::thread::sleep(self.spec.backoff(attempt));
                     attempt += 1;
                 }
-                Err(error) => return Err((error, attempt + 1)),
+                Err(error) => {
+                    let failure = Failure {
+                        error: error.message.clone(),
+                        attempts: attempt + 1,
+                        first_failed_ms: first_failed_ms.unwrap_or_else(now_ms),
+                    };
+                    return Err((error, failure));
+                }
             }
         }
     }
@@ -259,18 +272,17 @@ impl SinkStage {
                 next_offset: position.next(),
                 events,
             };
-            if let Err((error, attempts)) = self.write_with_retries(&single) {
+            if let Err((error, failure)) = self.write_with_retries(&single) {
                 if error.retryable {
                     // Not the record's fault (I/O, a service down): stop here.
                     return Err(format!("sink write failed: {error}"));
                 }
-                let event = &events[0];
-                dead_letters.push(entry_from_event(
-                    event,
+                dead_letters.push(dead_letter(
                     &spec.config.name,
+                    &batch.originals,
+                    &events[0],
                     "sink",
-                    &error.message,
-                    attempts,
+                    &failure,
                 ));
             }
             start = end;
@@ -348,7 +360,9 @@ impl SinkStage {
             tracing::debug!(pipeline = %spec.config.name, partition = %batch.partition, ?answer, "sink stage: committed");
             match answer {
                 Ok(Ok(offset)) => {
-                    if let Some(gauges) = self.spec.metrics.partitions.get(batch.partition.0 as usize) {
+                    if let Some(gauges) =
+                        self.spec.metrics.partitions.get(batch.partition.0 as usize)
+                    {
                         gauges.committed.store(offset.0, Relaxed);
                     }
                 }
@@ -518,7 +532,10 @@ impl PipelineMember {
 
     /// State changes of every operator since its last checkpoint, with keys
     /// prefixed by partition and operator index.
-    fn checkpoint(task: &mut PartitionTask, partition: PartitionId) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    fn checkpoint(
+        task: &mut PartitionTask,
+        partition: PartitionId,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut changes = Vec::new();
         let mut deltas = Vec::new();
         for (index, operator) in task.operators.iter_mut().enumerate() {
@@ -584,7 +601,12 @@ impl PipelineMember {
             return;
         }
         task.busy = true;
-        let Some(address) = self.spec.source_partitions.get(partition.0 as usize).cloned() else {
+        let Some(address) = self
+            .spec
+            .source_partitions
+            .get(partition.0 as usize)
+            .cloned()
+        else {
             return;
         };
         let options = FetchOptions {
@@ -611,7 +633,9 @@ impl PipelineMember {
         match result {
             Ok(fetched) => {
                 if let Some(gauges) = self.spec.metrics.partitions.get(partition.0 as usize) {
-                    gauges.high_watermark.store(fetched.high_watermark.0, Relaxed);
+                    gauges
+                        .high_watermark
+                        .store(fetched.high_watermark.0, Relaxed);
                 }
                 if fetched.records.is_empty() {
                     self.maybe_commit_idle(partition, context);
@@ -703,6 +727,7 @@ impl PipelineMember {
             first_offset: position,
             next_offset: position,
             events: Vec::new(),
+            originals: Vec::new(),
             dead_letters: Vec::new(),
             side_outputs: Vec::new(),
             commit,
@@ -801,9 +826,17 @@ impl PipelineMember {
             emitter.out = Vec::with_capacity(events.len());
             for event in &events {
                 let kept = emitter.out.len();
-                if let Err((error, attempts)) = process_with_retries(&spec, operator.as_mut(), event, &mut emitter) {
+                if let Err(failure) =
+                    process_with_retries(&spec, operator.as_mut(), event, &mut emitter)
+                {
                     emitter.out.truncate(kept);
-                    dead_letters.push(dead_letter(&spec, &records, event, &stage, &error.message, attempts));
+                    dead_letters.push(dead_letter(
+                        &spec.config.name,
+                        &records,
+                        event,
+                        &stage,
+                        &failure,
+                    ));
                 }
             }
             if let Err(error) = catch(|| operator.on_batch_end(&mut emitter)) {
@@ -812,8 +845,23 @@ impl PipelineMember {
             for (event, reason) in emitter.take_late() {
                 spec.metrics.late_total.fetch_add(1, Relaxed);
                 match late_policy(&spec.config.operators[index]) {
-                    Some(LatePolicy::SideOutput(topic)) => side_outputs.push((topic.clone(), event)),
-                    _ => dead_letters.push(dead_letter(&spec, &records, &event, &stage, &reason, 1)),
+                    Some(LatePolicy::SideOutput(topic)) => {
+                        side_outputs.push((topic.clone(), event))
+                    }
+                    _ => {
+                        let failure = Failure {
+                            error: reason,
+                            attempts: 1,
+                            first_failed_ms: now_ms(),
+                        };
+                        dead_letters.push(dead_letter(
+                            &spec.config.name,
+                            &records,
+                            &event,
+                            &stage,
+                            &failure,
+                        ));
+                    }
                 }
             }
             events = emitter.take();
@@ -836,6 +884,7 @@ impl PipelineMember {
             first_offset,
             next_offset,
             events,
+            originals: records,
             dead_letters,
             side_outputs,
             commit,
@@ -868,25 +917,46 @@ fn catch<T>(body: impl FnOnce() -> Result<T, OperatorError>) -> Result<T, Operat
     })
 }
 
+/// Why a record is being dead-lettered.
+struct Failure {
+    error: String,
+    attempts: u32,
+    first_failed_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
 /// Calls the operator, retrying retryable errors with backoff.
 fn process_with_retries(
     spec: &PipelineSpec,
     operator: &mut dyn Operator,
     event: &Event,
     emitter: &mut Emitter,
-) -> Result<(), (OperatorError, u32)> {
+) -> Result<(), Failure> {
     let mut attempt = 0;
+    let mut first_failed_ms = None;
     loop {
         let kept = emitter.out.len();
         match catch(|| operator.process(event, emitter)) {
             Ok(()) => return Ok(()),
-            Err(error) if error.retryable && attempt < spec.config.retries => {
+            Err(error) => {
+                let first = *first_failed_ms.get_or_insert_with(now_ms);
+                if !(error.retryable && attempt < spec.config.retries) {
+                    return Err(Failure {
+                        error: error.message,
+                        attempts: attempt + 1,
+                        first_failed_ms: first,
+                    });
+                }
                 emitter.out.truncate(kept);
                 spec.metrics.retries_total.fetch_add(1, Relaxed);
                 std::thread::sleep(spec.backoff(attempt));
                 attempt += 1;
             }
-            Err(error) => return Err((error, attempt + 1)),
         }
     }
 }
@@ -894,18 +964,17 @@ fn process_with_retries(
 /// A dead letter keeps the source record as it was read, whatever the
 /// operators had made of it.
 fn dead_letter(
-    spec: &PipelineSpec,
+    pipeline: &str,
     records: &[FetchedRecord],
     event: &Event,
     stage: &str,
-    error: &str,
-    attempts: u32,
+    failure: &Failure,
 ) -> DlqEntry {
     let original = records
         .binary_search_by_key(&event.position, |record| record.offset)
         .ok()
         .map(|index| &records[index]);
-    let mut entry = entry_from_event(event, &spec.config.name, stage, error, attempts);
+    let mut entry = entry_from_event(event, pipeline, stage, failure);
     if let Some(record) = original {
         entry.key = record.key.clone();
         entry.value = record.value.clone();
@@ -916,24 +985,15 @@ fn dead_letter(
 }
 
 /// A dead letter holding `event` itself (when the source record is not at hand).
-fn entry_from_event(
-    event: &Event,
-    pipeline: &str,
-    stage: &str,
-    error: &str,
-    attempts: u32,
-) -> DlqEntry {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64);
+fn entry_from_event(event: &Event, pipeline: &str, stage: &str, failure: &Failure) -> DlqEntry {
     DlqEntry {
         origin: event.origin.clone(),
         pipeline: pipeline.to_owned(),
         stage: stage.to_owned(),
-        error: error.to_owned(),
-        attempts,
-        first_failed_ms: now,
-        failed_ms: now,
+        error: failure.error.clone(),
+        attempts: failure.attempts,
+        first_failed_ms: failure.first_failed_ms,
+        failed_ms: now_ms(),
         key: event.key.clone(),
         value: event.value.clone(),
         headers: event.headers.clone(),

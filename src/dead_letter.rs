@@ -122,12 +122,12 @@ impl Runtime {
         let config = self.pipeline_config(pipeline)?.clone();
         let topic = dlq_topic(pipeline);
         let group = format!("{topic}-replay");
-        let producer = self
-            .producer(&config.source.topic)
-            .map_err(|source| DeadLetterError::Produce {
-                topic: config.source.topic.clone(),
-                source,
-            })?;
+        let producer =
+            self.producer(&config.source.topic)
+                .map_err(|source| DeadLetterError::Produce {
+                    topic: config.source.topic.clone(),
+                    source,
+                })?;
         let source_partitions = self.partition_count(&config.source.topic).unwrap_or(1);
         let mut summary = ReplaySummary::default();
         for partition in 0..self.partition_count(&topic).unwrap_or(0) {
@@ -138,7 +138,7 @@ impl Runtime {
             };
             let mut pending: Vec<(PartitionId, Record)> = Vec::new();
             let flush = |pending: &mut Vec<(PartitionId, Record)>,
-                             next: Offset|
+                         next: Offset|
              -> Result<(), DeadLetterError> {
                 for (target, record) in pending.drain(..) {
                     producer

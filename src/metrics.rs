@@ -370,7 +370,10 @@ impl Metrics {
                     fail_stopped: gauges.fail_stopped.load(Relaxed) != 0,
                 })
                 .collect(),
-            pipelines: pipelines.iter().map(|pipeline| pipeline.snapshot()).collect(),
+            pipelines: pipelines
+                .iter()
+                .map(|pipeline| pipeline.snapshot())
+                .collect(),
         }
     }
 }
@@ -571,26 +574,64 @@ impl MetricsSnapshot {
     fn pipelines_to_prometheus(&self, out: &mut String) {
         type PipelineValue = fn(&PipelineSnapshot) -> u64;
         let counters: [(&str, &str, PipelineValue); 5] = [
-            ("millrace_pipeline_records_in_total", "Source records read.", |p| p.records_in_total),
-            ("millrace_pipeline_records_out_total", "Events written to the sink.", |p| p.records_out_total),
-            ("millrace_pipeline_dead_letters_total", "Records sent to the dead-letter queue.", |p| p.dead_letters_total),
-            ("millrace_pipeline_late_total", "Records too late for their window.", |p| p.late_total),
-            ("millrace_pipeline_retries_total", "Retries of operators, sink writes and produces.", |p| p.retries_total),
+            (
+                "millrace_pipeline_records_in_total",
+                "Source records read.",
+                |p| p.records_in_total,
+            ),
+            (
+                "millrace_pipeline_records_out_total",
+                "Events written to the sink.",
+                |p| p.records_out_total,
+            ),
+            (
+                "millrace_pipeline_dead_letters_total",
+                "Records sent to the dead-letter queue.",
+                |p| p.dead_letters_total,
+            ),
+            (
+                "millrace_pipeline_late_total",
+                "Records too late for their window.",
+                |p| p.late_total,
+            ),
+            (
+                "millrace_pipeline_retries_total",
+                "Retries of operators, sink writes and produces.",
+                |p| p.retries_total,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for pipeline in &self.pipelines {
-                let _ = writeln!(out, "{name}{{pipeline=\"{}\"}} {}", pipeline.pipeline, value(pipeline));
+                let _ = writeln!(
+                    out,
+                    "{name}{{pipeline=\"{}\"}} {}",
+                    pipeline.pipeline,
+                    value(pipeline)
+                );
             }
         }
         let _ = writeln!(out, "# HELP millrace_pipeline_failed 1 when the pipeline stopped writing after an error.\n# TYPE millrace_pipeline_failed gauge");
         for pipeline in &self.pipelines {
-            let _ = writeln!(out, "millrace_pipeline_failed{{pipeline=\"{}\"}} {}", pipeline.pipeline, u8::from(pipeline.failed));
+            let _ = writeln!(
+                out,
+                "millrace_pipeline_failed{{pipeline=\"{}\"}} {}",
+                pipeline.pipeline,
+                u8::from(pipeline.failed)
+            );
         }
         type LagValue = fn(&ConsumerLag) -> u64;
         let lags: [(&str, &str, LagValue); 2] = [
-            ("millrace_consumer_lag", "High watermark minus the committed offset.", |l| l.lag),
-            ("millrace_consumer_committed_offset", "The committed next offset.", |l| l.committed),
+            (
+                "millrace_consumer_lag",
+                "High watermark minus the committed offset.",
+                |l| l.lag,
+            ),
+            (
+                "millrace_consumer_committed_offset",
+                "The committed next offset.",
+                |l| l.committed,
+            ),
         ];
         for (name, help, value) in lags {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -599,7 +640,9 @@ impl MetricsSnapshot {
                     let _ = writeln!(
                         out,
                         "{name}{{group=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {}",
-                        pipeline.group, pipeline.topic, value(lag)
+                        pipeline.group,
+                        pipeline.topic,
+                        value(lag)
                     );
                 }
             }

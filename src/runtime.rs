@@ -9,13 +9,13 @@
 use crate::actors::compactor::{CompactNow, CompactionTarget, Compactor, StopCompactor};
 use crate::actors::deleter::DeleterHandle;
 use crate::actors::group::{DescribeGroup, GroupCoordinator, StopCoordinator};
-use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
 use crate::actors::loader::{BlockLoader, StopLoader};
 use crate::actors::mailbox::Gated;
 use crate::actors::partition::{
     Describe, Drain, Fetch, GetHealth, PartitionActor, PartitionSettings, Produce, FETCH_WAIT_MAX,
     MAILBOX_CAPACITY,
 };
+use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
 use crate::config::{Config, TopicConfig};
 use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
 use crate::health::{Health, LoadState, PartitionHealth, Phase};
@@ -576,9 +576,10 @@ impl Runtime {
             let (sender, receiver) = std::sync::mpsc::channel();
             system_arbiter.spawn_fn(move || {
                 let arbiter = Arbiter::new();
-                let supervisor = PipelineSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                    PipelineSupervisor::new(spec, sink)
-                });
+                let supervisor =
+                    PipelineSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                        PipelineSupervisor::new(spec, sink)
+                    });
                 let _ = sender.send((arbiter, supervisor));
             });
             let (arbiter, supervisor) = receiver.recv().map_err(|_| StartError::Pipeline {
@@ -607,7 +608,12 @@ impl Runtime {
             return false;
         };
         let (reply, done) = oneshot::channel();
-        if handle.supervisor.send(Scale { members, reply }).await.is_err() {
+        if handle
+            .supervisor
+            .send(Scale { members, reply })
+            .await
+            .is_err()
+        {
             return false;
         }
         done.await.is_ok()
@@ -772,7 +778,11 @@ impl Runtime {
     /// on every source partition, its group's committed offset has reached
     /// the high watermark. `None` if there is no such pipeline.
     pub fn caught_up(&self, pipeline: &str) -> Option<bool> {
-        let config = self.config().pipelines.iter().find(|p| p.name == pipeline)?;
+        let config = self
+            .config()
+            .pipelines
+            .iter()
+            .find(|p| p.name == pipeline)?;
         let topic = &config.source.topic;
         for partition in 0..self.partition_count(topic)? {
             let partition = PartitionId(partition);
@@ -781,7 +791,9 @@ impl Runtime {
                 .committed_offset(&config.source.group, topic, partition)
                 .ok()?
                 .unwrap_or(Offset(0));
-            if committed < offsets.high_watermark && offsets.high_watermark > offsets.log_start_offset {
+            if committed < offsets.high_watermark
+                && offsets.high_watermark > offsets.log_start_offset
+            {
                 return Some(false);
             }
         }
@@ -992,13 +1004,16 @@ pub fn with_dead_letter_topics(mut config: Config) -> Config {
 }
 
 fn side_output_topics(pipeline: &PipelineConfig) -> impl Iterator<Item = &str> + '_ {
-    pipeline.operators.iter().filter_map(|operator| match operator {
-        crate::pipeline::config::OperatorConfig::Window(window) => match &window.late {
-            crate::pipeline::config::LatePolicy::SideOutput(topic) => Some(topic.as_str()),
-            crate::pipeline::config::LatePolicy::DeadLetter => None,
-        },
-        _ => None,
-    })
+    pipeline
+        .operators
+        .iter()
+        .filter_map(|operator| match operator {
+            crate::pipeline::config::OperatorConfig::Window(window) => match &window.late {
+                crate::pipeline::config::LatePolicy::SideOutput(topic) => Some(topic.as_str()),
+                crate::pipeline::config::LatePolicy::DeadLetter => None,
+            },
+            _ => None,
+        })
 }
 
 fn fetch_address(

@@ -7,7 +7,9 @@ mod common;
 use common::wait_until;
 use millrace::config::Config;
 use millrace::dead_letter::ReplayFrom;
-use millrace::pipeline::{Emitter, Event, Operator, OperatorError, Registry, Sink, SinkBatch, SinkError};
+use millrace::pipeline::{
+    Emitter, Event, Operator, OperatorError, Registry, Sink, SinkBatch, SinkError,
+};
 use millrace::{FetchedRecord, Offset, PartitionId, Record, Runtime};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -27,9 +29,11 @@ fn start(data_dir: &Path, pipelines_toml: &str, registry: Registry) -> Runtime {
 }
 
 fn wait_caught_up(runtime: &Runtime, pipeline: &str) {
-    wait_until(CATCH_UP, &format!("pipeline {pipeline} to catch up"), || {
-        runtime.caught_up(pipeline).unwrap()
-    });
+    wait_until(
+        CATCH_UP,
+        &format!("pipeline {pipeline} to catch up"),
+        || runtime.caught_up(pipeline).unwrap(),
+    );
 }
 
 /// Every record of every partition of `topic`.
@@ -103,11 +107,17 @@ fn filter_and_map_between_topics_and_one_malformed_record_per_thousand_goes_to_t
         .iter()
         .map(|(_, record)| {
             let value = json_value(record);
-            assert_eq!(value.as_object().unwrap().len(), 2, "projected to id and n: {value}");
+            assert_eq!(
+                value.as_object().unwrap().len(),
+                2,
+                "projected to id and n: {value}"
+            );
             value["id"].as_u64().unwrap()
         })
         .collect();
-    let expected: BTreeSet<u64> = (0..10_000).filter(|id| id % 2 == 0 && id % 1000 != 999).collect();
+    let expected: BTreeSet<u64> = (0..10_000)
+        .filter(|id| id % 2 == 0 && id % 1000 != 999)
+        .collect();
     assert_eq!(out, expected);
 
     // Each malformed record is in the dead-letter queue with its reason.
@@ -116,10 +126,23 @@ fn filter_and_map_between_topics_and_one_malformed_record_per_thousand_goes_to_t
     let failed: BTreeSet<u64> = letters
         .iter()
         .map(|letter| {
-            assert!(letter.entry.error.contains("not JSON"), "reason: {}", letter.entry.error);
-            assert!(letter.entry.stage.contains("filter"), "stage: {}", letter.entry.stage);
+            assert!(
+                letter.entry.error.contains("not JSON"),
+                "reason: {}",
+                letter.entry.error
+            );
+            assert!(
+                letter.entry.stage.contains("filter"),
+                "stage: {}",
+                letter.entry.stage
+            );
             let text = String::from_utf8(letter.entry.value.clone().unwrap().to_vec()).unwrap();
-            text.trim_start_matches("{\"id\":").split(',').next().unwrap().parse().unwrap()
+            text.trim_start_matches("{\"id\":")
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         })
         .collect();
     assert_eq!(failed, (0..10).map(|k| k * 1000 + 999).collect());
@@ -128,8 +151,13 @@ fn filter_and_map_between_topics_and_one_malformed_record_per_thousand_goes_to_t
     let metrics = runtime.metrics();
     let pipeline = &metrics.pipelines[0];
     assert_eq!(pipeline.dead_letters_total, 10);
-    assert!(pipeline.partitions.iter().all(|partition| partition.lag == 0));
-    assert!(runtime.metrics_text().contains("millrace_consumer_lag{group=\"errors\",topic=\"in\",partition=\"0\"} 0"));
+    assert!(pipeline
+        .partitions
+        .iter()
+        .all(|partition| partition.lag == 0));
+    assert!(runtime
+        .metrics_text()
+        .contains("millrace_consumer_lag{group=\"errors\",topic=\"in\",partition=\"0\"} 0"));
     runtime.shutdown().unwrap();
 }
 
@@ -139,7 +167,9 @@ struct Collect(crossbeam_channel::Sender<(u32, u64)>);
 impl Sink for Collect {
     fn write(&mut self, batch: &SinkBatch<'_>) -> Result<(), SinkError> {
         for event in batch.events {
-            let _ = self.0.send((event.origin.partition.0, event.origin.offset.0));
+            let _ = self
+                .0
+                .send((event.origin.partition.0, event.origin.offset.0));
         }
         Ok(())
     }
@@ -150,7 +180,9 @@ fn members_joining_and_leaving_share_the_partitions_and_every_record_is_processe
     let directory = tempfile::tempdir().unwrap();
     let (seen_sender, seen) = crossbeam_channel::unbounded();
     let mut registry = Registry::new();
-    registry.sink("collect", move |_| Ok(Box::new(Collect(seen_sender.clone())) as Box<dyn Sink>));
+    registry.sink("collect", move |_| {
+        Ok(Box::new(Collect(seen_sender.clone())) as Box<dyn Sink>)
+    });
     let runtime = start(
         directory.path(),
         r#"
@@ -184,7 +216,11 @@ name = "collect"
                         .committed_offset("shared", "in", PartitionId(partition))
                         .unwrap()
                         .map_or(0, |offset| offset.0);
-                    assert!(committed >= last[partition as usize], "partition {partition}: committed went from {} to {committed}", last[partition as usize]);
+                    assert!(
+                        committed >= last[partition as usize],
+                        "partition {partition}: committed went from {} to {committed}",
+                        last[partition as usize]
+                    );
                     last[partition as usize] = committed;
                 }
                 samples += 1;
@@ -204,7 +240,10 @@ name = "collect"
             group.members.len() == members as usize
                 && group.members.values().map(Vec::len).sum::<usize>() == 6
         });
-        assert!(described.rebalances as usize > round, "each change rebalances");
+        assert!(
+            described.rebalances as usize > round,
+            "each change rebalances"
+        );
     }
     wait_caught_up(&runtime, "shared");
     stop.store(true, Ordering::Relaxed);
@@ -217,7 +256,11 @@ name = "collect"
     }
     let mut total = 0;
     for partition in 0..6 {
-        let end = runtime.offsets_blocking("in", PartitionId(partition)).unwrap().high_watermark.0;
+        let end = runtime
+            .offsets_blocking("in", PartitionId(partition))
+            .unwrap()
+            .high_watermark
+            .0;
         let offsets = processed.remove(&partition).unwrap_or_default();
         assert_eq!(offsets, (0..end).collect(), "partition {partition}");
         total += end;
@@ -244,10 +287,12 @@ impl Operator for Flaky {
 fn sled_rows(path: &Path, tree: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let database = sled::open(path).unwrap();
     let tree = database.open_tree(tree).unwrap();
-    tree.iter().map(|entry| {
-        let (key, value) = entry.unwrap();
-        (key.to_vec(), value.to_vec())
-    }).collect()
+    tree.iter()
+        .map(|entry| {
+            let (key, value) = entry.unwrap();
+            (key.to_vec(), value.to_vec())
+        })
+        .collect()
 }
 
 #[test]
@@ -284,7 +329,9 @@ name = "by_origin"
     let start_runtime = |broken: &Arc<AtomicBool>| {
         let mut registry = Registry::new();
         let flag = Arc::clone(broken);
-        registry.operator("flaky", move |_| Ok(Box::new(Flaky(Arc::clone(&flag))) as Box<dyn Operator>));
+        registry.operator("flaky", move |_| {
+            Ok(Box::new(Flaky(Arc::clone(&flag))) as Box<dyn Operator>)
+        });
         start(directory.path(), &toml, registry)
     };
     let runtime = start_runtime(&broken);
@@ -292,27 +339,53 @@ name = "by_origin"
     wait_caught_up(&runtime, "rows");
     let (letters, _) = runtime.dead_letters("rows").unwrap();
     assert_eq!(letters.len(), 200);
-    assert!(letters.iter().all(|letter| letter.entry.attempts == 3 && letter.entry.error.contains("down")));
+    assert!(letters
+        .iter()
+        .all(|letter| letter.entry.attempts == 3 && letter.entry.error.contains("down")));
     runtime.shutdown().unwrap();
     assert!(sled_rows(&sink_path, "by_id").is_empty());
 
     // The dependency is back: replay once, then again from the start.
     broken.store(false, Ordering::Relaxed);
     let runtime = start_runtime(&broken);
-    assert_eq!(runtime.replay_dead_letters("rows", ReplayFrom::LastReplayed).unwrap().replayed, 200);
+    assert_eq!(
+        runtime
+            .replay_dead_letters("rows", ReplayFrom::LastReplayed)
+            .unwrap()
+            .replayed,
+        200
+    );
     wait_caught_up(&runtime, "rows");
     // A second plain replay has nothing left to do.
-    assert_eq!(runtime.replay_dead_letters("rows", ReplayFrom::LastReplayed).unwrap().replayed, 0);
+    assert_eq!(
+        runtime
+            .replay_dead_letters("rows", ReplayFrom::LastReplayed)
+            .unwrap()
+            .replayed,
+        0
+    );
     runtime.shutdown().unwrap();
-    let once = (sled_rows(&sink_path, "by_id"), sled_rows(&sink_path, "by_origin"));
+    let once = (
+        sled_rows(&sink_path, "by_id"),
+        sled_rows(&sink_path, "by_origin"),
+    );
     assert_eq!(once.0.len(), 200);
     assert_eq!(once.1.len(), 200);
 
     let runtime = start_runtime(&broken);
-    assert_eq!(runtime.replay_dead_letters("rows", ReplayFrom::Start).unwrap().replayed, 200);
+    assert_eq!(
+        runtime
+            .replay_dead_letters("rows", ReplayFrom::Start)
+            .unwrap()
+            .replayed,
+        200
+    );
     wait_caught_up(&runtime, "rows");
     runtime.shutdown().unwrap();
-    let twice = (sled_rows(&sink_path, "by_id"), sled_rows(&sink_path, "by_origin"));
+    let twice = (
+        sled_rows(&sink_path, "by_id"),
+        sled_rows(&sink_path, "by_origin"),
+    );
     assert_eq!(once, twice, "replaying again changed the sink");
     // Rows keyed by origin name the first delivery, not the replayed copy.
     assert!(twice.1.keys().all(|key| {
@@ -352,14 +425,22 @@ topic = "counts"
     let runtime = start(directory.path(), toml, Registry::new());
     let producer = runtime.producer("clicks").unwrap();
     // Minute 0: a, a, b.
-    producer.send_batch_blocking(vec![click("a", 1_000), click("a", 2_000), click("b", 3_000)]).unwrap();
+    producer
+        .send_batch_blocking(vec![
+            click("a", 1_000),
+            click("a", 2_000),
+            click("b", 3_000),
+        ])
+        .unwrap();
     wait_caught_up(&runtime, "per_minute");
     runtime.shutdown().unwrap();
 
     // After the restart: one more "a" in minute 0, then minute 1 closes minute 0.
     let runtime = start(directory.path(), toml, Registry::new());
     let producer = runtime.producer("clicks").unwrap();
-    producer.send_batch_blocking(vec![click("a", 4_000), click("c", 61_000)]).unwrap();
+    producer
+        .send_batch_blocking(vec![click("a", 4_000), click("c", 61_000)])
+        .unwrap();
     wait_caught_up(&runtime, "per_minute");
     let mut counts: Vec<(String, u64, i64)> = read_topic(&runtime, "counts")
         .iter()
@@ -389,11 +470,17 @@ fn stopping_mid_stream_is_not_an_error_and_resumes_from_the_commit() {
     let errors = common::capture::events_where(|event| {
         event.level == tracing::Level::ERROR && event.field("pipeline") == Some("errors")
     });
-    assert!(errors.is_empty(), "no ERROR event for the pipeline: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "no ERROR event for the pipeline: {errors:#?}"
+    );
     let refused = common::capture::events_where(|event| {
         event.field("pipeline") == Some("errors") && event.message.contains("commit refused")
     });
-    assert!(refused.is_empty(), "final commits happen before the member leaves: {refused:#?}");
+    assert!(
+        refused.is_empty(),
+        "final commits happen before the member leaves: {refused:#?}"
+    );
     let runtime = start(directory.path(), FILTER_MAP, Registry::new());
     wait_caught_up(&runtime, "errors");
     let out: BTreeSet<u64> = read_topic(&runtime, "out")
@@ -407,10 +494,23 @@ fn stopping_mid_stream_is_not_an_error_and_resumes_from_the_commit() {
 #[test]
 fn a_group_without_a_commit_starts_at_the_end_with_auto_offset_reset_latest() {
     let directory = tempfile::tempdir().unwrap();
-    let toml = FILTER_MAP.replace("topic = \"in\"\n[[pipeline.operator]]", "topic = \"in\"\nauto_offset_reset = \"latest\"\n[[pipeline.operator]]");
+    let toml = FILTER_MAP.replace(
+        "topic = \"in\"\n[[pipeline.operator]]",
+        "topic = \"in\"\nauto_offset_reset = \"latest\"\n[[pipeline.operator]]",
+    );
     assert!(toml.contains("latest"));
     // Records from before the pipeline's first start...
-    let runtime = Runtime::start_paused(Config::from_toml_str(&format!("data_dir = {:?}\n{toml}", directory.path().display().to_string()), "<test>").unwrap()).unwrap();
+    let runtime = Runtime::start_paused(
+        Config::from_toml_str(
+            &format!(
+                "data_dir = {:?}\n{toml}",
+                directory.path().display().to_string()
+            ),
+            "<test>",
+        )
+        .unwrap(),
+    )
+    .unwrap();
     produce_json(&runtime, "in", 0..1_000, 0);
     runtime.shutdown().unwrap();
     // ...are skipped; records after it are processed.
@@ -434,8 +534,16 @@ fn an_unregistered_custom_operator_fails_the_start_naming_the_pipeline_and_stage
         directory.path().display().to_string()
     );
     let config = Config::from_toml_str(&text, "<test>").unwrap();
-    let error = Runtime::start(config).err().expect("the start fails").to_string();
-    assert!(error.contains("pipeline p") && error.contains("operator[0]") && error.contains("\"missing\""), "{error}");
+    let error = Runtime::start(config)
+        .err()
+        .expect("the start fails")
+        .to_string();
+    assert!(
+        error.contains("pipeline p")
+            && error.contains("operator[0]")
+            && error.contains("\"missing\""),
+        "{error}"
+    );
     // Nothing is left running or locked: the directory opens again.
     let config = millrace::config::Config::new(directory.path());
     Runtime::start(config).unwrap().shutdown().unwrap();
@@ -449,7 +557,11 @@ fn offsets_commit_only_after_the_sink_write() {
     struct RejectSeven;
     impl Sink for RejectSeven {
         fn write(&mut self, batch: &SinkBatch<'_>) -> Result<(), SinkError> {
-            if batch.events.iter().any(|event| event.origin.offset == Offset(7)) {
+            if batch
+                .events
+                .iter()
+                .any(|event| event.origin.offset == Offset(7))
+            {
                 return Err(SinkError::permanent("offset 7 is not welcome"));
             }
             Ok(())
@@ -480,6 +592,16 @@ name = "reject"
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].entry.origin.offset, Offset(7));
     assert_eq!(letters[0].entry.stage, "sink");
-    assert_eq!(runtime.committed_offset("picky", "in", PartitionId(0)).unwrap(), Some(Offset(20)));
+    // The entry keeps the source record as it was read.
+    assert_eq!(
+        letters[0].entry.value.as_deref(),
+        Some(&b"{\"id\":7,\"level\":\"info\",\"n\":7}"[..])
+    );
+    assert_eq!(
+        runtime
+            .committed_offset("picky", "in", PartitionId(0))
+            .unwrap(),
+        Some(Offset(20))
+    );
     runtime.shutdown().unwrap();
 }

@@ -77,7 +77,10 @@ fn run_child(config: &Path, abort_after: Option<u64>, log: &Path) -> std::proces
         .env("MILLRACE_LOG", "debug")
         .stderr(std::fs::File::create(log).unwrap());
     if let Some(count) = abort_after {
-        command.env("FAILPOINTS", format!("pipeline::before_commit={count}*off->return(abort)"));
+        command.env(
+            "FAILPOINTS",
+            format!("pipeline::before_commit={count}*off->return(abort)"),
+        );
     }
     let mut child = command.spawn().unwrap();
     // The child stops by itself (caught up, or aborted); a hang is a failure.
@@ -110,13 +113,22 @@ fn crash_cycles(directory: &Path, sink: &str, seed: u64) -> (std::path::PathBuf,
         let status = run_child(&config, Some(abort_after), &log);
         if !status.success() {
             use std::os::unix::process::ExitStatusExt;
-            assert_eq!(status.signal(), Some(libc::SIGABRT), "cycle {cycle}: {status:?}\n{}", std::fs::read_to_string(&log).unwrap());
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGABRT),
+                "cycle {cycle}: {status:?}\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
             crashes += 1;
         }
     }
     let log = directory.join("final.log");
     let status = run_child(&config, None, &log);
-    assert!(status.success(), "final run: {status:?}\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        status.success(),
+        "final run: {status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     (config, crashes)
 }
 
@@ -139,7 +151,9 @@ fn a_topic_sink_is_at_least_once_with_no_gap_across_crashes_before_the_commit() 
     let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
     for partition in 0..PARTITIONS {
         for record in common::read_partition(&runtime, "out", PartitionId(partition)) {
-            *seen.entry(seq_of(record.value.as_deref().unwrap())).or_default() += 1;
+            *seen
+                .entry(seq_of(record.value.as_deref().unwrap()))
+                .or_default() += 1;
         }
     }
     let missing: Vec<u64> = (0..RECORDS).filter(|seq| !seen.contains_key(seq)).collect();
@@ -147,7 +161,10 @@ fn a_topic_sink_is_at_least_once_with_no_gap_across_crashes_before_the_commit() 
     assert_eq!(seen.len() as u64, RECORDS, "nothing that was not input");
     // The crash lands after the sink write: that batch is written again.
     let repeated = seen.values().filter(|&&count| count > 1).count();
-    assert!(repeated > 0, "no batch was written twice, so no crash hit between write and commit");
+    assert!(
+        repeated > 0,
+        "no batch was written twice, so no crash hit between write and commit"
+    );
     runtime.shutdown().unwrap();
 }
 
@@ -164,12 +181,13 @@ fn a_sled_sink_is_exactly_once_across_crashes_before_the_commit() {
     let database = sled::open(&rows).unwrap();
     for table in ["by_seq", "by_origin"] {
         let tree = database.open_tree(table).unwrap();
-        let mut seqs: Vec<u64> = tree
-            .iter()
-            .map(|entry| seq_of(&entry.unwrap().1))
-            .collect();
+        let mut seqs: Vec<u64> = tree.iter().map(|entry| seq_of(&entry.unwrap().1)).collect();
         seqs.sort_unstable();
-        assert_eq!(seqs, (0..RECORDS).collect::<Vec<_>>(), "table {table}: one row per record");
+        assert_eq!(
+            seqs,
+            (0..RECORDS).collect::<Vec<_>>(),
+            "table {table}: one row per record"
+        );
     }
     // The sink's own progress reached the end of every source partition.
     let applied = database.open_tree("__millrace_applied").unwrap();
@@ -177,8 +195,16 @@ fn a_sled_sink_is_exactly_once_across_crashes_before_the_commit() {
     drop(database);
     let runtime = Runtime::start_paused(Config::from_file(&config).unwrap()).unwrap();
     for partition in 0..PARTITIONS {
-        let end = runtime.offsets_blocking("in", PartitionId(partition)).unwrap().high_watermark;
-        assert_eq!(runtime.committed_offset("copy", "in", PartitionId(partition)).unwrap(), Some(end));
+        let end = runtime
+            .offsets_blocking("in", PartitionId(partition))
+            .unwrap()
+            .high_watermark;
+        assert_eq!(
+            runtime
+                .committed_offset("copy", "in", PartitionId(partition))
+                .unwrap(),
+            Some(end)
+        );
     }
     runtime.shutdown().unwrap();
 }

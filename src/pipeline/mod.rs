@@ -58,7 +58,11 @@ pub struct Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}/{}/{}", self.topic, self.partition, self.offset)
+        write!(
+            formatter,
+            "{}/{}/{}",
+            self.topic, self.partition, self.offset
+        )
     }
 }
 

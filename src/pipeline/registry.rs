@@ -30,9 +30,8 @@ use std::sync::Arc;
 
 /// Makes an operator instance from the stage's `params` (one instance per
 /// source partition, so instances never share state).
-pub type OperatorFactory = Arc<
-    dyn Fn(&serde_json::Value) -> Result<Box<dyn Operator>, String> + Send + Sync + 'static,
->;
+pub type OperatorFactory =
+    Arc<dyn Fn(&serde_json::Value) -> Result<Box<dyn Operator>, String> + Send + Sync + 'static>;
 
 /// Makes a sink from the stage's `params` (one per pipeline).
 pub type SinkFactory =
