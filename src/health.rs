@@ -16,6 +16,22 @@ pub struct Health {
     pub draining: bool,
     /// Per partition, in topic then partition order.
     pub partitions: Vec<PartitionHealth>,
+    /// Per pipeline, in config order.
+    pub pipelines: Vec<PipelineHealth>,
+}
+
+/// One pipeline's health.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PipelineHealth {
+    /// Pipeline name.
+    pub name: String,
+    /// It stopped writing after an error that retries could not fix (its
+    /// offsets stay at the last completed batch; see the logs).
+    pub failed: bool,
+    /// Sum over its source partitions of high watermark minus committed offset.
+    pub lag: u64,
+    /// Records sent to its dead-letter queue.
+    pub dead_letters: u64,
 }
 
 /// One partition's health.

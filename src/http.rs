@@ -531,6 +531,7 @@ mod tests {
                     log_end_offset: 42,
                     high_watermark: 42,
                 }],
+                pipelines: Vec::new(),
             }
         }
 
@@ -807,6 +808,7 @@ mod tests {
                 ready: true,
                 draining: false,
                 partitions: Vec::new(),
+                pipelines: Vec::new(),
             }
         }
         fn metrics_text(&self) -> String {

@@ -242,10 +242,26 @@ impl Shared {
             && partitions
                 .iter()
                 .all(|partition| partition.phase == Phase::Serving);
+        let pipelines = self
+            .metrics()
+            .pipelines
+            .into_iter()
+            .map(|pipeline| crate::health::PipelineHealth {
+                lag: pipeline
+                    .partitions
+                    .iter()
+                    .map(|partition| partition.lag)
+                    .sum(),
+                name: pipeline.pipeline,
+                failed: pipeline.failed,
+                dead_letters: pipeline.dead_letters_total,
+            })
+            .collect();
         Health {
             ready,
             draining,
             partitions,
+            pipelines,
         }
     }
 
