@@ -53,12 +53,17 @@ impl Random {
 /// order); the last click, a day later, closes every session.
 pub fn generate() -> Vec<String> {
     let mut random = Random(0x7365_7373);
-    let mut next_click: Vec<i64> = (0..USERS).map(|user| START_MS + user as i64 * 1_000).collect();
+    let mut next_click: Vec<i64> = (0..USERS)
+        .map(|user| START_MS + user as i64 * 1_000)
+        .collect();
     let mut lines = Vec::new();
     for _ in 0..4_000 {
         let user = random.below(USERS) as usize;
         let ts = next_click[user];
-        lines.push(format!("{{\"user\":\"user-{user}\",\"ts\":{ts},\"page\":\"/p{}\"}}", random.below(20)));
+        lines.push(format!(
+            "{{\"user\":\"user-{user}\",\"ts\":{ts},\"page\":\"/p{}\"}}",
+            random.below(20)
+        ));
         next_click[user] = ts
             + if random.below(6) == 0 {
                 360_000 + random.below(1_440_000) as i64
@@ -72,14 +77,17 @@ pub fn generate() -> Vec<String> {
         value["ts"].as_i64().unwrap_or(0)
     });
     let end = next_click.iter().max().copied().unwrap_or(START_MS) + 86_400_000;
-    lines.push(format!("{{\"user\":\"user-0\",\"ts\":{end},\"page\":\"/bye\"}}"));
+    lines.push(format!(
+        "{{\"user\":\"user-0\",\"ts\":{end},\"page\":\"/bye\"}}"
+    ));
     lines
 }
 
 /// The example's TOML with its paths moved under `work`: data in
 /// `work/data`, sessions in `work/sessions.jsonl`.
 pub fn config(work: &Path) -> Result<Config, Box<dyn Error>> {
-    let mut config = Config::from_toml_str(include_str!("sessionize.toml"), "examples/sessionize.toml")?;
+    let mut config =
+        Config::from_toml_str(include_str!("sessionize.toml"), "examples/sessionize.toml")?;
     config.data_dir = work.join("data");
     for pipeline in &mut config.pipelines {
         if let SinkConfig::JsonLines { path } = &mut pipeline.sink {

@@ -198,7 +198,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("replayed {} dead letters", summary.replayed);
     println!("after the replay: {}", row_counts(&summary.after_replay));
     println!("replayed {} dead letters again", summary.replayed_again);
-    println!("after replaying again: {}", row_counts(&summary.after_replay_again));
+    println!(
+        "after replaying again: {}",
+        row_counts(&summary.after_replay_again)
+    );
     if summary.after_replay != summary.after_replay_again {
         return Err("replaying again changed the rows".into());
     }

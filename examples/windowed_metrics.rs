@@ -48,9 +48,10 @@ impl Random {
     }
 }
 
-/// `records` metric points, 10 per simulated second; 5% up to 8 s out of
-/// order (counted), 0.5% two minutes late (late); then one point far ahead
-/// that closes every window.
+/// `records` metric points, 10 per simulated second; 5% up to 10 s out of
+/// order (just within the allowed lateness, so counted: a window that fired
+/// even half a second early would miss some of them), 0.5% two minutes late
+/// (late); then one point far ahead that closes every window.
 pub fn generate(records: u64) -> Vec<String> {
     let mut random = Random(0x6d65_7472_6963);
     let mut lines = Vec::with_capacity(records as usize + 1);
@@ -60,14 +61,18 @@ pub fn generate(records: u64) -> Vec<String> {
         if roll < 5 {
             ts -= 120_000;
         } else if roll < 55 {
-            ts -= random.below(8_000) as i64;
+            ts -= random.below(10_000) as i64;
         }
         let host = random.below(HOSTS);
         let latency = 5 + random.below(200) + if random.below(50) == 0 { 800 } else { 0 };
-        lines.push(format!("{{\"host\":\"web-{host}\",\"ts\":{ts},\"latency_ms\":{latency}}}"));
+        lines.push(format!(
+            "{{\"host\":\"web-{host}\",\"ts\":{ts},\"latency_ms\":{latency}}}"
+        ));
     }
     let end = START_MS + (records as i64) * 100 + 3_600_000;
-    lines.push(format!("{{\"host\":\"web-0\",\"ts\":{end},\"latency_ms\":1}}"));
+    lines.push(format!(
+        "{{\"host\":\"web-0\",\"ts\":{end},\"latency_ms\":1}}"
+    ));
     lines
 }
 
@@ -114,7 +119,10 @@ pub fn run(work: &Path, records: u64) -> Result<Summary, Box<dyn Error>> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let late = runtime.offsets_blocking("metrics.late", PartitionId(0))?.high_watermark.0;
+    let late = runtime
+        .offsets_blocking("metrics.late", PartitionId(0))?
+        .high_watermark
+        .0;
     runtime.shutdown()?;
 
     let windows = std::fs::read_to_string(work.join("windows.jsonl"))?;
@@ -141,7 +149,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         .next()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/example-data/windowed_metrics"));
-    let records: u64 = arguments.next().map_or(Ok(DEFAULT_RECORDS), |text| text.parse())?;
+    let records: u64 = arguments
+        .next()
+        .map_or(Ok(DEFAULT_RECORDS), |text| text.parse())?;
     let summary = run(&work, records)?;
     for line in &summary.first_windows {
         println!("{line}");
