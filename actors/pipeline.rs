@@ -736,20 +736,36 @@ impl PipelineMember {
     }
 
     /// Hands a batch to the sink stage; the partition stays busy until the
-    /// stage's mailbox has room for it (backpressure).
+    /// stage's mailbox has room for it (backpressure): one of the
+    /// `in_flight_batches` permits, held until the stage has handled the
+    /// batch. The batch is queued as soon as the permit comes, so the
+    /// partition fetches and processes its next batch while this one is
+    /// written; a partition's batches, and its final commit (`do_send`,
+    /// later), still reach the stage in order.
     fn hand_off(&mut self, partition: PartitionId, batch: WriteBatch, context: &mut Context<Self>) {
         if let Some(task) = self.tasks.get_mut(&partition) {
             task.busy = true;
         }
         let sink = self.sink.clone();
-        context.spawn(async move { sink.send(batch).await }.into_actor(self).map(
-            move |_, member, context| {
+        context.spawn(
+            async move {
+                let permit = sink.permit().await;
+                (sink, permit)
+            }
+            .into_actor(self)
+            .map(move |(sink, permit), member, context| {
+                // Queued now (the stage's actix mailbox is unbounded).
+                let handled = sink.address().send(batch);
+                actix::spawn(async move {
+                    let _ = handled.await;
+                    drop(permit);
+                });
                 if let Some(task) = member.tasks.get_mut(&partition) {
                     task.busy = false;
                 }
                 member.after_step(partition, context);
-            },
-        ));
+            }),
+        );
     }
 
     /// Sends the partition's final commit (with its state) and forgets it.
