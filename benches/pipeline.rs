@@ -712,7 +712,11 @@ topic = "out"
         "produce_records_per_s",
         format!("{:.0}", options.records as f64 / produce_seconds),
     );
-    field(&mut fields, "rss_at_start_mib", format!("{rss_at_start_mib:.1}"));
+    field(
+        &mut fields,
+        "rss_at_start_mib",
+        format!("{rss_at_start_mib:.1}"),
+    );
     Ok(fields)
 }
 
@@ -933,7 +937,11 @@ name = "count_windows"
             records as f64 / (produce_seconds + catch_up.seconds)
         ),
     );
-    field(&mut fields, "rss_at_start_mib", format!("{rss_at_start_mib:.1}"));
+    field(
+        &mut fields,
+        "rss_at_start_mib",
+        format!("{rss_at_start_mib:.1}"),
+    );
     Ok(fields)
 }
 
@@ -965,7 +973,8 @@ impl Throttle {
 
     /// The rate the sink may process at (records/s).
     fn sink_rate(&self) -> f64 {
-        self.fixed_rate.unwrap_or_else(|| self.source_rate() * self.fraction)
+        self.fixed_rate
+            .unwrap_or_else(|| self.source_rate() * self.fraction)
     }
 }
 

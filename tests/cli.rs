@@ -540,3 +540,81 @@ fn consume_ends_quietly_when_its_reader_closes_the_pipe() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `millrace run --until-caught-up`, then `dlq list` and `dlq replay`, as an
+/// operator would use them.
+#[test]
+fn dead_letters_are_listed_and_replayed_from_the_cli() {
+    let setup = Setup::new(
+        r#"[[topic]]
+name = "in"
+[[topic]]
+name = "out"
+[[pipeline]]
+name = "copy"
+[pipeline.source]
+topic = "in"
+[[pipeline.operator]]
+type = "filter"
+field = "ok"
+exists = true
+[pipeline.sink]
+type = "topic"
+topic = "out"
+"#,
+    );
+    let config = setup.config.clone();
+    let input = b"{\"ok\":1}\n{\"ok\":\nnot json\n{\"ok\":2}\n{\"ok\":3}\n";
+    assert_success(&run_millrace("produce", &config, &["-t", "in"], input));
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(args)
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_success(&output);
+    };
+    run(&["run", "--until-caught-up"]);
+
+    let listed = run_millrace("dlq", &config, &["list", "copy"], b"");
+    assert_success(&listed);
+    let entries: Vec<serde_json::Value> = stdout_lines(&listed)
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for entry in &entries {
+        let error = entry["error"].as_str().unwrap();
+        assert!(error.contains("not JSON"), "{entry}");
+        assert!(
+            entry["stage"].as_str().unwrap().contains("filter"),
+            "{entry}"
+        );
+    }
+    let values: Vec<&str> = entries
+        .iter()
+        .map(|e| e["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["{\"ok\":", "not json"]);
+    let out = setup.consume_all("out");
+    assert_eq!(out.len(), 3, "{out:?}");
+
+    let replayed = run_millrace("dlq", &config, &["replay", "copy"], b"");
+    assert_success(&replayed);
+    assert_eq!(stdout_lines(&replayed), ["replayed 2 dead letters of copy"]);
+    let again = run_millrace("dlq", &config, &["replay", "copy"], b"");
+    assert_eq!(stdout_lines(&again), ["replayed 0 dead letters of copy"]);
+    // The replayed records are back in the source; still malformed, they
+    // fail again, with their first identity.
+    run(&["run", "--until-caught-up"]);
+    let listed = run_millrace("dlq", &config, &["list", "copy"], b"");
+    let entries: Vec<serde_json::Value> = stdout_lines(&listed)
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[2]["origin"], entries[0]["origin"]);
+
+    let unknown = run_millrace("dlq", &config, &["list", "nope"], b"");
+    assert_one_line_error(&unknown, &["no pipeline named \"nope\""]);
+}
