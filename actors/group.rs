@@ -134,7 +134,9 @@ pub struct GroupDescription {
 /// The coordinator's answer to `Stop`, once it has stopped taking requests.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct StopCoordinator;
+pub(crate) struct StopCoordinator {
+    pub(crate) reply: tokio::sync::oneshot::Sender<()>,
+}
 
 struct Member {
     notify: Recipient<AssignmentChange>,
@@ -464,7 +466,7 @@ impl Handler<Commit> for GroupCoordinator {
         }
         let changes = commit.state.as_ref().map(|(tree, changes)| StateChanges {
             tree,
-            changes: changes.clone(),
+            changes: changes.as_slice(),
         });
         Ok(self.store.commit_with_state(token, changes)?)
     }
@@ -501,7 +503,8 @@ impl Handler<DescribeGroup> for GroupCoordinator {
 impl Handler<StopCoordinator> for GroupCoordinator {
     type Result = ();
 
-    fn handle(&mut self, _: StopCoordinator, context: &mut Self::Context) {
+    fn handle(&mut self, stop: StopCoordinator, context: &mut Self::Context) {
+        let _ = stop.reply.send(());
         context.stop();
     }
 }

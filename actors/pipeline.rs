@@ -479,13 +479,11 @@ pub(crate) struct PipelineMember {
     sink: Gated<SinkStage>,
     tasks: BTreeMap<PartitionId, PartitionTask>,
     stopping: Option<oneshot::Sender<()>>,
-    stateful: bool,
 }
 
 impl PipelineMember {
     pub(crate) fn new(spec: Arc<PipelineSpec>, id: String, sink: Gated<SinkStage>) -> Self {
         PipelineMember {
-            stateful: spec.state.is_some(),
             spec,
             id,
             sink,
@@ -582,10 +580,9 @@ impl PipelineMember {
         );
         let spec = Arc::clone(&self.spec);
         let sink = self.sink.clone();
-        let stateful = self.stateful;
         let address = context.address();
         actix::spawn(async move {
-            let result = start_position(&spec, &sink, partition, stateful).await;
+            let result = start_position(&spec, &sink, partition).await;
             address.do_send(Started { partition, result });
         });
     }
@@ -705,11 +702,7 @@ impl PipelineMember {
         }
         task.committed_through = Some(position);
         task.last_commit = Instant::now();
-        let state = if self.stateful {
-            Self::checkpoint(task, partition)
-        } else {
-            Vec::new()
-        };
+        let state = Self::checkpoint(task, partition);
         let batch = self.empty_batch(partition, position, Some(state), After::Nothing);
         self.hand_off(partition, batch, context);
     }
@@ -773,21 +766,13 @@ impl PipelineMember {
         let Some(mut task) = self.tasks.remove(&partition) else {
             return;
         };
-        let commit = match task.position {
-            Some(position) => {
-                let state = if self.stateful {
-                    Self::checkpoint(&mut task, partition)
-                } else {
-                    Vec::new()
-                };
-                let batch = self.empty_batch(partition, position, Some(state), after);
-                self.sink.address().do_send(batch);
-                return;
-            }
-            None => None,
-        };
-        // Never started: nothing to commit, but the answer must still come.
-        let batch = self.empty_batch(partition, Offset(0), commit, after);
+        // A partition that never started has nothing to commit, but the
+        // answer (`after`) must still come.
+        let commit = task
+            .position
+            .map(|_| Self::checkpoint(&mut task, partition));
+        let position = task.position.unwrap_or(Offset(0));
+        let batch = self.empty_batch(partition, position, commit, after);
         self.sink.address().do_send(batch);
     }
 
@@ -888,11 +873,7 @@ impl PipelineMember {
         let commit = due.then(|| {
             task.last_commit = Instant::now();
             task.committed_through = Some(next_offset);
-            if self.stateful {
-                Self::checkpoint(task, partition)
-            } else {
-                Vec::new()
-            }
+            Self::checkpoint(task, partition)
         });
         let batch = WriteBatch {
             member: self.id.clone(),
@@ -1025,13 +1006,12 @@ async fn start_position(
     spec: &PipelineSpec,
     sink: &Gated<SinkStage>,
     partition: PartitionId,
-    stateful: bool,
 ) -> Result<Offset, String> {
     let committed = spec
         .offsets
         .committed(spec.group(), &spec.source_topic, partition)
         .map_err(|error| error.to_string())?;
-    let applied = if stateful {
+    let applied = if spec.state.is_some() {
         None
     } else {
         sink.send(AppliedOffset { partition })

@@ -559,14 +559,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     } else {
         return Ok(());
     };
-    let shown = if length > 40 {
-        // A long name would drown the rule; the count says enough.
-        let head: String = name.chars().take(20).collect();
-        format!("{head:?}...")
-    } else {
-        format!("{name:?}")
-    };
-    Err(format!("invalid topic name {shown}: {problem}; {RULE}"))
+    Err(format!(
+        "invalid topic name {}: {problem}; {RULE}",
+        shown_name(name)
+    ))
 }
 
 fn is_topic_name_char(c: char) -> bool {
@@ -685,11 +681,16 @@ fn check_data_dir(data_dir: &Path) -> Result<(), String> {
 }
 
 fn check_shutdown_timeout(timeout: Duration) -> Result<(), String> {
-    if timeout.is_zero() || timeout > SHUTDOWN_TIMEOUT_MAX {
+    check_positive_duration("shutdown_timeout", timeout, SHUTDOWN_TIMEOUT_MAX)
+}
+
+/// `duration` is more than zero and at most `max`.
+fn check_positive_duration(key: &str, duration: Duration, max: Duration) -> Result<(), String> {
+    if duration.is_zero() || duration > max {
         return Err(format!(
-            "shutdown_timeout must be more than 0s and at most {}, got {}",
-            humantime::format_duration(SHUTDOWN_TIMEOUT_MAX),
-            humantime::format_duration(timeout)
+            "{key} must be more than 0s and at most {}, got {}",
+            humantime::format_duration(max),
+            humantime::format_duration(duration)
         ));
     }
     Ok(())
@@ -830,12 +831,7 @@ fn check_topic(topic: &TopicConfig) -> Result<(), BrokenRule> {
 }
 
 fn check_partitions(partitions: i64) -> Result<(), String> {
-    if (1..=i64::from(PARTITIONS_MAX)).contains(&partitions) {
-        return Ok(());
-    }
-    Err(format!(
-        "partitions must be between 1 and {PARTITIONS_MAX}, got {partitions}"
-    ))
+    check_count("partitions", partitions, 1..=PARTITIONS_MAX)
 }
 
 fn check_bytes(key: &str, bytes: u64, bounds: std::ops::RangeInclusive<u64>) -> Result<(), String> {
@@ -1779,14 +1775,7 @@ fn check_commit_interval(interval: Duration) -> Result<(), String> {
 }
 
 fn check_retry_backoff(backoff: Duration) -> Result<(), String> {
-    if backoff.is_zero() || backoff > PIPELINE_RETRY_BACKOFF_MAX {
-        return Err(format!(
-            "retry_backoff must be more than 0s and at most {}, got {}",
-            humantime::format_duration(PIPELINE_RETRY_BACKOFF_MAX),
-            humantime::format_duration(backoff)
-        ));
-    }
-    Ok(())
+    check_positive_duration("retry_backoff", backoff, PIPELINE_RETRY_BACKOFF_MAX)
 }
 
 /// A window duration: more than zero (unless `zero_allowed`), at most

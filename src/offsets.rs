@@ -78,7 +78,7 @@ impl CommitToken {
 /// new values (`None` removes) of one sled tree.
 pub(crate) struct StateChanges<'a> {
     pub(crate) tree: &'a sled::Tree,
-    pub(crate) changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) changes: &'a [(Vec<u8>, Option<Vec<u8>>)],
 }
 
 /// Why a commit or a lookup failed.
@@ -193,7 +193,7 @@ impl OffsetStore {
             Some(state) => (&self.tree, state.tree).transaction(|(offsets, tree)| {
                 check(offsets.get(&key)?).map_err(ConflictableTransactionError::Abort)?;
                 offsets.insert(key.as_slice(), &new_value[..])?;
-                for (state_key, value) in &state.changes {
+                for (state_key, value) in state.changes {
                     match value {
                         Some(value) => tree.insert(state_key.as_slice(), value.as_slice())?,
                         None => tree.remove(state_key.as_slice())?,

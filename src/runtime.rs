@@ -550,7 +550,7 @@ impl Runtime {
                     topic: Arc::clone(handle),
                 })
             };
-            let operators = registry.operator_builders(pipeline)?;
+            let (operators, stateful) = registry.operator_builders(pipeline)?;
             let sink = registry.build_sink(pipeline, |topic| {
                 producer(topic).map(|producer| {
                     Box::new(crate::pipeline::sink::TopicSink::new(producer))
@@ -562,7 +562,7 @@ impl Runtime {
             let side_outputs = side_output_topics(pipeline)
                 .filter_map(|topic| producer(topic).map(|producer| (topic.to_owned(), producer)))
                 .collect();
-            let state = if Registry::is_stateful(&operators) {
+            let state = if stateful {
                 let tree = inner
                     ._metadata
                     .open_tree(format!("pipeline_state/{}", pipeline.name))
@@ -879,9 +879,7 @@ impl Inner {
         // their topic sinks and dead-letter queues).
         self.stop_pipelines(deadline, &mut first_error);
         stop_background_actor(self.coordinator_arbiter.take(), |reply| {
-            let stopped = self.coordinator.try_send(StopCoordinator).is_ok();
-            let _ = reply.send(());
-            stopped
+            self.coordinator.try_send(StopCoordinator { reply }).is_ok()
         });
         // 1 and 2: refuse produce, drain in-flight appends, stop the writers.
         shared.draining.store(true, Relaxed);

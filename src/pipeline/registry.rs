@@ -68,13 +68,15 @@ impl Registry {
         self
     }
 
-    /// One builder per operator of `pipeline`. Each is tried once here, so a
-    /// bad stage fails the start rather than the first assignment.
+    /// One builder per operator of `pipeline`, and whether any operator
+    /// keeps state. Each is tried once here, so a bad stage fails the start
+    /// rather than the first assignment.
     pub(crate) fn operator_builders(
         &self,
         pipeline: &PipelineConfig,
-    ) -> Result<Vec<OperatorBuilder>, StartError> {
-        pipeline
+    ) -> Result<(Vec<OperatorBuilder>, bool), StartError> {
+        let mut stateful = false;
+        let builders = pipeline
             .operators
             .iter()
             .enumerate()
@@ -85,10 +87,11 @@ impl Registry {
                     message,
                 };
                 let builder = self.operator_builder(operator).map_err(error)?;
-                builder().map_err(error)?;
+                stateful |= builder().map_err(error)?.is_stateful();
                 Ok(builder)
             })
-            .collect()
+            .collect::<Result<Vec<_>, StartError>>()?;
+        Ok((builders, stateful))
     }
 
     fn operator_builder(&self, operator: &OperatorConfig) -> Result<OperatorBuilder, String> {
@@ -155,12 +158,5 @@ impl Registry {
                 factory(params).map_err(error)
             }
         }
-    }
-
-    /// Whether any operator of `pipeline` keeps keyed state.
-    pub(crate) fn is_stateful(builders: &[OperatorBuilder]) -> bool {
-        builders
-            .iter()
-            .any(|builder| builder().is_ok_and(|operator| operator.is_stateful()))
     }
 }

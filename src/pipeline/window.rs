@@ -909,6 +909,41 @@ fn unsortable_i64(bytes: [u8; 8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
+/// The group of a per-key state entry's key (`tag` then the group), as
+/// written by [`group_state_key`].
+fn parse_group_key(tag: u8, key: &[u8]) -> Result<Option<&[u8]>, String> {
+    match key.split_first() {
+        Some((&first, group)) if first == tag => parse_group(group),
+        Some((first, _)) => Err(format!("unknown entry tag {first:#04x}")),
+        None => Err("the key is empty".to_owned()),
+    }
+}
+
+/// Restores each entry with `entry`, stopping at the first corrupt one.
+fn restore_each(
+    operator: &str,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    mut entry: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
+) -> Result<(), OperatorError> {
+    for (key, value) in entries {
+        entry(&key, &value).map_err(|problem| corrupt(operator, &key, problem))?;
+    }
+    Ok(())
+}
+
+/// The result event for a per-event operator: `json` with the event's key,
+/// timestamp, origin and position and no headers.
+fn result_event(event: &Event, json: String) -> Event {
+    Event {
+        key: event.key.clone(),
+        value: Some(Bytes::from(json)),
+        headers: Vec::new(),
+        timestamp_ms: event.timestamp_ms,
+        origin: event.origin.clone(),
+        position: event.position,
+    }
+}
+
 fn group_state_key(tag: u8, key: Option<&[u8]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + key.map_or(0, <[u8]>::len));
     out.push(tag);
@@ -1692,13 +1727,7 @@ impl AggregateOperator {
     }
 
     fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let Some((&TAG_AGGREGATE, group)) = key.split_first() else {
-            return Err(match key.first() {
-                Some(tag) => format!("unknown entry tag {tag:#04x}"),
-                None => "the key is empty".to_owned(),
-            });
-        };
-        let group = parse_group(group)?;
+        let group = parse_group_key(TAG_AGGREGATE, key)?;
         let mut reader = ByteReader::new(value);
         reader.version()?;
         let tag = reader.u8("the function tag")?;
@@ -1760,14 +1789,7 @@ impl Operator for AggregateOperator {
                 json
             },
         );
-        out.emit(Event {
-            key: event.key.clone(),
-            value: Some(Bytes::from(json)),
-            headers: Vec::new(),
-            timestamp_ms: event.timestamp_ms,
-            origin: event.origin.clone(),
-            position: event.position,
-        });
+        out.emit(result_event(event, json));
         Ok(())
     }
 
@@ -1798,13 +1820,13 @@ impl Operator for AggregateOperator {
     fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), OperatorError> {
         self.groups = Groups::default();
         self.pending.clear();
-        for (key, value) in entries {
-            if let Err(problem) = self.restore_entry(&key, &value) {
-                self.groups = Groups::default();
-                return Err(corrupt("aggregate", &key, problem));
-            }
+        let result = restore_each("aggregate", entries, |key, value| {
+            self.restore_entry(key, value)
+        });
+        if result.is_err() {
+            self.groups = Groups::default();
         }
-        Ok(())
+        result
     }
 }
 
@@ -1983,13 +2005,7 @@ impl ReduceOperator {
     }
 
     fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let Some((&TAG_REDUCE, group)) = key.split_first() else {
-            return Err(match key.first() {
-                Some(tag) => format!("unknown entry tag {tag:#04x}"),
-                None => "the key is empty".to_owned(),
-            });
-        };
-        let group = parse_group(group)?;
+        let group = parse_group_key(TAG_REDUCE, key)?;
         let reduced = self.decode(value)?;
         let mut duplicate = false;
         self.groups.with_entry(
@@ -2035,14 +2051,7 @@ impl Operator for ReduceOperator {
                 json.push_str("\":");
                 json_f64(&mut json, result);
                 json.push('}');
-                out.emit(Event {
-                    key: event.key.clone(),
-                    value: Some(Bytes::from(json)),
-                    headers: Vec::new(),
-                    timestamp_ms: event.timestamp_ms,
-                    origin: event.origin.clone(),
-                    position: event.position,
-                });
+                out.emit(result_event(event, json));
             }
             ReduceFunction::Latest => {
                 match event.value.as_deref() {
@@ -2133,13 +2142,13 @@ impl Operator for ReduceOperator {
     fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), OperatorError> {
         self.groups = Groups::default();
         self.pending.clear();
-        for (key, value) in entries {
-            if let Err(problem) = self.restore_entry(&key, &value) {
-                self.groups = Groups::default();
-                return Err(corrupt("reduce", &key, problem));
-            }
+        let result = restore_each("reduce", entries, |key, value| {
+            self.restore_entry(key, value)
+        });
+        if result.is_err() {
+            self.groups = Groups::default();
         }
-        Ok(())
+        result
     }
 }
 
