@@ -199,6 +199,8 @@ pub struct Config {
     pub startup: StartupConfig,
     /// `[http]`: the health and metrics listener; `None` (the default) = off.
     pub http: Option<HttpConfig>,
+    /// `[kafka]`: the Kafka-protocol listener; `None` (the default) = off.
+    pub kafka: Option<KafkaConfig>,
     /// `[compactor]`: the key compactor's budget and schedule.
     pub compactor: CompactorConfig,
     /// `shutdown_timeout` (default "30s"): how long `Runtime::shutdown` waits
@@ -269,6 +271,35 @@ pub struct HttpConfig {
     /// not a host name). Port 0 picks a free port.
     pub listen: std::net::SocketAddr,
 }
+
+/// The `[kafka]` table: the Kafka-protocol listener (see `src/kafka/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `listen` (required in `[kafka]`): an IP address and port
+    /// (`"127.0.0.1:9092"`); port 0 picks a free port.
+    pub listen: std::net::SocketAddr,
+    /// `advertised` (default: the address it listens on): `"host:port"`
+    /// that Metadata tells clients to connect to.
+    pub advertised: Option<(String, u16)>,
+    /// `max_connections` (default 256): connections beyond this are closed
+    /// at once, with a log line.
+    pub max_connections: u32,
+    /// `request_max_bytes` (default "100 MiB", Kafka's
+    /// `socket.request.max.bytes`): a request frame declaring more is
+    /// refused and its connection closed, before anything is read into memory.
+    pub request_max_bytes: u64,
+}
+
+/// Default `[kafka] max_connections`.
+pub const KAFKA_MAX_CONNECTIONS_DEFAULT: u32 = 256;
+/// Largest `[kafka] max_connections`.
+pub const KAFKA_MAX_CONNECTIONS_MAX: u32 = 65_536;
+/// Default `[kafka] request_max_bytes`.
+pub const KAFKA_REQUEST_MAX_BYTES_DEFAULT: u64 = 100 * 1024 * 1024;
+/// Smallest `[kafka] request_max_bytes`: room for a request header and a small batch.
+pub const KAFKA_REQUEST_MAX_BYTES_MIN: u64 = 64 * 1024;
+/// Largest `[kafka] request_max_bytes`: a frame length is a signed 32-bit integer.
+pub const KAFKA_REQUEST_MAX_BYTES_MAX: u64 = i32::MAX as u64;
 
 /// One `[[topic]]` table.
 #[derive(Clone, Debug, PartialEq)]
@@ -440,6 +471,7 @@ impl Config {
             topics: Vec::new(),
             startup: StartupConfig::default(),
             http: None,
+            kafka: None,
             compactor: CompactorConfig::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
             pipelines: Vec::new(),
@@ -942,6 +974,7 @@ struct RawConfig {
     shutdown_timeout: Option<Spanned<String>>,
     startup: Option<Spanned<RawStartup>>,
     http: Option<Spanned<RawHttp>>,
+    kafka: Option<Spanned<RawKafka>>,
     compactor: Option<Spanned<RawCompactor>>,
     #[serde(default)]
     pipeline: Vec<Located<RawPipeline>>,
@@ -959,6 +992,15 @@ struct RawStartup {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    listen: Option<Spanned<String>>,
+    advertised: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    request_max_bytes: Option<Spanned<RawSize>>,
 }
 
 #[derive(Deserialize)]
@@ -1188,6 +1230,7 @@ fn key_path_at(text: &str, offset: usize, unknown_key: Option<&str>) -> Option<S
 struct SectionValueSpans {
     startup: Option<SpannedValues>,
     http: Option<SpannedValues>,
+    kafka: Option<SpannedValues>,
     compactor: Option<SpannedValues>,
 }
 
@@ -1196,6 +1239,7 @@ impl SectionValueSpans {
         match section {
             "startup" => self.startup,
             "http" => self.http,
+            "kafka" => self.kafka,
             "compactor" => self.compactor,
             _ => None,
         }
@@ -1207,6 +1251,7 @@ impl SectionValueSpans {
 struct SectionTables {
     startup: Option<toml::Table>,
     http: Option<toml::Table>,
+    kafka: Option<toml::Table>,
     compactor: Option<toml::Table>,
 }
 
@@ -1215,6 +1260,7 @@ impl SectionTables {
         match section {
             "startup" => self.startup,
             "http" => self.http,
+            "kafka" => self.kafka,
             "compactor" => self.compactor,
             _ => None,
         }
@@ -1282,6 +1328,7 @@ impl RawConfig {
             topics,
             startup: StartupConfig::default(),
             http: None,
+            kafka: None,
             compactor: CompactorConfig::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
             pipelines: Vec::new(),
@@ -1301,6 +1348,10 @@ impl RawConfig {
         if let Some(http) = self.http {
             let table_span = http.span();
             config.http = Some(http.into_inner().into_http(table_span, source)?);
+        }
+        if let Some(kafka) = self.kafka {
+            let table_span = kafka.span();
+            config.kafka = Some(kafka.into_inner().into_kafka(table_span, source)?);
         }
         if let Some(compactor) = self.compactor {
             let table_span = compactor.span();
@@ -1398,6 +1449,96 @@ impl RawCompactor {
         check_compactor(&compactor).map_err(|broken| fail(broken.key, broken.message))?;
         Ok(compactor)
     }
+}
+
+impl RawKafka {
+    /// Converts the `[kafka]` table (at `table_span`).
+    fn into_kafka(
+        self,
+        table_span: Range<usize>,
+        source: &Source<'_>,
+    ) -> Result<KafkaConfig, ConfigError> {
+        let mut spans = KeySpans::default();
+        spans.record("listen", &self.listen);
+        spans.record("advertised", &self.advertised);
+        spans.record("max_connections", &self.max_connections);
+        spans.record("request_max_bytes", &self.request_max_bytes);
+        let fail = |key: &str, message: String| {
+            source.error(
+                Some(spans.get(key).unwrap_or_else(|| table_span.clone())),
+                Some(&format!("kafka.{key}")),
+                message,
+            )
+        };
+        let listen = self.listen.ok_or_else(|| {
+            fail(
+                "listen",
+                "missing required key `listen` in [kafka] (e.g. listen = \"127.0.0.1:9092\"; \
+                 leave [kafka] out to turn the listener off)"
+                    .to_owned(),
+            )
+        })?;
+        let listen = listen_value(listen.get_ref()).map_err(|m| fail("listen", m))?;
+        let advertised = match self.advertised {
+            None => None,
+            Some(text) => {
+                Some(host_port_value(text.get_ref()).map_err(|m| fail("advertised", m))?)
+            }
+        };
+        let max_connections = match self.max_connections {
+            None => KAFKA_MAX_CONNECTIONS_DEFAULT,
+            Some(value) => {
+                let value = *value.get_ref();
+                u32::try_from(value)
+                    .ok()
+                    .filter(|count| (1..=KAFKA_MAX_CONNECTIONS_MAX).contains(count))
+                    .ok_or_else(|| {
+                        fail(
+                            "max_connections",
+                            format!(
+                                "max_connections = {value} is out of range: \
+                                 it must be between 1 and {KAFKA_MAX_CONNECTIONS_MAX}"
+                            ),
+                        )
+                    })?
+            }
+        };
+        let request_max_bytes = match self.request_max_bytes {
+            None => KAFKA_REQUEST_MAX_BYTES_DEFAULT,
+            Some(size) => {
+                let bytes = size_value("request_max_bytes", size.get_ref())
+                    .map_err(|m| fail("request_max_bytes", m))?;
+                if !(KAFKA_REQUEST_MAX_BYTES_MIN..=KAFKA_REQUEST_MAX_BYTES_MAX).contains(&bytes) {
+                    return Err(fail(
+                        "request_max_bytes",
+                        format!(
+                            "request_max_bytes = {bytes} bytes is out of range: it must be \
+                             between {KAFKA_REQUEST_MAX_BYTES_MIN} and {KAFKA_REQUEST_MAX_BYTES_MAX} bytes"
+                        ),
+                    ));
+                }
+                bytes
+            }
+        };
+        Ok(KafkaConfig {
+            listen,
+            advertised,
+            max_connections,
+            request_max_bytes,
+        })
+    }
+}
+
+/// Parses `"host:port"` (a host name or IP address, and a port 1..=65535).
+fn host_port_value(text: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{text:?} is not \"host:port\" (e.g. \"broker.example:9092\")");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
 }
 
 impl RawHttp {
