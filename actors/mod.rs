@@ -12,4 +12,5 @@ pub(crate) mod loader;
 pub(crate) mod mailbox;
 pub(crate) mod partition;
 pub(crate) mod pipeline;
+pub(crate) mod producers;
 pub(crate) mod writer;

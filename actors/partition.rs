@@ -26,6 +26,7 @@
 
 use super::deleter::{DeleteRequest, DeleterCommand, DeletionOutcome};
 use super::loader::{BlockLoaded, BlockLoader, PartitionWork};
+use super::producers::{ProducerStates, Sequenced, Verdict};
 use super::writer::{WriterEvent, WriterHandle, WriterReport};
 use crate::config::{StartupConfig, TopicConfig};
 use crate::error::{FetchError, ProduceError};
@@ -36,7 +37,7 @@ use crate::storage::log::{
     block_timestamp_hint, load_block, LoadedBlock, UnloadedBlock, Verification,
 };
 use crate::storage::{
-    AppendError, IoJob, OpenError, PartitionLog, ReadError, ReadPlan, TimeLookup,
+    AppendError, AppendOutcome, BatchHeader, IoJob, OpenError, PartitionLog, ReadError, ReadPlan, TimeLookup,
 };
 use crate::types::{Offset, PartitionId, Record, Term};
 use actix::prelude::*;
@@ -80,6 +81,19 @@ pub struct AppendAck {
 #[rtype(result = "()")]
 pub(crate) struct Produce {
     pub(crate) records: Vec<Record>,
+    pub(crate) reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
+}
+
+/// Append a RecordBatch v2 a Kafka client sent, as it is (checked by
+/// `storage::batch::validate_client_batch`); the reply comes once it is
+/// durable. With `producer`, an idempotent producer's batch: a retry gets
+/// its first offsets back and is not stored again (`actors/producers.rs`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ProduceBatch {
+    pub(crate) batch: bytes::Bytes,
+    pub(crate) header: BatchHeader,
+    pub(crate) producer: Option<Sequenced>,
     pub(crate) reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
 }
 
@@ -267,6 +281,8 @@ pub(crate) struct PartitionActor {
     deleter: Sender<DeleterCommand>,
     loader: Addr<BlockLoader>,
     pending_acks: VecDeque<PendingAck>,
+    /// Idempotent producers' sequences (Kafka front end).
+    producers: ProducerStates,
     /// Fetches at the high watermark, waiting for data.
     waiting_fetches: Vec<WaitingFetch>,
     /// Fetches of offsets in blocks not loaded yet.
@@ -299,6 +315,7 @@ impl PartitionActor {
             log,
             writer: None,
             writer_generation: 0,
+            producers: ProducerStates::default(),
             deleter,
             loader,
             pending_acks: VecDeque::new(),
@@ -765,6 +782,9 @@ impl PartitionActor {
                     &report,
                 );
                 self.log = log;
+                // The reopened log may lack an unacknowledged tail that
+                // the producer states still describe.
+                self.producers.clear();
                 self.restarting = None;
                 tracing::info!(partition = %self.name, restarts = self.restarts, "partition restarted from disk");
                 self.begin_load(context);
@@ -861,22 +881,83 @@ impl Handler<Produce> for PartitionActor {
 impl PartitionActor {
     fn produce(&mut self, message: Produce, context: &mut Context<Self>) {
         fail::fail_point!("partition::produce");
-        if !self.accepting {
-            let _ = message.reply.send(Err(ProduceError::ShuttingDown));
-            return;
-        }
-        if let Some(reason) = &self.fail_stopped {
-            let _ = message.reply.send(Err(ProduceError::FailStopped {
-                reason: reason.clone(),
-            }));
-            return;
-        }
-        if self.restarting.is_some() {
-            let _ = message.reply.send(Err(ProduceError::Unavailable));
+        if let Some(error) = self.refusal() {
+            let _ = message.reply.send(Err(error));
             return;
         }
         let record_count = message.records.len() as u64;
-        let outcome = match self.log.append(&message.records, Term(0), now_ms()) {
+        let outcome = self.log.append(&message.records, Term(0), now_ms());
+        self.queue_append(outcome, record_count, message.reply, context);
+    }
+
+    /// Why produce is refused right now, if it is.
+    fn refusal(&self) -> Option<ProduceError> {
+        if !self.accepting {
+            return Some(ProduceError::ShuttingDown);
+        }
+        if let Some(reason) = &self.fail_stopped {
+            return Some(ProduceError::FailStopped {
+                reason: reason.clone(),
+            });
+        }
+        self.restarting.is_some().then_some(ProduceError::Unavailable)
+    }
+
+    fn produce_batch(&mut self, message: ProduceBatch, context: &mut Context<Self>) {
+        if let Some(error) = self.refusal() {
+            let _ = message.reply.send(Err(error));
+            return;
+        }
+        if let Some(producer) = &message.producer {
+            match self.producers.check(producer) {
+                Ok(Verdict::Append) => {}
+                Ok(Verdict::Duplicate(stored)) => {
+                    let ack = AppendAck {
+                        partition: self.settings.partition,
+                        base_offset: stored.base_offset,
+                        last_offset: stored.last_offset,
+                    };
+                    let next_offset = stored.last_offset.next();
+                    if next_offset <= self.log.high_watermark() {
+                        let _ = message.reply.send(Ok(ack));
+                    } else {
+                        // The first copy is not durable yet: answer with it.
+                        self.pending_acks.push_back(PendingAck {
+                            next_offset,
+                            ack,
+                            record_count: 0,
+                            bytes: 0,
+                            reply: message.reply,
+                        });
+                    }
+                    return;
+                }
+                Err(error) => {
+                    let _ = message.reply.send(Err(error));
+                    return;
+                }
+            }
+        }
+        let record_count = u64::from(message.header.record_count);
+        let outcome = self
+            .log
+            .append_batch(&message.batch, &message.header, Term(0), now_ms());
+        if let (Some(producer), Ok(outcome)) = (&message.producer, &outcome) {
+            self.producers
+                .record(producer, outcome.base_offset, outcome.last_offset);
+        }
+        self.queue_append(outcome, record_count, message.reply, context);
+    }
+
+    /// Submits an append's I/O and parks its reply until it is durable.
+    fn queue_append(
+        &mut self,
+        outcome: Result<AppendOutcome, AppendError>,
+        record_count: u64,
+        reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
+        context: &mut Context<Self>,
+    ) {
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
                 let error = match error {
@@ -887,7 +968,7 @@ impl PartitionActor {
                         ProduceError::Unavailable
                     }
                 };
-                let _ = message.reply.send(Err(error));
+                let _ = reply.send(Err(error));
                 return;
             }
         };
@@ -908,7 +989,7 @@ impl PartitionActor {
             },
             record_count,
             bytes,
-            reply: message.reply,
+            reply,
         });
         self.submit(outcome.jobs, context);
     }
@@ -962,6 +1043,16 @@ impl PartitionActor {
             }
             WriterEvent::Failed { error } => self.fail_stop(error),
         }
+    }
+}
+
+impl Handler<ProduceBatch> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, message: ProduceBatch, context: &mut Context<Self>) {
+        self.guarded(context, "produce", |actor, context| {
+            actor.produce_batch(message, context)
+        });
     }
 }
 

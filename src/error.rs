@@ -121,6 +121,38 @@ pub enum ProduceError {
     /// Retryable. The batch may or may not be stored.
     #[error("partition unavailable")]
     Unavailable,
+    /// An idempotent producer's batch does not follow its previous one
+    /// (a gap: an earlier batch was lost). Final for that batch.
+    #[error("producer {producer_id}: sequence {received} received, {expected} expected")]
+    OutOfOrderSequence {
+        /// Producer id.
+        producer_id: i64,
+        /// Sequence the partition expected next.
+        expected: i32,
+        /// First sequence of the batch.
+        received: i32,
+    },
+    /// An idempotent producer's epoch is older than the partition has seen
+    /// (a newer instance of that producer exists). Final.
+    #[error("producer {producer_id}: epoch {received} is older than {current}")]
+    InvalidProducerEpoch {
+        /// Producer id.
+        producer_id: i64,
+        /// Newest epoch seen.
+        current: i16,
+        /// Epoch of the batch.
+        received: i16,
+    },
+    /// The partition has no state for this producer id and the batch does
+    /// not start a sequence (its state was evicted or lost in a restart).
+    /// The producer must reset its id.
+    #[error("producer {producer_id} is unknown to the partition (sequence {received})")]
+    UnknownProducerId {
+        /// Producer id.
+        producer_id: i64,
+        /// First sequence of the batch.
+        received: i32,
+    },
 }
 
 /// Why a fetch failed.

@@ -36,6 +36,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod error;
 pub mod health;
+pub mod kafka;
 pub(crate) mod http;
 pub mod metrics;
 pub mod offsets;

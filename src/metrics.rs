@@ -84,6 +84,8 @@ pub(crate) struct Metrics {
     pub(crate) partition_handler_seconds: Histogram,
     /// The longest partition-actor handler so far, in nanoseconds.
     pub(crate) partition_handler_max_nanoseconds: AtomicU64,
+    /// The Kafka listener's counters.
+    pub(crate) kafka: Arc<crate::kafka::KafkaCounters>,
 }
 
 impl Metrics {
@@ -323,6 +325,12 @@ pub struct MetricsSnapshot {
     pub partitions: Vec<PartitionMetrics>,
     /// Per pipeline, in config order.
     pub pipelines: Vec<PipelineSnapshot>,
+    /// Kafka requests handled.
+    pub kafka_requests_total: u64,
+    /// Kafka connections closed at once because `max_connections` were open.
+    pub kafka_connections_refused_total: u64,
+    /// Kafka connections closed because of a malformed, oversized or unsupported request.
+    pub kafka_requests_refused_total: u64,
 }
 
 impl Metrics {
@@ -374,6 +382,9 @@ impl Metrics {
                 .iter()
                 .map(|pipeline| pipeline.snapshot())
                 .collect(),
+            kafka_requests_total: self.kafka.requests.load(Relaxed),
+            kafka_connections_refused_total: self.kafka.connections_refused.load(Relaxed),
+            kafka_requests_refused_total: self.kafka.requests_refused.load(Relaxed),
         }
     }
 }
@@ -452,6 +463,21 @@ impl MetricsSnapshot {
                 "millrace_partition_restarts_total",
                 "Partition actors restarted after a failure.",
                 self.partition_restarts_total,
+            ),
+            (
+                "millrace_kafka_requests_total",
+                "Kafka-protocol requests handled.",
+                self.kafka_requests_total,
+            ),
+            (
+                "millrace_kafka_connections_refused_total",
+                "Kafka connections closed at once: max_connections were open.",
+                self.kafka_connections_refused_total,
+            ),
+            (
+                "millrace_kafka_requests_refused_total",
+                "Kafka connections closed for a malformed, oversized or unsupported request.",
+                self.kafka_requests_refused_total,
             ),
             (
                 "millrace_compaction_runs_total",

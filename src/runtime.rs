@@ -12,7 +12,7 @@ use crate::actors::group::{DescribeGroup, GroupCoordinator, StopCoordinator};
 use crate::actors::loader::{BlockLoader, StopLoader};
 use crate::actors::mailbox::Gated;
 use crate::actors::partition::{
-    Describe, Drain, Fetch, GetHealth, PartitionActor, PartitionSettings, Produce, FETCH_WAIT_MAX,
+    Describe, Drain, Fetch, FetchReply, GetHealth, PartitionActor, PartitionSettings, Produce, FETCH_WAIT_MAX,
     MAILBOX_CAPACITY,
 };
 use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
@@ -20,6 +20,8 @@ use crate::config::{Config, TopicConfig};
 use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
 use crate::health::{Health, LoadState, PartitionHealth, Phase};
 use crate::http::{HttpServer, Probe};
+use crate::kafka::handlers::KafkaContext;
+use crate::kafka::server::KafkaServer;
 use crate::metrics::{Metrics, MetricsSnapshot, PartitionGauges, PipelineMetrics};
 use crate::offsets::{OffsetError, OffsetStore};
 use crate::partitioner::partition_for_key;
@@ -112,6 +114,16 @@ pub(crate) struct TopicHandle {
 }
 
 impl TopicHandle {
+    /// The topic's settings.
+    pub(crate) fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+
+    /// Its partitions' actors, by partition id.
+    pub(crate) fn partitions(&self) -> &[Gated<PartitionActor>] {
+        &self.partitions
+    }
+
     fn partition(&self, partition: PartitionId) -> Option<&Gated<PartitionActor>> {
         self.partitions.get(partition.0 as usize)
     }
@@ -147,6 +159,7 @@ struct Inner {
     pipelines: Vec<PipelineHandle>,
     deleter: DeleterHandle,
     http: Option<HttpServer>,
+    kafka: Option<KafkaServer>,
     offsets: OffsetStore,
     _metadata: sled::Db,
     _lock: File,
@@ -199,6 +212,26 @@ impl Probe for Shared {
 }
 
 impl Shared {
+    /// A topic's handle.
+    pub(crate) fn topic(&self, name: &str) -> Option<&Arc<TopicHandle>> {
+        self.topics.get(name)
+    }
+
+    /// Topic names in config order.
+    pub(crate) fn topic_names(&self) -> &[String] {
+        &self.topic_order
+    }
+
+    /// The configuration it runs.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The runtime's counters.
+    pub(crate) fn counters(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn partitions(&self) -> impl Iterator<Item = (&str, PartitionId, &Addr<PartitionActor>)> + '_ {
         self.topic_order.iter().flat_map(move |name| {
             self.topics[name]
@@ -504,6 +537,7 @@ impl Runtime {
                 pipelines: Vec::new(),
                 deleter,
                 http: None,
+                kafka: None,
                 offsets,
                 _metadata: metadata,
                 _lock: lock,
@@ -522,11 +556,48 @@ impl Runtime {
                 inner.http = Some(server);
             }
         }
+        runtime.start_kafka()?;
         Ok(runtime)
     }
 
     fn inner(&self) -> &Inner {
         self.inner.as_ref().expect("runtime used after shutdown")
+    }
+
+    /// Starts the `[kafka]` listener, if the config has one.
+    fn start_kafka(&mut self) -> Result<(), StartError> {
+        let inner = self.inner.as_mut().expect("runtime used after shutdown");
+        let Some(kafka) = inner.shared.config.kafka.clone() else {
+            return Ok(());
+        };
+        let cluster_id = cluster_id(&inner._metadata).map_err(|message| StartError::Metadata {
+            path: inner.shared.config.data_dir.join("meta"),
+            message,
+        })?;
+        let context = KafkaContext {
+            shared: Arc::clone(&inner.shared),
+            coordinator: inner.coordinator.clone(),
+            listen: kafka.listen,
+            advertised: kafka.advertised.clone(),
+            max_connections: kafka.max_connections,
+            request_max_bytes: kafka.request_max_bytes,
+            node_id: 0,
+            cluster_id,
+            metadata: inner._metadata.clone(),
+            counters: Arc::clone(&inner.shared.metrics.kafka),
+        };
+        let server = KafkaServer::start(context).map_err(|source| StartError::Listen {
+            address: kafka.listen,
+            source,
+        })?;
+        tracing::info!(address = %server.local_address(), "kafka listener serving the Kafka protocol");
+        inner.kafka = Some(server);
+        Ok(())
+    }
+
+    /// The address of the `[kafka]` listener, if it is on (useful with port 0).
+    pub fn kafka_address(&self) -> Option<std::net::SocketAddr> {
+        self.inner().kafka.as_ref().map(KafkaServer::local_address)
     }
 
     /// Builds every pipeline (all of them, so a bad one starts none), then
@@ -874,6 +945,11 @@ impl Inner {
         tracing::info!(data_dir = %shared.config.data_dir.display(), "shutting down");
         let deadline = started + shared.config.shutdown_timeout;
         let mut first_error = None;
+        // Kafka clients first: no new requests (ones in flight end with the
+        // connection; their clients retry, idempotently if they are).
+        if let Some(mut kafka) = self.kafka.take() {
+            kafka.stop();
+        }
         // 0: the pipelines finish their in-flight batches and commit (3 in
         // the list above: it must come first, while produce still works for
         // their topic sinks and dead-letter queues).
@@ -1043,11 +1119,13 @@ fn fetch_address(
         })
 }
 
-pub(crate) async fn fetch_from(
+/// Asks the partition to plan a read from `offset`, waiting up to
+/// `options.max_wait` for data; the caller executes the plan.
+pub(crate) async fn plan_fetch(
     address: &Gated<PartitionActor>,
     offset: Offset,
     options: FetchOptions,
-) -> Result<FetchResult, FetchError> {
+) -> Result<FetchReply, FetchError> {
     let (reply, receiver) = oneshot::channel();
     let max_wait = options.max_wait.min(FETCH_WAIT_MAX);
     address
@@ -1059,7 +1137,15 @@ pub(crate) async fn fetch_from(
         })
         .await
         .map_err(|_| FetchError::Unavailable)?;
-    let reply = receiver.await.map_err(|_| FetchError::Unavailable)??;
+    receiver.await.map_err(|_| FetchError::Unavailable)?
+}
+
+pub(crate) async fn fetch_from(
+    address: &Gated<PartitionActor>,
+    offset: Offset,
+    options: FetchOptions,
+) -> Result<FetchResult, FetchError> {
+    let reply = plan_fetch(address, offset, options).await?;
     let Some(plan) = reply.plan else {
         return Ok(FetchResult {
             records: Vec::new(),
@@ -1083,7 +1169,7 @@ pub(crate) async fn fetch_from(
 /// until then. `send().await` would also wait for the handler to *return*,
 /// which costs a second cross-thread wake-up per message for a `()` thrown
 /// away (measured: about 4% of single-record produce).
-async fn request<M, T>(
+pub(crate) async fn request<M, T>(
     address: &Gated<PartitionActor>,
     message: M,
     answer: oneshot::Receiver<T>,
@@ -1476,4 +1562,22 @@ pub(crate) fn record_recovery(
     for corruption in &report.corruptions {
         tracing::error!(%topic, %partition, %corruption, "corrupt data quarantined; it will not be returned to readers");
     }
+}
+
+/// This data directory's cluster id (Kafka's Metadata `cluster_id`):
+/// made once, kept in the metadata store.
+fn cluster_id(metadata: &sled::Db) -> Result<String, String> {
+    const KEY: &[u8] = b"cluster_id";
+    if let Some(id) = metadata.get(KEY).map_err(|error| error.to_string())? {
+        return String::from_utf8(id.to_vec()).map_err(|_| "cluster_id is not UTF-8".to_owned());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let id = format!("millrace-{nanos:x}-{:x}", std::process::id());
+    metadata
+        .insert(KEY, id.as_bytes())
+        .and_then(|_| metadata.flush())
+        .map_err(|error| error.to_string())?;
+    Ok(id)
 }

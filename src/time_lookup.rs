@@ -24,7 +24,8 @@
 //! up a time inside the hot window therefore works as soon as the hot load
 //! is done.
 
-use crate::actors::partition::OffsetForTime;
+use crate::actors::mailbox::Gated;
+use crate::actors::partition::{OffsetForTime, PartitionActor};
 use crate::error::FetchError;
 use crate::runtime::Runtime;
 use crate::storage::ReadError;
@@ -64,26 +65,7 @@ impl Runtime {
         timestamp_ms: i64,
     ) -> Result<Offset, FetchError> {
         let address = self.partition_address(topic, partition)?;
-        let (reply, receiver) = oneshot::channel();
-        address
-            .send(OffsetForTime {
-                timestamp_ms,
-                reply,
-            })
-            .await
-            .map_err(|_| FetchError::Unavailable)?;
-        let answer = receiver.await.map_err(|_| FetchError::Unavailable)??;
-        answer.lookup.resolve().map_err(|error| match error {
-            ReadError::NotLoaded {
-                requested,
-                block_base_offset,
-            } => FetchError::Loading {
-                requested,
-                block_base_offset,
-                loaded_percent: answer.loaded_percent,
-            },
-            other => FetchError::from(other),
-        })
+        offset_for_timestamp_at(&address, timestamp_ms).await
     }
 
     /// [`Runtime::offset_for_timestamp`], blocking the calling thread.
@@ -95,4 +77,32 @@ impl Runtime {
     ) -> Result<Offset, FetchError> {
         crate::runtime::block_on(self.offset_for_timestamp(topic, partition, timestamp_ms))
     }
+}
+
+/// [`Runtime::offset_for_timestamp`] of the partition at `address` (for
+/// the Kafka front end's ListOffsets too).
+pub(crate) async fn offset_for_timestamp_at(
+    address: &Gated<PartitionActor>,
+    timestamp_ms: i64,
+) -> Result<Offset, FetchError> {
+    let (reply, receiver) = oneshot::channel();
+    address
+        .send(OffsetForTime {
+            timestamp_ms,
+            reply,
+        })
+        .await
+        .map_err(|_| FetchError::Unavailable)?;
+    let answer = receiver.await.map_err(|_| FetchError::Unavailable)??;
+    answer.lookup.resolve().map_err(|error| match error {
+        ReadError::NotLoaded {
+            requested,
+            block_base_offset,
+        } => FetchError::Loading {
+            requested,
+            block_base_offset,
+            loaded_percent: answer.loaded_percent,
+        },
+        other => FetchError::from(other),
+    })
 }

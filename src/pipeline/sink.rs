@@ -826,7 +826,11 @@ fn produce_error(topic: &str, error: ProduceError) -> SinkError {
         ProduceError::TooLarge { .. }
         | ProduceError::Empty
         | ProduceError::UnknownTopic(_)
-        | ProduceError::UnknownPartition { .. } => SinkError::permanent(message),
+        | ProduceError::UnknownPartition { .. }
+        // Only the Kafka front end sends idempotent batches; never a sink.
+        | ProduceError::OutOfOrderSequence { .. }
+        | ProduceError::InvalidProducerEpoch { .. }
+        | ProduceError::UnknownProducerId { .. } => SinkError::permanent(message),
         ProduceError::FailStopped { .. }
         | ProduceError::ShuttingDown
         | ProduceError::Unavailable => SinkError::retryable(message),

@@ -367,6 +367,78 @@ pub fn encode_compacted_frame(
     header
 }
 
+/// Attributes bit 4: the batch belongs to a transaction.
+const ATTRIBUTES_TRANSACTIONAL: i16 = 0x10;
+/// Attributes bit 5: a control batch (transaction markers).
+const ATTRIBUTES_CONTROL: i16 = 0x20;
+
+/// Checks a RecordBatch v2 that a client sent (Kafka's Produce), before
+/// anything is stored: lengths (against `batch.len()`, nothing allocated),
+/// magic 2, Kafka's CRC, no compression, not transactional or control, and
+/// every record's structure, with offset deltas exactly `0..recordCount`
+/// as producers write them. The base offset and leader epoch are ignored:
+/// the log assigns them ([`encode_frame_from_batch`]).
+pub fn validate_client_batch(batch: &[u8]) -> Result<BatchHeader, FrameError> {
+    if batch.len() > BATCH_BYTES_MAX {
+        return Err(FrameError::TooLong {
+            what: "batch",
+            length: batch.len() as u64,
+            max: BATCH_BYTES_MAX as u64,
+        });
+    }
+    // A client may send any base offset (Kafka clients send 0); only its
+    // sign matters to the header check, so check a copy with 0.
+    let mut header = decode_batch_header_with_base(batch, 0)?;
+    if header.attributes & (ATTRIBUTES_TRANSACTIONAL | ATTRIBUTES_CONTROL) != 0 {
+        return Err(malformed(format!(
+            "transactional and control batches are not supported (attributes {:#06x})",
+            header.attributes
+        )));
+    }
+    if u64::from(header.record_count) != u64::from(header.last_offset_delta) + 1 {
+        return Err(malformed(format!(
+            "recordCount {} does not match lastOffsetDelta {} + 1",
+            header.record_count, header.last_offset_delta
+        )));
+    }
+    check_record_count(&header, batch.len())?;
+    walk_records(batch, &header, &mut RecordValidator)?;
+    header.base_offset = Offset(0);
+    Ok(header)
+}
+
+/// Appends a frame holding `batch` (checked by [`validate_client_batch`])
+/// to `out` with its base offset and leader epoch set; every other byte of
+/// the client's batch is kept (producer id and sequence, timestamps,
+/// records), and Kafka's CRC, which does not cover those two fields, stays
+/// valid. Returns the header as stored.
+pub fn encode_frame_from_batch(
+    out: &mut Vec<u8>,
+    batch: &[u8],
+    checked: &BatchHeader,
+    base_offset: Offset,
+    leader_epoch: Term,
+) -> BatchHeader {
+    let frame_start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    let batch_start = out.len();
+    out.extend_from_slice(batch);
+    let stored = &mut out[batch_start..];
+    stored[0..8].copy_from_slice(&(base_offset.0 as i64).to_be_bytes());
+    stored[12..16].copy_from_slice(&(leader_epoch.0 as i32).to_be_bytes());
+    let batch_len_bytes = (batch.len() as u32).to_le_bytes();
+    let frame_crc = crc32c::crc32c_append(crc32c::crc32c(&batch_len_bytes), &out[batch_start..]);
+    let frame_header = &mut out[frame_start..batch_start];
+    frame_header[0..4].copy_from_slice(&FRAME_MAGIC);
+    frame_header[4..8].copy_from_slice(&batch_len_bytes);
+    frame_header[8..12].copy_from_slice(&frame_crc.to_le_bytes());
+    BatchHeader {
+        base_offset,
+        leader_epoch,
+        ..*checked
+    }
+}
+
 /// Decodes and verifies the frame at the start of `buffer` (magic, lengths
 /// against [`BATCH_BYTES_MAX`] before anything is allocated, both CRCs,
 /// header rules, and every record's structure). Returns the frame; its
@@ -635,6 +707,20 @@ fn write_record(
 /// Decodes and checks the fixed fields of a RecordBatch whose frame CRC
 /// already matched. `batch` is the whole RecordBatch.
 fn decode_batch_header(batch: &[u8]) -> Result<BatchHeader, FrameError> {
+    let Some(fixed) = batch.first_chunk::<8>() else {
+        return Err(malformed(format!(
+            "batch of {} bytes is under its header size",
+            batch.len()
+        )));
+    };
+    decode_batch_header_with_base(batch, i64::from_be_bytes(*fixed))
+}
+
+/// [`decode_batch_header`] with `base_offset` in place of the batch's own.
+fn decode_batch_header_with_base(
+    batch: &[u8],
+    base_offset: i64,
+) -> Result<BatchHeader, FrameError> {
     let Some(fixed) = batch.first_chunk::<BATCH_HEADER_BYTES>() else {
         return Err(malformed(format!(
             "batch of {} bytes is under its header size",
@@ -680,7 +766,6 @@ fn decode_batch_header(batch: &[u8]) -> Result<BatchHeader, FrameError> {
             "compressed batches are not supported (attributes {attributes:#06x})"
         )));
     }
-    let base_offset = i64_at(0);
     let last_offset_delta = i32_at(23);
     let record_count = i32_at(57);
     if base_offset < 0 {

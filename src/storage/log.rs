@@ -1,7 +1,7 @@
 //! [`PartitionLog`]: one partition's segments, offsets and recovery.
 
 use super::batch::{
-    decode_frame_checksummed, encode_frame, peek_frame_len, FrameError, FrameView, ProducerFields,
+    decode_frame_checksummed, BatchHeader, encode_frame, encode_frame_from_batch, peek_frame_len, FrameError, FrameView, ProducerFields,
     BATCH_HEADER_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
 use super::compaction::{CompactedBlocks, CompactionBlock, CompactionInput, SwapError};
@@ -206,8 +206,13 @@ pub struct ReadPlan {
 /// Records read by [`ReadPlan::execute`].
 #[derive(Clone, Debug, Default)]
 pub struct ReadResult {
-    /// Records with `from_offset <= offset < high_watermark`, in order.
+    /// Records with `from_offset <= offset < high_watermark`, in order
+    /// (empty from [`ReadPlan::execute_batches`]).
     pub records: Vec<FetchedRecord>,
+    /// From [`ReadPlan::execute_batches`] only: the stored RecordBatches
+    /// (Kafka's RecordBatch v2, as a Kafka fetch serves them), each holding
+    /// a record at or after `from_offset`; the first may start before it.
+    pub batches: Vec<Bytes>,
     /// Where the next read should start.
     pub next_offset: Offset,
     /// Frame bytes read.
@@ -224,17 +229,30 @@ impl ReadPlan {
     /// `next_offset`, reports the error. A reader thus gets everything before
     /// the damage and never anything at or after it.
     pub fn execute(&self, max_bytes: usize) -> Result<ReadResult, ReadError> {
+        self.run(max_bytes, false)
+    }
+
+    /// [`ReadPlan::execute`], but returns the verified RecordBatches as
+    /// stored instead of decoding their records: what a Kafka fetch sends.
+    pub fn execute_batches(&self, max_bytes: usize) -> Result<ReadResult, ReadError> {
+        self.run(max_bytes, true)
+    }
+
+    fn run(&self, max_bytes: usize, raw: bool) -> Result<ReadResult, ReadError> {
         let mut result = ReadResult {
             records: Vec::new(),
+            batches: Vec::new(),
             next_offset: self.from_offset,
             bytes_read: 0,
         };
         let mut previous_next_offset: Option<Offset> = None;
         for range in &self.ranges {
-            match self.read_range(range, max_bytes, &mut result, &mut previous_next_offset) {
+            match self.read_range(range, max_bytes, raw, &mut result, &mut previous_next_offset) {
                 Ok(RangeEnd::Exhausted) => {}
                 Ok(RangeEnd::Complete) => return Ok(result),
-                Err(error) if result.records.is_empty() => return Err(error),
+                Err(error) if result.records.is_empty() && result.batches.is_empty() => {
+                    return Err(error)
+                }
                 Err(_) => return Ok(result),
             }
         }
@@ -246,6 +264,7 @@ impl ReadPlan {
         &self,
         range: &ReadRange,
         max_bytes: usize,
+        raw: bool,
         result: &mut ReadResult,
         previous_next_offset: &mut Option<Offset>,
     ) -> Result<RangeEnd, ReadError> {
@@ -295,6 +314,19 @@ impl ReadPlan {
                 continue;
             }
             let high_watermark = self.high_watermark;
+            if raw {
+                // The high watermark is always at a batch boundary (it is
+                // where a durable append ended), so no batch straddles it.
+                result.batches.push(view.record_batch());
+                result.next_offset = result
+                    .next_offset
+                    .max(header.next_offset().min(high_watermark));
+                result.bytes_read += view.frame.len();
+                if result.bytes_read >= max_bytes {
+                    return Ok(RangeEnd::Complete);
+                }
+                continue;
+            }
             let records_before = result.records.len();
             view.records_into(&mut result.records, self.from_offset)
                 .map_err(|error| corrupt_read(&range.file, position, error.to_string()))?;
@@ -1172,7 +1204,7 @@ impl PartitionLog {
         if records.is_empty() {
             return Err(AppendError::Empty);
         }
-        let mut header_bytes = if self.active.write_position == 0 {
+        let header_bytes = if self.active.write_position == 0 {
             SEGMENT_HEADER_BYTES as usize
         } else {
             0
@@ -1191,6 +1223,62 @@ impl PartitionLog {
             records,
             now_ms,
         );
+        debug_assert_eq!(u64::from(batch.record_count), records.len() as u64);
+        self.append_frame(bytes, header_bytes, batch, now_ms)
+    }
+
+    /// Appends a RecordBatch a client sent, already checked by
+    /// [`validate_client_batch`](super::batch::validate_client_batch), as it
+    /// is: only its base offset and leader epoch are set. Its producer id,
+    /// sequence and timestamps are kept, so a Kafka fetch serves it unchanged.
+    pub fn append_batch(
+        &mut self,
+        batch: &[u8],
+        checked: &BatchHeader,
+        term: Term,
+        now_ms: i64,
+    ) -> Result<AppendOutcome, AppendError> {
+        let frame_bytes = FRAME_HEADER_BYTES + batch.len();
+        if frame_bytes > self.options.batch_bytes_max {
+            return Err(AppendError::TooLarge {
+                bytes: frame_bytes,
+                max: self.options.batch_bytes_max,
+            });
+        }
+        if self
+            .log_end_offset
+            .0
+            .checked_add(u64::from(checked.last_offset_delta))
+            .is_none_or(|last| last > i64::MAX as u64)
+        {
+            return Err(AppendError::TooLarge {
+                bytes: frame_bytes,
+                max: 0,
+            });
+        }
+        let header_bytes = if self.active.write_position == 0 {
+            SEGMENT_HEADER_BYTES as usize
+        } else {
+            0
+        };
+        let mut bytes = Vec::with_capacity(header_bytes + frame_bytes);
+        if header_bytes > 0 {
+            bytes.extend_from_slice(&encode_header());
+        }
+        let header = encode_frame_from_batch(&mut bytes, batch, checked, self.log_end_offset, term);
+        self.append_frame(bytes, header_bytes, header, now_ms)
+    }
+
+    /// Queues one encoded frame (after `header_bytes` of segment header, if
+    /// the active segment is empty) at the log end: the roll if due, the
+    /// index entry, and the append job.
+    fn append_frame(
+        &mut self,
+        mut bytes: Vec<u8>,
+        mut header_bytes: usize,
+        batch: BatchHeader,
+        now_ms: i64,
+    ) -> Result<AppendOutcome, AppendError> {
         let frame_bytes = bytes.len() - header_bytes;
         if frame_bytes > self.options.batch_bytes_max {
             return Err(AppendError::TooLarge {
@@ -1199,7 +1287,6 @@ impl PartitionLog {
             });
         }
         debug_assert_eq!(batch.base_offset, self.log_end_offset);
-        debug_assert_eq!(u64::from(batch.record_count), records.len() as u64);
 
         let mut jobs = Vec::with_capacity(2);
         if self.should_roll(frame_bytes, now_ms) {

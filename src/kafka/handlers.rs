@@ -1,0 +1,1398 @@
+//! Request parsing, and one handler per API: what each Kafka request means
+//! to millrace's actors.
+//!
+//! The handlers hold no state of their own. Produce and fetch go to the
+//! partition actors (`ProduceBatch` with the client's RecordBatch as it is;
+//! `Fetch` plans a read that runs on the blocking pool and returns the
+//! stored RecordBatches unchanged); consumer groups and committed offsets go
+//! to the one `GroupCoordinator`, the same that pipelines use.
+
+use super::versions::{self, SUPPORTED};
+use crate::actors::group::GroupCoordinator;
+use super::group_stub::{
+    KafkaCommit, KafkaHeartbeat, KafkaJoin, KafkaLeave, KafkaOffsetFetch, KafkaSync,
+};
+use crate::actors::partition::{AppendAck, ProduceBatch};
+use crate::actors::producers::Sequenced;
+use crate::error::{FetchError, ProduceError};
+use crate::runtime::{plan_fetch, request, FetchOptions, Shared};
+use crate::storage::batch::validate_client_batch;
+use crate::storage::FrameError;
+use crate::types::Offset;
+use actix::Addr;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Kafka's error codes that the handlers answer with.
+pub(crate) mod code {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const POLICY_VIOLATION: i16 = 44;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNKNOWN_PRODUCER_ID: i16 = 59;
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    pub const INVALID_RECORD: i16 = 87;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+}
+
+/// Counters of the listener, shown in `/metrics`.
+#[derive(Debug, Default)]
+pub struct KafkaCounters {
+    /// Requests answered (or, for `acks = 0`, handled).
+    pub requests: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed because of a malformed, oversized or unsupported request.
+    pub requests_refused: AtomicU64,
+}
+
+/// What every handler can reach.
+pub(crate) struct KafkaContext {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) coordinator: Addr<GroupCoordinator>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) advertised: Option<(String, u16)>,
+    pub(crate) max_connections: u32,
+    pub(crate) request_max_bytes: u64,
+    pub(crate) node_id: i32,
+    pub(crate) cluster_id: String,
+    /// Hands out producer ids that stay unique across restarts.
+    pub(crate) metadata: sled::Db,
+    pub(crate) counters: Arc<KafkaCounters>,
+}
+
+impl KafkaContext {
+    /// Fills in the advertised address from the bound one when unset.
+    pub(crate) fn with_bound_address(mut self, bound: SocketAddr) -> KafkaContext {
+        self.listen = bound;
+        if self.advertised.is_none() {
+            self.advertised = Some((bound.ip().to_string(), bound.port()));
+        }
+        self
+    }
+
+    fn host_port(&self) -> (StrBytes, i32) {
+        let (host, port) = self
+            .advertised
+            .clone()
+            .unwrap_or_else(|| (self.listen.ip().to_string(), self.listen.port()));
+        (StrBytes::from_string(host), i32::from(port))
+    }
+}
+
+/// One decoded request.
+pub(crate) struct Request {
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: Body,
+}
+
+enum Body {
+    ApiVersions,
+    /// ApiVersions at a version we do not have: answered at v0 (KIP-511).
+    ApiVersionsUnsupported,
+    Metadata(MetadataRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    InitProducerId(InitProducerIdRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+}
+
+/// What the connection does after a handler.
+pub(crate) enum Handled {
+    /// Write this frame (length prefix included).
+    Respond(Bytes),
+    /// Nothing to write (produce with `acks = 0`).
+    NoResponse,
+    /// Close the connection; the reason is logged.
+    Close(String),
+}
+
+/// Decodes a request frame (without its length prefix). Errors name what
+/// was wrong; the connection is then closed.
+pub(crate) fn parse(frame: Bytes) -> Result<Request, String> {
+    if frame.len() < 8 {
+        return Err(format!(
+            "request frame of {} bytes is shorter than a request header",
+            frame.len()
+        ));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(key).map_err(|()| format!("unknown API key {key}"))?;
+    let Some(range) = versions::supported(api) else {
+        return Err(format!("API {api:?} (key {key}) is not supported"));
+    };
+    if !(range.0..=range.1).contains(&version) {
+        if api == ApiKey::ApiVersions {
+            return Ok(Request {
+                api,
+                version: 0,
+                correlation_id,
+                body: Body::ApiVersionsUnsupported,
+            });
+        }
+        return Err(format!(
+            "API {api:?} version {version} is not supported (supported: {}..={})",
+            range.0, range.1
+        ));
+    }
+    let mut buffer = frame;
+    let header_version = api.request_header_version(version);
+    RequestHeader::decode(&mut buffer, header_version)
+        .map_err(|error| format!("{api:?} v{version}: bad request header: {error}"))?;
+    let body = decode_body(api, version, &mut buffer)
+        .map_err(|error| format!("{api:?} v{version}: request does not decode: {error}"))?;
+    Ok(Request {
+        api,
+        version,
+        correlation_id,
+        body,
+    })
+}
+
+fn decode_body(api: ApiKey, version: i16, buffer: &mut Bytes) -> anyhow::Result<Body> {
+    Ok(match api {
+        ApiKey::ApiVersions => {
+            ApiVersionsRequest::decode(buffer, version)?;
+            Body::ApiVersions
+        }
+        ApiKey::Metadata => Body::Metadata(MetadataRequest::decode(buffer, version)?),
+        ApiKey::Produce => Body::Produce(ProduceRequest::decode(buffer, version)?),
+        ApiKey::Fetch => Body::Fetch(FetchRequest::decode(buffer, version)?),
+        ApiKey::ListOffsets => Body::ListOffsets(ListOffsetsRequest::decode(buffer, version)?),
+        ApiKey::FindCoordinator => {
+            Body::FindCoordinator(FindCoordinatorRequest::decode(buffer, version)?)
+        }
+        ApiKey::JoinGroup => Body::JoinGroup(JoinGroupRequest::decode(buffer, version)?),
+        ApiKey::SyncGroup => Body::SyncGroup(SyncGroupRequest::decode(buffer, version)?),
+        ApiKey::Heartbeat => Body::Heartbeat(HeartbeatRequest::decode(buffer, version)?),
+        ApiKey::LeaveGroup => Body::LeaveGroup(LeaveGroupRequest::decode(buffer, version)?),
+        ApiKey::OffsetCommit => Body::OffsetCommit(OffsetCommitRequest::decode(buffer, version)?),
+        ApiKey::OffsetFetch => Body::OffsetFetch(OffsetFetchRequest::decode(buffer, version)?),
+        ApiKey::InitProducerId => {
+            Body::InitProducerId(InitProducerIdRequest::decode(buffer, version)?)
+        }
+        ApiKey::CreateTopics => Body::CreateTopics(CreateTopicsRequest::decode(buffer, version)?),
+        ApiKey::DeleteTopics => Body::DeleteTopics(DeleteTopicsRequest::decode(buffer, version)?),
+        ApiKey::DescribeConfigs => {
+            Body::DescribeConfigs(DescribeConfigsRequest::decode(buffer, version)?)
+        }
+        other => anyhow::bail!("API {other:?} has no handler"),
+    })
+}
+
+/// Runs the request's handler and encodes its response.
+pub(crate) async fn handle(context: &KafkaContext, request: Request) -> Handled {
+    context.counters.requests.fetch_add(1, Relaxed);
+    let version = request.version;
+    let api = request.api;
+    let correlation_id = request.correlation_id;
+    macro_rules! respond {
+        ($response:expr) => {
+            encode_response(api, version, correlation_id, &$response)
+        };
+    }
+    match request.body {
+        Body::ApiVersions => respond!(api_versions(code::NONE, version)),
+        Body::ApiVersionsUnsupported => respond!(api_versions(code::UNSUPPORTED_VERSION, 0)),
+        Body::Metadata(body) => respond!(metadata(context, body, version)),
+        Body::Produce(body) => {
+            let acks = body.acks;
+            let response = produce(context, body, version).await;
+            if acks == 0 {
+                Handled::NoResponse
+            } else {
+                respond!(response)
+            }
+        }
+        Body::Fetch(body) => respond!(fetch(context, body, version).await),
+        Body::ListOffsets(body) => respond!(list_offsets(context, body, version).await),
+        Body::FindCoordinator(body) => respond!(find_coordinator(context, body, version)),
+        Body::JoinGroup(body) => respond!(join_group(context, body, version).await),
+        Body::SyncGroup(body) => respond!(sync_group(context, body, version).await),
+        Body::Heartbeat(body) => respond!(heartbeat(context, body).await),
+        Body::LeaveGroup(body) => respond!(leave_group(context, body, version).await),
+        Body::OffsetCommit(body) => respond!(offset_commit(context, body).await),
+        Body::OffsetFetch(body) => respond!(offset_fetch(context, body, version).await),
+        Body::InitProducerId(body) => respond!(init_producer_id(context, body)),
+        Body::CreateTopics(body) => respond!(create_topics(context, body, version)),
+        Body::DeleteTopics(body) => respond!(delete_topics(context, body, version)),
+        Body::DescribeConfigs(body) => respond!(describe_configs(context, body, version)),
+    }
+}
+
+fn encode_response<R: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &R,
+) -> Handled {
+    let mut out = BytesMut::with_capacity(256);
+    out.extend_from_slice(&[0u8; 4]);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = api.response_header_version(version);
+    let encoded = header
+        .encode(&mut out, header_version)
+        .and_then(|()| response.encode(&mut out, version));
+    if let Err(error) = encoded {
+        // A bug of ours (a field set that the version lacks): say so, and
+        // close rather than send a frame the client cannot parse.
+        return Handled::Close(format!(
+            "cannot encode the {api:?} v{version} response: {error}"
+        ));
+    }
+    let length = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&length.to_be_bytes());
+    Handled::Respond(out.freeze())
+}
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// ApiVersions, Metadata, FindCoordinator, DescribeConfigs, topics
+
+fn api_versions(error: i16, version: i16) -> ApiVersionsResponse {
+    let api_keys = SUPPORTED
+        .iter()
+        .map(|(api, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*api as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
+        .collect();
+    let _ = version;
+    ApiVersionsResponse::default()
+        .with_error_code(error)
+        .with_api_keys(api_keys)
+}
+
+fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let (host, port) = context.host_port();
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(context.node_id))
+        .with_host(host)
+        .with_port(port);
+    // v0: an empty list means every topic; v1+: null means every topic.
+    let wanted: Vec<String> = match request.topics {
+        None => context.shared.topic_names().to_vec(),
+        Some(topics) if topics.is_empty() && version == 0 => context.shared.topic_names().to_vec(),
+        Some(topics) => topics
+            .into_iter()
+            .filter_map(|topic| topic.name.map(|name| name.0.to_string()))
+            .collect(),
+    };
+    let topics = wanted
+        .into_iter()
+        .map(|name| {
+            let mut topic = MetadataResponseTopic::default().with_name(Some(TopicName(text(&name))));
+            match context.shared.topic(&name) {
+                None => {
+                    let error = if crate::config::validate_topic_name(&name).is_ok() {
+                        code::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        code::INVALID_TOPIC_EXCEPTION
+                    };
+                    topic.error_code = error;
+                }
+                Some(handle) => {
+                    topic.partitions = (0..handle.partitions().len() as i32)
+                        .map(|index| {
+                            let mut partition = MetadataResponsePartition::default()
+                                .with_partition_index(index)
+                                .with_leader_id(BrokerId(context.node_id))
+                                .with_replica_nodes(vec![BrokerId(context.node_id)])
+                                .with_isr_nodes(vec![BrokerId(context.node_id)]);
+                            if version >= 7 {
+                                partition.leader_epoch = 0;
+                            }
+                            partition
+                        })
+                        .collect();
+                }
+            }
+            topic
+        })
+        .collect();
+    let mut response = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_topics(topics);
+    if version >= 1 {
+        response.controller_id = BrokerId(context.node_id);
+    }
+    if version >= 2 {
+        response.cluster_id = Some(text(&context.cluster_id));
+    }
+    response
+}
+
+fn find_coordinator(
+    context: &KafkaContext,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let (host, port) = context.host_port();
+    // Transactions (key type 1) are not supported.
+    let error_for = |key_type: i8| {
+        if key_type == 0 {
+            code::NONE
+        } else {
+            code::COORDINATOR_NOT_AVAILABLE
+        }
+    };
+    if version >= 4 {
+        let coordinators = request
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(context.node_id))
+                    .with_host(host.clone())
+                    .with_port(port)
+                    .with_error_code(error_for(request.key_type))
+            })
+            .collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    FindCoordinatorResponse::default()
+        .with_error_code(error_for(request.key_type))
+        .with_node_id(BrokerId(context.node_id))
+        .with_host(host)
+        .with_port(port)
+}
+
+/// Topic configs reported by DescribeConfigs (resource type 2), in Kafka's names.
+fn topic_configs(topic: &crate::config::TopicConfig) -> Vec<(&'static str, String)> {
+    let cleanup = match topic.cleanup {
+        crate::config::CleanupPolicy::Delete => "delete",
+        crate::config::CleanupPolicy::Compact => "compact",
+        crate::config::CleanupPolicy::CompactAndDelete => "compact,delete",
+    };
+    let retention_ms = topic
+        .retention
+        .map_or(-1, |retention| retention.as_millis() as i64);
+    let retention_bytes = topic.retention_bytes.map_or(-1, |bytes| bytes as i64);
+    vec![
+        ("cleanup.policy", cleanup.to_owned()),
+        ("retention.ms", retention_ms.to_string()),
+        ("retention.bytes", retention_bytes.to_string()),
+        ("segment.bytes", topic.segment_bytes.to_string()),
+        ("max.message.bytes", topic.max_batch_bytes.to_string()),
+        (
+            "delete.retention.ms",
+            (topic.delete_retention.as_millis() as i64).to_string(),
+        ),
+        ("min.cleanable.dirty.ratio", topic.min_dirty_ratio.to_string()),
+        ("message.timestamp.type", "CreateTime".to_owned()),
+        ("compression.type", "producer".to_owned()),
+    ]
+}
+
+fn describe_configs(
+    context: &KafkaContext,
+    request: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
+    const TOPIC: i8 = 2;
+    const BROKER: i8 = 4;
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let mut result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            let entries: Vec<(&'static str, String)> = match resource.resource_type {
+                TOPIC => match context.shared.topic(resource.resource_name.as_str()) {
+                    Some(handle) => topic_configs(handle.config()),
+                    None => {
+                        result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                        result.error_message = Some(text(&format!(
+                            "topic {:?} does not exist",
+                            resource.resource_name.as_str()
+                        )));
+                        return result;
+                    }
+                },
+                BROKER => vec![
+                    ("broker.id", context.node_id.to_string()),
+                    ("auto.create.topics.enable", "false".to_owned()),
+                    ("socket.request.max.bytes", context.request_max_bytes.to_string()),
+                ],
+                other => {
+                    result.error_code = code::INVALID_REQUEST;
+                    result.error_message =
+                        Some(text(&format!("resource type {other} is not supported")));
+                    return result;
+                }
+            };
+            let keys = resource.configuration_keys;
+            result.configs = entries
+                .into_iter()
+                .filter(|(name, _)| {
+                    keys.as_ref()
+                        .is_none_or(|keys| keys.iter().any(|key| key.as_str() == *name))
+                })
+                .map(|(name, value)| {
+                    let mut entry = DescribeConfigsResourceResult::default()
+                        .with_name(text(name))
+                        .with_value(Some(text(&value)))
+                        .with_read_only(true);
+                    // 5 = STATIC_BROKER_CONFIG / the config file.
+                    entry.config_source = if version >= 1 { 5 } else { -1 };
+                    entry
+                })
+                .collect();
+            result
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+fn create_topics(
+    context: &KafkaContext,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let name = topic.name.0.to_string();
+            let (error, message) = if context.shared.topic(&name).is_some() {
+                (
+                    code::TOPIC_ALREADY_EXISTS,
+                    format!("topic {name:?} already exists"),
+                )
+            } else if let Err(reason) = crate::config::validate_topic_name(&name) {
+                (code::INVALID_TOPIC_EXCEPTION, reason)
+            } else {
+                (
+                    code::POLICY_VIOLATION,
+                    format!(
+                        "topic {name:?}: topics are declared in the config file ([[topic]]); \
+                         this node does not create topics at run time"
+                    ),
+                )
+            };
+            let mut result = CreatableTopicResult::default()
+                .with_name(TopicName(text(&name)))
+                .with_error_code(error);
+            if version >= 1 {
+                result.error_message = Some(text(&message));
+            }
+            result
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+fn delete_topics(
+    context: &KafkaContext,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let names: Vec<String> = if version >= 6 {
+        request
+            .topics
+            .into_iter()
+            .filter_map(|topic| topic.name.map(|name| name.0.to_string()))
+            .collect()
+    } else {
+        request
+            .topic_names
+            .into_iter()
+            .map(|name| name.0.to_string())
+            .collect()
+    };
+    let responses = names
+        .into_iter()
+        .map(|name| {
+            let (error, message) = if context.shared.topic(&name).is_none() {
+                (
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic {name:?} does not exist"),
+                )
+            } else {
+                (
+                    code::POLICY_VIOLATION,
+                    format!(
+                        "topic {name:?}: topics are declared in the config file; \
+                         remove it there and restart to delete it"
+                    ),
+                )
+            };
+            let mut result = DeletableTopicResult::default()
+                .with_name(Some(TopicName(text(&name))))
+                .with_error_code(error);
+            if version >= 5 {
+                result.error_message = Some(text(&message));
+            }
+            result
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+// ---------------------------------------------------------------------------
+// Produce
+
+fn produce_error_code(error: &ProduceError) -> i16 {
+    match error {
+        ProduceError::UnknownTopic(_) | ProduceError::UnknownPartition { .. } => {
+            code::UNKNOWN_TOPIC_OR_PARTITION
+        }
+        ProduceError::Empty => code::INVALID_RECORD,
+        ProduceError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
+        ProduceError::FailStopped { .. } => code::KAFKA_STORAGE_ERROR,
+        ProduceError::ShuttingDown | ProduceError::Unavailable => code::NOT_LEADER_OR_FOLLOWER,
+        ProduceError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ProduceError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
+        ProduceError::UnknownProducerId { .. } => code::UNKNOWN_PRODUCER_ID,
+    }
+}
+
+fn batch_error_code(error: &FrameError) -> i16 {
+    match error {
+        FrameError::Checksum { .. } => code::CORRUPT_MESSAGE,
+        FrameError::TooLong { .. } => code::MESSAGE_TOO_LARGE,
+        FrameError::Malformed(message) if message.contains("compressed") => {
+            code::UNSUPPORTED_COMPRESSION_TYPE
+        }
+        _ => code::INVALID_RECORD,
+    }
+}
+
+/// The outcome of one partition's part of a produce request.
+struct PartitionOutcome {
+    error: i16,
+    message: Option<String>,
+    base_offset: i64,
+}
+
+async fn produce_partition(
+    context: &KafkaContext,
+    topic: &str,
+    partition: i32,
+    records: Option<Bytes>,
+    acks: i16,
+) -> PartitionOutcome {
+    let refuse = |error: i16, message: String| PartitionOutcome {
+        error,
+        message: Some(message),
+        base_offset: -1,
+    };
+    let Some(handle) = context.shared.topic(topic) else {
+        return refuse(
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("topic {topic:?} does not exist"),
+        );
+    };
+    let Some(address) = usize::try_from(partition)
+        .ok()
+        .and_then(|index| handle.partitions().get(index))
+    else {
+        return refuse(
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("topic {topic:?} has no partition {partition}"),
+        );
+    };
+    let Some(batch) = records.filter(|records| !records.is_empty()) else {
+        return refuse(code::INVALID_RECORD, "no record batch".to_owned());
+    };
+    let header = match validate_client_batch(&batch) {
+        Ok(header) => header,
+        Err(error) => {
+            // A batch followed by more bytes, or several batches, also ends here:
+            // Kafka takes exactly one batch per partition (magic 2).
+            tracing::debug!(topic, partition, %error, "kafka produce: batch refused");
+            return refuse(batch_error_code(&error), format!("invalid record batch: {error}"));
+        }
+    };
+    if u64::try_from(batch.len()).unwrap_or(u64::MAX) + 12 > handle.config().max_batch_bytes {
+        return refuse(
+            code::MESSAGE_TOO_LARGE,
+            format!(
+                "batch of {} bytes is over max.message.bytes = {}",
+                batch.len(),
+                handle.config().max_batch_bytes
+            ),
+        );
+    }
+    let producer = (header.producer_id >= 0 && header.base_sequence >= 0).then(|| Sequenced {
+        producer_id: header.producer_id,
+        epoch: header.producer_epoch,
+        first_sequence: header.base_sequence,
+        record_count: header.record_count,
+    });
+    let (reply, answer) = oneshot::channel();
+    let message = ProduceBatch {
+        batch,
+        header,
+        producer,
+        reply,
+    };
+    let outcome: Result<AppendAck, ProduceError> = match request(address, message, answer).await {
+        Ok(result) => result,
+        Err(_) => Err(ProduceError::Unavailable),
+    };
+    let _ = acks; // -1 and 1 both wait for durability under the topic's fsync policy.
+    match outcome {
+        Ok(ack) => PartitionOutcome {
+            error: code::NONE,
+            message: None,
+            base_offset: ack.base_offset.0 as i64,
+        },
+        Err(error) => refuse(produce_error_code(&error), error.to_string()),
+    }
+}
+
+async fn produce(context: &KafkaContext, request: ProduceRequest, version: i16) -> ProduceResponse {
+    let transactional = request.transactional_id.is_some();
+    let acks = request.acks;
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        // Partitions of one request go to their actors concurrently.
+        let outcomes = futures_util::future::join_all(topic.partition_data.iter().map(|data| {
+            let records = data.records.clone();
+            let name = name.as_str();
+            async move {
+                if transactional {
+                    return PartitionOutcome {
+                        error: code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                        message: Some("transactions are not supported".to_owned()),
+                        base_offset: -1,
+                    };
+                }
+                if !(acks == -1 || acks == 0 || acks == 1) {
+                    return PartitionOutcome {
+                        error: code::INVALID_REQUEST,
+                        message: Some(format!("acks = {acks} is not -1, 0 or 1")),
+                        base_offset: -1,
+                    };
+                }
+                produce_partition(context, name, data.index, records, acks).await
+            }
+        }))
+        .await;
+        let partition_responses = topic
+            .partition_data
+            .iter()
+            .zip(outcomes)
+            .map(|(data, outcome)| {
+                let mut response = PartitionProduceResponse::default()
+                    .with_index(data.index)
+                    .with_error_code(outcome.error)
+                    .with_base_offset(outcome.base_offset)
+                    .with_log_append_time_ms(-1);
+                if version >= 8 {
+                    response.error_message = outcome.message.map(|message| text(&message));
+                }
+                response
+            })
+            .collect();
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(TopicName(text(&name)))
+                .with_partition_responses(partition_responses),
+        );
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+// ---------------------------------------------------------------------------
+// Fetch and ListOffsets
+
+fn fetch_error_code(error: &FetchError) -> i16 {
+    match error {
+        FetchError::UnknownTopic(_) | FetchError::UnknownPartition { .. } => {
+            code::UNKNOWN_TOPIC_OR_PARTITION
+        }
+        FetchError::OffsetOutOfRange { .. } => code::OFFSET_OUT_OF_RANGE,
+        FetchError::Corrupt(_) => code::CORRUPT_MESSAGE,
+        FetchError::Io(_) => code::KAFKA_STORAGE_ERROR,
+        FetchError::Loading { .. } | FetchError::Unavailable | FetchError::ShuttingDown => {
+            code::NOT_LEADER_OR_FOLLOWER
+        }
+    }
+}
+
+/// One partition's part of a fetch response, before encoding.
+struct FetchedPart {
+    error: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    batches: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl FetchedPart {
+    fn failed(error: i16) -> FetchedPart {
+        FetchedPart {
+            error,
+            high_watermark: -1,
+            log_start_offset: -1,
+            batches: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// Reads one partition from `offset` without waiting.
+async fn fetch_partition(
+    context: &KafkaContext,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+) -> FetchedPart {
+    let Some(address) = context.shared.topic(topic).and_then(|handle| {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| handle.partitions().get(index).cloned())
+    }) else {
+        return FetchedPart::failed(code::UNKNOWN_TOPIC_OR_PARTITION);
+    };
+    let Ok(offset) = u64::try_from(offset) else {
+        return FetchedPart::failed(code::OFFSET_OUT_OF_RANGE);
+    };
+    let options = FetchOptions {
+        max_bytes: max_bytes.max(1),
+        max_wait: Duration::ZERO,
+    };
+    let reply = match plan_fetch(&address, Offset(offset), options).await {
+        Ok(reply) => reply,
+        Err(error) => return FetchedPart::failed(fetch_error_code(&error)),
+    };
+    let mut part = FetchedPart {
+        error: code::NONE,
+        high_watermark: reply.high_watermark.0 as i64,
+        log_start_offset: reply.log_start_offset.0 as i64,
+        batches: Vec::new(),
+        bytes: 0,
+    };
+    let Some(plan) = reply.plan else {
+        return part;
+    };
+    if max_bytes == 0 {
+        return part;
+    }
+    let read = tokio::task::spawn_blocking(move || plan.execute_batches(max_bytes)).await;
+    match read {
+        Ok(Ok(read)) => {
+            part.bytes = read.batches.iter().map(Bytes::len).sum();
+            part.batches = read.batches;
+        }
+        Ok(Err(error)) => part.error = fetch_error_code(&FetchError::from(error)),
+        Err(_) => part.error = code::UNKNOWN_SERVER_ERROR,
+    }
+    part
+}
+
+/// Waits until a partition of the request has data past its fetch offset,
+/// or `wait` passes.
+async fn wait_for_data(context: &KafkaContext, request: &FetchRequest, wait: Duration) {
+    let mut waits = Vec::new();
+    for topic in &request.topics {
+        let Some(handle) = context.shared.topic(topic.topic.0.as_str()) else {
+            continue;
+        };
+        for partition in &topic.partitions {
+            let Some(address) = usize::try_from(partition.partition)
+                .ok()
+                .and_then(|index| handle.partitions().get(index).cloned())
+            else {
+                continue;
+            };
+            let Ok(offset) = u64::try_from(partition.fetch_offset) else {
+                continue;
+            };
+            waits.push(Box::pin(async move {
+                let options = FetchOptions {
+                    max_bytes: 1,
+                    max_wait: wait,
+                };
+                let _ = plan_fetch(&address, Offset(offset), options).await;
+            }));
+        }
+    }
+    if waits.is_empty() {
+        tokio::time::sleep(wait).await;
+        return;
+    }
+    let any = futures_util::future::select_all(waits);
+    let _ = tokio::time::timeout(wait, any).await;
+}
+
+async fn fetch(context: &KafkaContext, request: FetchRequest, version: i16) -> FetchResponse {
+    let deadline = Instant::now()
+        + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0))
+            .min(crate::actors::partition::FETCH_WAIT_MAX);
+    let response_max = usize::try_from(request.max_bytes)
+        .ok()
+        .filter(|&max| max > 0 && version >= 3)
+        .unwrap_or(usize::MAX);
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    loop {
+        let mut total = 0usize;
+        let mut any_error = false;
+        let mut topics = Vec::with_capacity(request.topics.len());
+        for topic in &request.topics {
+            let name = topic.topic.0.as_str();
+            let mut partitions = Vec::with_capacity(topic.partitions.len());
+            for partition in &topic.partitions {
+                let limit = usize::try_from(partition.partition_max_bytes)
+                    .unwrap_or(0)
+                    .min(response_max.saturating_sub(total));
+                // The first batch is returned even over the limits, so a
+                // large batch never stalls a consumer (as Kafka does).
+                let limit = if total == 0 { limit.max(1) } else { limit };
+                let part = fetch_partition(
+                    context,
+                    name,
+                    partition.partition,
+                    partition.fetch_offset,
+                    limit,
+                )
+                .await;
+                total += part.bytes;
+                any_error |= part.error != code::NONE;
+                partitions.push((partition.partition, part));
+            }
+            topics.push((topic.topic.clone(), partitions));
+        }
+        let now = Instant::now();
+        if total >= min_bytes.max(1) || any_error || now >= deadline {
+            return encode_fetch(topics, version);
+        }
+        wait_for_data(context, &request, deadline - now).await;
+        if Instant::now() >= deadline {
+            // One last look, then answer whatever there is.
+            continue;
+        }
+    }
+}
+
+fn encode_fetch(topics: Vec<(TopicName, Vec<(i32, FetchedPart)>)>, version: i16) -> FetchResponse {
+    let responses = topics
+        .into_iter()
+        .map(|(name, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|(index, part)| {
+                    let records = match part.batches.len() {
+                        0 => Bytes::new(),
+                        1 => part.batches.into_iter().next().unwrap_or_default(),
+                        _ => {
+                            let mut joined = BytesMut::with_capacity(part.bytes);
+                            for batch in &part.batches {
+                                joined.extend_from_slice(batch);
+                            }
+                            joined.freeze()
+                        }
+                    };
+                    let mut data = PartitionData::default()
+                        .with_partition_index(index)
+                        .with_error_code(part.error)
+                        .with_high_watermark(part.high_watermark)
+                        .with_records(Some(records));
+                    if version >= 4 {
+                        data.last_stable_offset = part.high_watermark;
+                        data.aborted_transactions = Some(Vec::new());
+                    }
+                    if version >= 5 {
+                        data.log_start_offset = part.log_start_offset;
+                    }
+                    data
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default().with_responses(responses)
+}
+
+async fn list_offsets(
+    context: &KafkaContext,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for partition in topic.partitions {
+            let mut response = ListOffsetsPartitionResponse::default()
+                .with_partition_index(partition.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1);
+            let address = context.shared.topic(&name).and_then(|handle| {
+                usize::try_from(partition.partition_index)
+                    .ok()
+                    .and_then(|index| handle.partitions().get(index).cloned())
+            });
+            let Some(address) = address else {
+                response.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                partitions.push(response);
+                continue;
+            };
+            let answer = match partition.timestamp {
+                // -1 latest (the high watermark), -2 earliest.
+                -1 | -2 => address
+                    .send(crate::actors::partition::Describe)
+                    .await
+                    .map(|offsets| {
+                        if partition.timestamp == -1 {
+                            offsets.high_watermark
+                        } else {
+                            offsets.log_start_offset
+                        }
+                    })
+                    .map_err(|_| FetchError::Unavailable),
+                timestamp if timestamp >= 0 => {
+                    crate::time_lookup::offset_for_timestamp_at(&address, timestamp).await
+                }
+                other => {
+                    response.error_code = code::UNSUPPORTED_VERSION;
+                    tracing::debug!(timestamp = other, "kafka list offsets: special timestamp not supported");
+                    partitions.push(response);
+                    continue;
+                }
+            };
+            match answer {
+                Ok(offset) => {
+                    response.offset = offset.0 as i64;
+                    if version >= 4 {
+                        response.leader_epoch = 0;
+                    }
+                }
+                Err(error) => response.error_code = fetch_error_code(&error),
+            }
+            partitions.push(response);
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(TopicName(text(&name)))
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+fn init_producer_id(context: &KafkaContext, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    if request.transactional_id.is_some() {
+        return InitProducerIdResponse::default()
+            .with_error_code(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    // sled's ids are unique and increasing across restarts (it persists a
+    // high-water mark ahead of what it hands out).
+    match context.metadata.generate_id() {
+        Ok(id) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId((id & (i64::MAX as u64)) as i64))
+            .with_producer_epoch(0),
+        Err(error) => {
+            tracing::warn!(%error, "kafka init producer id: cannot allocate an id");
+            InitProducerIdResponse::default()
+                .with_error_code(code::KAFKA_STORAGE_ERROR)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Consumer groups: each request is one message to the GroupCoordinator.
+
+async fn ask<T>(
+    context: &KafkaContext,
+    send: impl FnOnce(oneshot::Sender<T>) -> Result<(), ()>,
+) -> Option<T> {
+    let _ = context;
+    let (reply, answer) = oneshot::channel();
+    send(reply).ok()?;
+    answer.await.ok()
+}
+
+fn optional_text(value: Option<String>) -> Option<StrBytes> {
+    value.map(|value| text(&value))
+}
+
+async fn join_group(
+    context: &KafkaContext,
+    request: JoinGroupRequest,
+    version: i16,
+) -> JoinGroupResponse {
+    let session_timeout = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
+    let rebalance_timeout = if version >= 1 {
+        Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64)
+    } else {
+        session_timeout
+    };
+    let coordinator = context.coordinator.clone();
+    let answer = ask(context, |reply| {
+        coordinator
+            .do_send(KafkaJoin {
+                group: request.group_id.0.to_string(),
+                member_id: request.member_id.to_string(),
+                group_instance_id: request.group_instance_id.map(|id| id.to_string()),
+                client_id: String::new(),
+                session_timeout,
+                rebalance_timeout,
+                protocol_type: request.protocol_type.to_string(),
+                protocols: request
+                    .protocols
+                    .into_iter()
+                    .map(|protocol| (protocol.name.to_string(), protocol.metadata))
+                    .collect(),
+                require_known_member_id: version >= 4,
+                reply,
+            });
+        Ok(())
+    })
+    .await;
+    let Some(result) = answer else {
+        return JoinGroupResponse::default()
+            .with_error_code(code::COORDINATOR_NOT_AVAILABLE)
+            .with_generation_id(-1);
+    };
+    let mut response = JoinGroupResponse::default()
+        .with_error_code(result.error)
+        .with_generation_id(result.generation_id)
+        .with_protocol_name(optional_text(result.protocol_name))
+        .with_leader(text(&result.leader))
+        .with_member_id(text(&result.member_id))
+        .with_members(
+            result
+                .members
+                .into_iter()
+                .map(|(member_id, instance, metadata)| {
+                    let mut member = JoinGroupResponseMember::default()
+                        .with_member_id(text(&member_id))
+                        .with_metadata(metadata);
+                    if version >= 5 {
+                        member.group_instance_id = optional_text(instance);
+                    }
+                    member
+                })
+                .collect(),
+        );
+    if version < 7 && response.protocol_name.is_none() {
+        // Before v7 the protocol name is not nullable.
+        response.protocol_name = Some(StrBytes::default());
+    }
+    if version >= 7 {
+        response.protocol_type = optional_text(result.protocol_type);
+    }
+    response
+}
+
+async fn sync_group(
+    context: &KafkaContext,
+    request: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let coordinator = context.coordinator.clone();
+    let answer = ask(context, |reply| {
+        coordinator
+            .do_send(KafkaSync {
+                group: request.group_id.0.to_string(),
+                generation_id: request.generation_id,
+                member_id: request.member_id.to_string(),
+                protocol_type: request.protocol_type.map(|value| value.to_string()),
+                protocol_name: request.protocol_name.map(|value| value.to_string()),
+                assignments: request
+                    .assignments
+                    .into_iter()
+                    .map(|assignment| (assignment.member_id.to_string(), assignment.assignment))
+                    .collect(),
+                reply,
+            });
+        Ok(())
+    })
+    .await;
+    let Some(result) = answer else {
+        return SyncGroupResponse::default().with_error_code(code::COORDINATOR_NOT_AVAILABLE);
+    };
+    let mut response = SyncGroupResponse::default()
+        .with_error_code(result.error)
+        .with_assignment(result.assignment);
+    if version >= 5 {
+        response.protocol_type = optional_text(result.protocol_type);
+        response.protocol_name = optional_text(result.protocol_name);
+    }
+    response
+}
+
+async fn heartbeat(context: &KafkaContext, request: HeartbeatRequest) -> HeartbeatResponse {
+    let coordinator = context.coordinator.clone();
+    let answer = ask(context, |reply| {
+        coordinator
+            .do_send(KafkaHeartbeat {
+                group: request.group_id.0.to_string(),
+                generation_id: request.generation_id,
+                member_id: request.member_id.to_string(),
+                reply,
+            });
+        Ok(())
+    })
+    .await;
+    HeartbeatResponse::default().with_error_code(answer.unwrap_or(code::COORDINATOR_NOT_AVAILABLE))
+}
+
+async fn leave_group(
+    context: &KafkaContext,
+    request: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        request
+            .members
+            .into_iter()
+            .map(|member| {
+                (
+                    member.member_id.to_string(),
+                    member.group_instance_id.map(|id| id.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(request.member_id.to_string(), None)]
+    };
+    let coordinator = context.coordinator.clone();
+    let member_ids = members.iter().map(|(id, _)| id.clone()).collect();
+    let answer = ask(context, |reply| {
+        coordinator
+            .do_send(KafkaLeave {
+                group: request.group_id.0.to_string(),
+                member_ids,
+                reply,
+            });
+        Ok(())
+    })
+    .await;
+    let Some((error, per_member)) = answer else {
+        return LeaveGroupResponse::default().with_error_code(code::COORDINATOR_NOT_AVAILABLE);
+    };
+    let mut response = LeaveGroupResponse::default();
+    if version >= 3 {
+        response.members = members
+            .into_iter()
+            .zip(per_member.iter().copied().chain(std::iter::repeat(code::NONE)))
+            .map(|((member_id, instance), error)| {
+                MemberResponse::default()
+                    .with_member_id(text(&member_id))
+                    .with_group_instance_id(optional_text(instance))
+                    .with_error_code(error)
+            })
+            .collect();
+        response.error_code = error;
+    } else {
+        response.error_code = if error != code::NONE {
+            error
+        } else {
+            per_member.first().copied().unwrap_or(code::NONE)
+        };
+    }
+    response
+}
+
+async fn offset_commit(context: &KafkaContext, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let mut offsets = Vec::new();
+    let mut shape: Vec<(TopicName, Vec<i32>)> = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let mut indexes = Vec::with_capacity(topic.partitions.len());
+        for partition in &topic.partitions {
+            indexes.push(partition.partition_index);
+            offsets.push((
+                name.clone(),
+                partition.partition_index.max(0) as u32,
+                partition.committed_offset,
+                partition.committed_metadata.as_ref().map(|m| m.to_string()),
+            ));
+        }
+        shape.push((topic.name.clone(), indexes));
+    }
+    // Partitions that do not exist are answered here; the rest go to the coordinator.
+    let unknown: Vec<bool> = offsets
+        .iter()
+        .map(|(topic, partition, _, _)| {
+            context
+                .shared
+                .topic(topic)
+                .is_none_or(|handle| *partition as usize >= handle.partitions().len())
+        })
+        .collect();
+    let known: Vec<_> = offsets
+        .iter()
+        .zip(&unknown)
+        .filter(|(_, unknown)| !**unknown)
+        .map(|(entry, _)| entry.clone())
+        .collect();
+    let coordinator = context.coordinator.clone();
+    let codes = if known.is_empty() {
+        Some(Vec::new())
+    } else {
+        ask(context, |reply| {
+            coordinator
+                .do_send(KafkaCommit {
+                    group: request.group_id.0.to_string(),
+                    generation_id: request.generation_id_or_member_epoch,
+                    member_id: request.member_id.to_string(),
+                    offsets: known,
+                    reply,
+                });
+            Ok(())
+        })
+        .await
+    };
+    let mut known_codes = codes.unwrap_or_default().into_iter();
+    let mut codes = unknown.into_iter().map(|unknown| {
+        if unknown {
+            code::UNKNOWN_TOPIC_OR_PARTITION
+        } else {
+            known_codes.next().unwrap_or(code::COORDINATOR_NOT_AVAILABLE)
+        }
+    });
+    let topics = shape
+        .into_iter()
+        .map(|(name, indexes)| {
+            OffsetCommitResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    indexes
+                        .into_iter()
+                        .map(|index| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(index)
+                                .with_error_code(
+                                    codes.next().unwrap_or(code::UNKNOWN_SERVER_ERROR),
+                                )
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+async fn offset_fetch(
+    context: &KafkaContext,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    let partitions: Option<Vec<(String, u32)>> = request.topics.as_ref().map(|topics| {
+        topics
+            .iter()
+            .flat_map(|topic| {
+                let name = topic.name.0.to_string();
+                topic
+                    .partition_indexes
+                    .iter()
+                    .map(move |index| (name.clone(), (*index).max(0) as u32))
+            })
+            .collect()
+    });
+    let coordinator = context.coordinator.clone();
+    let group = request.group_id.0.to_string();
+    let answer = ask(context, |reply| {
+        coordinator
+            .do_send(KafkaOffsetFetch {
+                group,
+                partitions,
+                reply,
+            });
+        Ok(())
+    })
+    .await;
+    let (error, entries) = answer.unwrap_or((code::COORDINATOR_NOT_AVAILABLE, Vec::new()));
+    let mut by_topic: Vec<(String, Vec<OffsetFetchResponsePartition>)> = Vec::new();
+    for (topic, partition, offset, metadata, partition_error) in entries {
+        let entry = OffsetFetchResponsePartition::default()
+            .with_partition_index(partition as i32)
+            .with_committed_offset(offset)
+            .with_metadata(Some(text(metadata.as_deref().unwrap_or(""))))
+            .with_error_code(partition_error);
+        match by_topic.iter_mut().find(|(name, _)| *name == topic) {
+            Some((_, list)) => list.push(entry),
+            None => by_topic.push((topic, vec![entry])),
+        }
+    }
+    let mut response = OffsetFetchResponse::default().with_topics(
+        by_topic
+            .into_iter()
+            .map(|(name, partitions)| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(TopicName(text(&name)))
+                    .with_partitions(partitions)
+            })
+            .collect(),
+    );
+    if version >= 2 {
+        response.error_code = error;
+    }
+    response
+}
+
