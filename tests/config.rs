@@ -1227,3 +1227,56 @@ fn validate_checks_compactor_built_in_code() {
         );
     }
 }
+
+#[test]
+fn kafka_table_parses_with_defaults_and_every_key() {
+    let config = parse(&after_data_dir("[kafka]\nlisten = \"127.0.0.1:0\"\n"));
+    let kafka = config.kafka.expect("[kafka] is present");
+    assert_eq!(kafka.listen, "127.0.0.1:0".parse().expect("address"));
+    assert_eq!(kafka.advertised, None);
+    assert_eq!(kafka.max_connections, 256);
+    assert_eq!(kafka.request_max_bytes, 100 * 1024 * 1024);
+    let config = parse(&after_data_dir(
+        "[kafka]\nlisten = \"127.0.0.1:9092\"\nadvertised = \"broker.example:19092\"\n\
+         max_connections = 3\nrequest_max_bytes = \"1 MiB\"\n",
+    ));
+    let kafka = config.kafka.expect("[kafka] is present");
+    assert_eq!(kafka.advertised, Some(("broker.example".to_owned(), 19092)));
+    assert_eq!(kafka.max_connections, 3);
+    assert_eq!(kafka.request_max_bytes, 1024 * 1024);
+    assert_eq!(parse(&after_data_dir("")).kafka, None, "off unless present");
+}
+
+#[test]
+fn bad_kafka_values_name_the_key_and_line() {
+    assert_error(
+        &after_data_dir("[kafka]\n"),
+        "test.toml:2:1 (kafka.listen): ",
+        &["missing required key `listen` in [kafka]"],
+    );
+    assert_error(
+        &after_data_dir("[kafka]\nlisten = \"localhost:9092\"\n"),
+        "test.toml:3:10 (kafka.listen): ",
+        &[],
+    );
+    assert_error(
+        &after_data_dir("[kafka]\nlisten = \"127.0.0.1:0\"\nmax_connections = 0\n"),
+        "test.toml:4:19 (kafka.max_connections): ",
+        &["between 1 and 65536"],
+    );
+    assert_error(
+        &after_data_dir("[kafka]\nlisten = \"127.0.0.1:0\"\nrequest_max_bytes = 100\n"),
+        "test.toml:4:21 (kafka.request_max_bytes): ",
+        &["out of range"],
+    );
+    assert_error(
+        &after_data_dir("[kafka]\nlisten = \"127.0.0.1:0\"\nadvertised = \"no-port\"\n"),
+        "test.toml:4:14 (kafka.advertised): ",
+        &["host:port"],
+    );
+    assert_error(
+        &after_data_dir("[kafka]\nlisten = \"127.0.0.1:0\"\nport = 1\n"),
+        "test.toml:4:1 (kafka.port): ",
+        &["unknown"],
+    );
+}

@@ -85,9 +85,17 @@ enum DlqAction {
 
 #[derive(Args)]
 struct ProduceArgs {
-    /// The TOML config.
-    #[arg(short = 'c', long = "config")]
-    config: PathBuf,
+    /// The TOML config (opens its data directory in-process).
+    #[arg(
+        short = 'c',
+        long = "config",
+        required_unless_present = "brokers",
+        conflicts_with = "brokers"
+    )]
+    config: Option<PathBuf>,
+    /// Produce to running nodes over the Kafka protocol instead of opening a config.
+    #[arg(long = "brokers", value_name = "HOST:PORT[,...]")]
+    brokers: Option<String>,
     /// Topic to produce to.
     #[arg(short = 't', long = "topic")]
     topic: String,
@@ -104,9 +112,17 @@ struct ProduceArgs {
 
 #[derive(Args)]
 struct ConsumeArgs {
-    /// The TOML config.
-    #[arg(short = 'c', long = "config")]
-    config: PathBuf,
+    /// The TOML config (opens its data directory in-process).
+    #[arg(
+        short = 'c',
+        long = "config",
+        required_unless_present = "brokers",
+        conflicts_with = "brokers"
+    )]
+    config: Option<PathBuf>,
+    /// Consume from running nodes over the Kafka protocol instead of opening a config.
+    #[arg(long = "brokers", value_name = "HOST:PORT[,...]")]
+    brokers: Option<String>,
     /// Topic to consume.
     #[arg(short = 't', long = "topic")]
     topic: String,
@@ -125,6 +141,11 @@ struct ConsumeArgs {
     /// Output format: %t topic, %p partition, %o offset, %k key, %v value, %T timestamp, %% a percent sign.
     #[arg(short = 'f', long = "format", default_value = "%v")]
     format: String,
+    /// Consumer group: start at its committed offsets (where it has none, as
+    /// without --group) and commit the next offset once records are printed.
+    /// With --brokers only, for now.
+    #[arg(long = "group", value_name = "G")]
+    group: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -403,7 +424,12 @@ fn record_bytes_max(record: &Record) -> usize {
 }
 
 fn produce(arguments: ProduceArgs) -> CliResult {
-    let runtime = start(&arguments.config)?;
+    let config = match (&arguments.config, &arguments.brokers) {
+        (_, Some(brokers)) => return brokers::produce(&arguments, brokers),
+        (Some(config), None) => config,
+        (None, None) => return Err("produce needs -c CONFIG or --brokers HOST:PORT".into()),
+    };
+    let runtime = start(config)?;
     let result = produce_with(&runtime, &arguments);
     let shutdown = runtime.shutdown().map_err(|error| error.to_string());
     result.and(shutdown)
@@ -436,7 +462,14 @@ fn produce_with(runtime: &Runtime, arguments: &ProduceArgs) -> CliResult {
     let (lines, mut receiver) = tokio::sync::mpsc::channel(STDIN_LINES_QUEUED_MAX);
     std::thread::Builder::new()
         .name("millrace-stdin".into())
-        .spawn(move || read_stdin_lines(lines, delimiter, line_bytes_max))
+        .spawn(move || {
+            read_stdin_lines(
+                lines,
+                delimiter,
+                line_bytes_max,
+                "the topic's max_batch_bytes",
+            )
+        })
         .map_err(|error| format!("cannot start the stdin reader: {error}"))?;
     let batch_bytes_max = line_bytes_max;
     let print = arguments.print_acks;
@@ -571,10 +604,12 @@ fn print_acks(outcome: SendOutcome, print: bool, out: &mut impl Write) -> CliRes
 
 /// Reads stdin line by line with a bound on line length, so garbage without
 /// newlines never grows memory. Stops at the first invalid line.
+/// `line_limit` names where `line_bytes_max` comes from, for the error.
 fn read_stdin_lines(
     lines: tokio::sync::mpsc::Sender<Line>,
     delimiter: Option<Vec<u8>>,
     line_bytes_max: usize,
+    line_limit: &'static str,
 ) {
     let stdin = std::io::stdin();
     let mut reader = stdin.lock();
@@ -600,7 +635,7 @@ fn read_stdin_lines(
         }
         if line.len() > line_bytes_max || (!complete && line.len() == line_bytes_max + 1) {
             let _ = lines.blocking_send(Line::Invalid(format!(
-                "stdin line {number}: longer than {line_bytes_max} bytes (the topic's max_batch_bytes)"
+                "stdin line {number}: longer than {line_bytes_max} bytes ({line_limit})"
             )));
             return;
         }
@@ -644,7 +679,16 @@ fn stdout_error(error: std::io::Error) -> String {
 const STDOUT_CLOSED: &str = "stdout closed";
 
 fn consume(arguments: ConsumeArgs) -> CliResult {
-    let runtime = start(&arguments.config)?;
+    let config = match (&arguments.config, &arguments.brokers) {
+        (_, Some(brokers)) => return brokers::consume(&arguments, brokers),
+        (Some(config), None) => config,
+        (None, None) => return Err("consume needs -c CONFIG or --brokers HOST:PORT".into()),
+    };
+    // clap does not apply `requires` when the required argument conflicts with a present one.
+    if arguments.group.is_some() {
+        return Err("--group needs --brokers (with -c, consume reads without a group)".into());
+    }
+    let runtime = start(config)?;
     let result = tokio_runtime()
         .and_then(|event_loop| event_loop.block_on(consume_with(&runtime, &arguments)));
     let result = result.or_else(|error| {
@@ -825,5 +869,410 @@ fn render(
             Piece::Value => out.extend_from_slice(record.value.as_deref().unwrap_or_default()),
             Piece::Timestamp => out.extend_from_slice(record.timestamp_ms.to_string().as_bytes()),
         }
+    }
+}
+
+/// `produce` and `consume` with `--brokers`: the same input, output and
+/// partitioning as with `-c`, over the Kafka protocol
+/// ([`millrace::kafka::client`]) to running nodes or Kafka brokers.
+mod brokers {
+    use super::{
+        parse_format, read_stdin_lines, record_bytes_max, render, stdout_error, tokio_runtime,
+        CliResult, ConsumeArgs, Line, ProduceArgs, BATCH_OVERHEAD_BYTES, PRODUCE_BATCH_RECORDS_MAX,
+        STDIN_LINES_QUEUED_MAX, STDOUT_CLOSED,
+    };
+    use millrace::kafka::client::{
+        ClientError, FetchPosition, KafkaClient, OffsetSpec, PartitionBatch,
+    };
+    use millrace::partitioner::partition_for_key;
+    use millrace::{Offset, PartitionId, Record};
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Longest stdin line, and most record bytes in one produce request:
+    /// Kafka's default `max.message.bytes` is about 1 MiB (a broker's own
+    /// limit is not known to the client; it refuses with MESSAGE_TOO_LARGE).
+    const BATCH_BYTES_MAX: usize = 1024 * 1024;
+    /// How long one fetch may wait at the end of the log for new records.
+    const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
+    /// Kafka's "the batch is over the broker's size limit" error codes.
+    const MESSAGE_TOO_LARGE: i16 = 10;
+    const RECORD_LIST_TOO_LARGE: i16 = 18;
+
+    fn connect(brokers: &str, topic: &str) -> Result<(KafkaClient, u32), String> {
+        let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+        let partitions = client
+            .partition_count(topic)
+            .map_err(|error| error.to_string())?;
+        Ok((client, partitions))
+    }
+
+    fn check_partition(topic: &str, partition: Option<u32>, partitions: u32) -> CliResult {
+        match partition {
+            Some(partition) if partition >= partitions => Err(format!(
+                "topic {topic} has no partition {partition} (it has {partitions})"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn produce(arguments: &ProduceArgs, brokers: &str) -> CliResult {
+        let delimiter = arguments.key_delimiter.clone().map(String::into_bytes);
+        if delimiter
+            .as_ref()
+            .is_some_and(|delimiter| delimiter.is_empty())
+        {
+            return Err("-K: the key delimiter must not be empty".into());
+        }
+        let topic = &arguments.topic;
+        let (mut client, partitions) = connect(brokers, topic)?;
+        check_partition(topic, arguments.partition, partitions)?;
+        let (lines, mut receiver) = tokio::sync::mpsc::channel(STDIN_LINES_QUEUED_MAX);
+        std::thread::Builder::new()
+            .name("millrace-stdin".into())
+            .spawn(move || {
+                read_stdin_lines(
+                    lines,
+                    delimiter,
+                    BATCH_BYTES_MAX,
+                    "the most one --brokers produce request carries",
+                )
+            })
+            .map_err(|error| format!("cannot start the stdin reader: {error}"))?;
+        let mut placement = Placement {
+            partitions,
+            fixed: arguments.partition,
+            round_robin: 0,
+        };
+        let mut out = std::io::stdout().lock();
+        // A record that did not fit in the previous batch starts the next one.
+        let mut carried: Option<(u64, Record)> = None;
+        loop {
+            let (first_line, first) = match carried.take() {
+                Some(carried) => carried,
+                None => match receiver.blocking_recv() {
+                    Some(Line::Record(number, record)) => (number, record),
+                    Some(Line::Invalid(message)) => return Err(message),
+                    None => return Ok(()),
+                },
+            };
+            let mut batch_bytes = BATCH_OVERHEAD_BYTES + record_bytes_max(&first);
+            let mut batch = vec![first];
+            let mut failure = None;
+            while batch.len() < PRODUCE_BATCH_RECORDS_MAX {
+                match receiver.try_recv() {
+                    Ok(Line::Record(number, record)) => {
+                        let bytes = record_bytes_max(&record);
+                        if batch_bytes + bytes > BATCH_BYTES_MAX {
+                            carried = Some((number, record));
+                            break;
+                        }
+                        batch_bytes += bytes;
+                        batch.push(record);
+                    }
+                    Ok(Line::Invalid(message)) => {
+                        failure = Some(message);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Sent and acknowledged before the next batch is gathered, so a
+            // refused batch stops everything after it and acks print in order.
+            let placed = send(&mut client, topic, &mut placement, batch, first_line)?;
+            if arguments.print_acks {
+                for (partition, offset) in placed {
+                    writeln!(out, "{partition} {offset}")
+                        .map_err(|error| format!("stdout: {error}"))?;
+                }
+                out.flush().map_err(|error| format!("stdout: {error}"))?;
+            }
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+        }
+    }
+
+    /// Chooses partitions as the local producer does: `-p`, else
+    /// `murmur2(key) % partitions`, else one round-robin partition per batch
+    /// (`Producer::send_batch`).
+    struct Placement {
+        partitions: u32,
+        fixed: Option<u32>,
+        round_robin: u32,
+    }
+
+    impl Placement {
+        /// Splits `records` into one batch per partition; returns the
+        /// batches and, per record in input order, its (batch, position).
+        fn split(&mut self, records: Vec<Record>) -> (Vec<PartitionBatch>, Vec<(usize, usize)>) {
+            let unkeyed = match self.fixed {
+                Some(partition) => partition,
+                None => {
+                    let partition = self.round_robin % self.partitions;
+                    self.round_robin = self.round_robin.wrapping_add(1);
+                    partition
+                }
+            };
+            let mut batches: Vec<PartitionBatch> = Vec::new();
+            let mut places = Vec::with_capacity(records.len());
+            for record in records {
+                let partition = match (&self.fixed, &record.key) {
+                    (None, Some(key)) => partition_for_key(key, self.partitions),
+                    _ => unkeyed,
+                };
+                let index = match batches
+                    .iter()
+                    .position(|batch| batch.partition == partition)
+                {
+                    Some(index) => index,
+                    None => {
+                        batches.push(PartitionBatch {
+                            partition,
+                            records: Vec::new(),
+                        });
+                        batches.len() - 1
+                    }
+                };
+                places.push((index, batches[index].records.len()));
+                batches[index].records.push(record);
+            }
+            (batches, places)
+        }
+    }
+
+    /// Produces one gathered batch; returns each record's (partition,
+    /// offset) in input order once acknowledged.
+    fn send(
+        client: &mut KafkaClient,
+        topic: &str,
+        placement: &mut Placement,
+        records: Vec<Record>,
+        first_line: u64,
+    ) -> Result<Vec<(u32, Offset)>, String> {
+        let alone = records.len() == 1;
+        let (batches, places) = placement.split(records);
+        let base_offsets =
+            client
+                .produce(topic, &batches)
+                .map_err(|error| match error.kafka_code() {
+                    Some(MESSAGE_TOO_LARGE | RECORD_LIST_TOO_LARGE) if alone => {
+                        format!("stdin line {first_line}: record too large: {error}")
+                    }
+                    _ => error.to_string(),
+                })?;
+        Ok(places
+            .into_iter()
+            .map(|(index, position)| {
+                (
+                    batches[index].partition,
+                    Offset(base_offsets[index].0 + position as u64),
+                )
+            })
+            .collect())
+    }
+
+    struct Cursor {
+        partition: u32,
+        position: Offset,
+        /// With --until-end: the high watermark at start.
+        end: Option<Offset>,
+        /// With --group: the offset last committed.
+        committed: Option<Offset>,
+    }
+
+    pub(super) fn consume(arguments: &ConsumeArgs, brokers: &str) -> CliResult {
+        consume_with(arguments, brokers).or_else(|error| {
+            if error == STDOUT_CLOSED {
+                Ok(())
+            } else {
+                Err(error)
+            }
+        })
+    }
+
+    fn consume_with(arguments: &ConsumeArgs, brokers: &str) -> CliResult {
+        let format = parse_format(&arguments.format)?;
+        let topic = &arguments.topic;
+        let (mut client, partitions) = connect(brokers, topic)?;
+        check_partition(topic, arguments.partition, partitions)?;
+        let selected: Vec<u32> = match arguments.partition {
+            Some(partition) => vec![partition],
+            None => (0..partitions).collect(),
+        };
+        let mut cursors = start_positions(&mut client, arguments, &selected)?;
+        let interrupted = interrupt_flag()?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut line = Vec::new();
+        let client_error = |error: ClientError| error.to_string();
+        loop {
+            cursors.retain(|cursor| cursor.end.is_none_or(|end| cursor.position < end));
+            if cursors.is_empty() || interrupted.load(Ordering::Relaxed) {
+                break;
+            }
+            let positions: Vec<FetchPosition> = cursors
+                .iter()
+                .map(|cursor| FetchPosition {
+                    partition: cursor.partition,
+                    offset: cursor.position,
+                })
+                .collect();
+            let fetched = client
+                .fetch(topic, &positions, FETCH_MAX_WAIT)
+                .map_err(client_error)?;
+            let mut received = false;
+            for partition in fetched {
+                let Some(cursor) = cursors
+                    .iter_mut()
+                    .find(|cursor| cursor.partition == partition.partition)
+                else {
+                    continue;
+                };
+                for record in &partition.records {
+                    if cursor.end.is_some_and(|end| record.offset >= end) {
+                        break;
+                    }
+                    line.clear();
+                    render(
+                        &format,
+                        topic,
+                        PartitionId(cursor.partition),
+                        record,
+                        &mut line,
+                    );
+                    line.push(b'\n');
+                    out.write_all(&line).map_err(stdout_error)?;
+                }
+                received |= !partition.records.is_empty();
+                cursor.position = partition.next_offset;
+            }
+            match &arguments.group {
+                // Committed only once what it covers is written out.
+                Some(group) => {
+                    out.flush().map_err(stdout_error)?;
+                    commit(&mut client, group, topic, &mut cursors).map_err(client_error)?;
+                }
+                None if !received => out.flush().map_err(stdout_error)?,
+                None => {}
+            }
+        }
+        out.flush().map_err(stdout_error)
+    }
+
+    /// Each selected partition's start (the group's committed offset if it
+    /// has one, else --from-beginning, --offset or the high watermark, as
+    /// the local mode) and, with --until-end, its high watermark now.
+    fn start_positions(
+        client: &mut KafkaClient,
+        arguments: &ConsumeArgs,
+        selected: &[u32],
+    ) -> Result<Vec<Cursor>, String> {
+        let topic = &arguments.topic;
+        let client_error = |error: ClientError| error.to_string();
+        let committed = match &arguments.group {
+            Some(group) => client
+                .committed_offsets(group, topic, selected)
+                .map_err(client_error)?,
+            None => vec![None; selected.len()],
+        };
+        let uncommitted = committed.iter().any(Option::is_none);
+        let earliest = if uncommitted && arguments.from_beginning {
+            Some(
+                client
+                    .list_offsets(topic, selected, OffsetSpec::Earliest)
+                    .map_err(client_error)?,
+            )
+        } else {
+            None
+        };
+        let by_default = !arguments.from_beginning && arguments.offset.is_none();
+        let latest = if arguments.until_end || (uncommitted && by_default) {
+            Some(
+                client
+                    .list_offsets(topic, selected, OffsetSpec::Latest)
+                    .map_err(client_error)?,
+            )
+        } else {
+            None
+        };
+        let mut cursors = Vec::with_capacity(selected.len());
+        for (index, &partition) in selected.iter().enumerate() {
+            let position = match (committed[index], &earliest, arguments.offset, &latest) {
+                (Some(committed), _, _, _) => committed,
+                (None, Some(earliest), _, _) => earliest[index],
+                (None, None, Some(offset), _) => Offset(offset),
+                (None, None, None, Some(latest)) => latest[index],
+                (None, None, None, None) => {
+                    unreachable!("the latest offsets are listed by default")
+                }
+            };
+            cursors.push(Cursor {
+                partition,
+                position,
+                end: arguments
+                    .until_end
+                    .then(|| latest.as_ref().map(|latest| latest[index]))
+                    .flatten(),
+                committed: committed[index],
+            });
+        }
+        Ok(cursors)
+    }
+
+    /// Commits each cursor's next offset to print (never past --until-end's
+    /// end: records after it were fetched but not printed).
+    fn commit(
+        client: &mut KafkaClient,
+        group: &str,
+        topic: &str,
+        cursors: &mut [Cursor],
+    ) -> Result<(), ClientError> {
+        let mut offsets = Vec::new();
+        for cursor in cursors.iter() {
+            let next = cursor
+                .end
+                .map_or(cursor.position, |end| end.min(cursor.position));
+            if cursor.committed != Some(next) {
+                offsets.push((cursor.partition, next));
+            }
+        }
+        client.commit_offsets(group, topic, &offsets)?;
+        for (partition, offset) in offsets {
+            if let Some(cursor) = cursors
+                .iter_mut()
+                .find(|cursor| cursor.partition == partition)
+            {
+                cursor.committed = Some(offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Set on the first SIGINT, so consume stops between fetches, flushes
+    /// (and commits) and exits 0 as the local mode does; a second SIGINT
+    /// exits at once.
+    fn interrupt_flag() -> Result<Arc<AtomicBool>, String> {
+        let event_loop = tokio_runtime()?;
+        let mut interrupt = event_loop
+            .block_on(async {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            })
+            .map_err(|error| format!("cannot listen for SIGINT: {error}"))?;
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = flag.clone();
+        std::thread::Builder::new()
+            .name("millrace-sigint".into())
+            .spawn(move || {
+                event_loop.block_on(async {
+                    interrupt.recv().await;
+                    set.store(true, Ordering::Relaxed);
+                    interrupt.recv().await;
+                });
+                std::process::exit(130);
+            })
+            .map_err(|error| format!("cannot start the signal listener: {error}"))?;
+        Ok(flag)
     }
 }

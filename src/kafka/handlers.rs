@@ -705,7 +705,10 @@ async fn produce_partition(
 }
 
 async fn produce(context: &KafkaContext, request: ProduceRequest, version: i16) -> ProduceResponse {
-    let transactional = request.transactional_id.is_some();
+    let transactional = request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.0.is_empty());
     let acks = request.acks;
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
@@ -1040,7 +1043,11 @@ async fn list_offsets(
 }
 
 fn init_producer_id(context: &KafkaContext, request: InitProducerIdRequest) -> InitProducerIdResponse {
-    if request.transactional_id.is_some() {
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.0.is_empty())
+    {
         return InitProducerIdResponse::default()
             .with_error_code(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
             .with_producer_id(ProducerId(-1))

@@ -36,3 +36,12 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         .find(|(key, _, _)| *key == api)
         .map(|(_, min, max)| (*min, *max))
 }
+
+/// Every API served as (API key, lowest version, highest version), in the
+/// order ApiVersions lists them.
+pub fn supported_api_versions() -> Vec<(i16, i16, i16)> {
+    SUPPORTED
+        .iter()
+        .map(|(api, min, max)| (*api as i16, *min, *max))
+        .collect()
+}
