@@ -55,7 +55,7 @@ fsync = "always"
 [kafka]
 listen = "127.0.0.1:0"
 EOF
-  ./target/release/millrace run "$dir/config.toml" 2> "$dir/log" &
+  ./target/release/millrace run "$dir/config.toml" > "$dir/out" 2> "$dir/log" &
   local address=""
   for _ in $(seq 1 200); do
     address=$(grep -o 'kafka listener serving.*address=[0-9.:]*' "$dir/log" 2>/dev/null | grep -o '[0-9.]*:[0-9]*$' || true)

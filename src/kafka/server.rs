@@ -203,13 +203,17 @@ async fn read_requests(
                 context.request_max_bytes
             ));
         }
-        let mut frame = BytesMut::zeroed(length as usize);
-        match tokio::time::timeout(IDLE_TIMEOUT, reader.read_exact(&mut frame)).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                return Close::Refused(format!(
-                    "connection ended inside a {length}-byte request frame"
-                ))
+        // Read into uninitialised capacity (no zeroing of large frames).
+        let mut frame = BytesMut::with_capacity(length as usize);
+        let mut body = (&mut *reader).take(length as u64);
+        while frame.len() < length as usize {
+            match tokio::time::timeout(IDLE_TIMEOUT, body.read_buf(&mut frame)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                _ => {
+                    return Close::Refused(format!(
+                        "connection ended inside a {length}-byte request frame"
+                    ))
+                }
             }
         }
         let request = match handlers::parse(frame.freeze()) {
