@@ -1,22 +1,31 @@
-//! Committed consumer offsets: durable, per (group, topic, partition), and
-//! never moving backwards.
+//! Committed consumer offsets: durable, per (group, topic, partition).
 //!
 //! This is the one place committed offsets live. The consumer-group
-//! coordinator (stream-processing issue) will own the store and be its only
-//! writer; a Kafka-protocol front end will reach it through that
-//! coordinator, not through a second copy.
+//! coordinator (actors/group.rs) owns the store and is its only writer;
+//! the Kafka-protocol front end reaches it through that coordinator, not
+//! through a second copy, so a Kafka consumer sees a pipeline's commits and
+//! a pipeline sees a Kafka consumer's.
 //!
-//! A committed offset is the *next* offset to read. A commit needs a
-//! [`CommitToken`], which only the crate can build: the pipeline builds one
-//! when a batch's sink write has completed, so an offset can never be
-//! committed for a batch that did not reach its sink (LESSONS.md, section 1).
+//! A committed offset is the *next* offset to read. Two kinds of commit:
+//!
+//! - a pipeline's, which needs a [`CommitToken`], which only the crate can
+//!   build: the pipeline builds one when a batch's sink write has completed,
+//!   so an offset can never be committed for a batch that did not reach its
+//!   sink (LESSONS.md, section 1). These never move backwards.
+//! - a Kafka client's OffsetCommit ([`OffsetStore::commit_client_offsets`]),
+//!   which, as in Kafka, may move an offset backwards (a consumer that seeks
+//!   back and commits) and carries a metadata string.
 //!
 //! # Layout (sled tree `consumer_offsets`)
 //!
 //! | part  | bytes                                           |
 //! |-------|-------------------------------------------------|
 //! | key   | group length u16 BE, group, topic length u16 BE, topic, partition u32 BE |
-//! | value | next offset u64 LE                              |
+//! | value | next offset u64 LE; then, only if a Kafka client stored metadata: the byte `1`, the metadata (UTF-8, at most [`METADATA_BYTES_MAX`] bytes) |
+//!
+//! An 8-byte value (all values written before metadata existed, and every
+//! value a pipeline commit writes) has no metadata: a pipeline commit that
+//! writes drops metadata a Kafka client stored with an earlier offset.
 //!
 //! The store is flushed (sled `flush`, an fsync) before a commit returns.
 
@@ -24,8 +33,13 @@ use crate::types::{Offset, PartitionId};
 
 /// Longest group name, in bytes (Kafka has no limit; a bound keeps keys small).
 pub const GROUP_NAME_BYTES_MAX: usize = 255;
+/// Longest metadata string of a Kafka client's commit, in bytes (Kafka's
+/// `offset.metadata.max.bytes` default).
+pub const METADATA_BYTES_MAX: usize = 4096;
 /// Name of the sled tree.
 const TREE: &str = "consumer_offsets";
+/// The byte after the offset of a value that carries metadata.
+const VALUE_WITH_METADATA: u8 = 1;
 
 /// Proof that the records below `next_offset` of one partition reached their
 /// sink for `group`: the only thing that allows a commit.
@@ -81,6 +95,24 @@ pub(crate) struct StateChanges<'a> {
     pub(crate) changes: &'a [(Vec<u8>, Option<Vec<u8>>)],
 }
 
+/// One partition's entry of a Kafka client's OffsetCommit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClientOffset<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: PartitionId,
+    pub(crate) next_offset: Offset,
+    pub(crate) metadata: Option<&'a str>,
+}
+
+/// A committed offset and the metadata a Kafka client stored with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The next offset to read.
+    pub next_offset: Offset,
+    /// The client's metadata string (`None`: none stored, e.g. a pipeline's commit).
+    pub metadata: Option<String>,
+}
+
 /// Why a commit or a lookup failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -103,9 +135,16 @@ pub enum OffsetError {
     /// The group name is empty or longer than [`GROUP_NAME_BYTES_MAX`]. Final.
     #[error("invalid group name {0:?}: 1 to 255 bytes")]
     InvalidGroup(String),
-    /// A stored value is not 8 bytes: damage, reported, never guessed. Final
-    /// until repaired.
-    #[error("stored offset of {0} is damaged ({1} bytes, expected 8)")]
+    /// The topic name is longer than a key can hold (65,535 bytes). Final.
+    #[error("invalid topic name: {0} bytes")]
+    InvalidTopic(usize),
+    /// A Kafka client's metadata is longer than [`METADATA_BYTES_MAX`]. Final.
+    #[error("offset metadata of {0} bytes is longer than 4096")]
+    MetadataTooLarge(usize),
+    /// A stored value is neither 8 bytes nor 8 bytes, the metadata marker and
+    /// valid metadata: damage, reported, never guessed. Final until repaired
+    /// (a Kafka client's commit overwrites it).
+    #[error("stored offset of {0} is damaged ({1} bytes, expected 8, or 9 and metadata)")]
     Damaged(String, usize),
     /// The store failed (I/O). Retryable; nothing is acknowledged.
     #[error("offset store: {0}")]
@@ -133,11 +172,85 @@ impl OffsetStore {
         topic: &str,
         partition: PartitionId,
     ) -> Result<Option<Offset>, OffsetError> {
+        Ok(self
+            .committed_with_metadata(group, topic, partition)?
+            .map(|committed| committed.next_offset))
+    }
+
+    /// The committed next offset of `group` on a partition and the metadata
+    /// a Kafka client stored with it, if any.
+    pub(crate) fn committed_with_metadata(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Option<CommittedOffset>, OffsetError> {
         let key = key(group, topic, partition)?;
         match self.tree.get(&key).map_err(storage)? {
             None => Ok(None),
-            Some(value) => decode(&value, group, topic, partition).map(Some),
+            Some(value) => decode_value(&value, group, topic, partition).map(Some),
         }
+    }
+
+    /// Every committed partition of `group` (topic, partition, offset), in
+    /// key order, at most `limit` of them. A damaged value is reported with
+    /// `Err` in its place; a key that does not parse is skipped (it cannot
+    /// have been written by this module).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn committed_in_group(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, PartitionId, Result<CommittedOffset, OffsetError>)>, OffsetError> {
+        let prefix = group_prefix(group)?;
+        let mut found = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, value) = entry.map_err(storage)?;
+            let Some((topic, partition)) = parse_key_rest(&key[prefix.len()..]) else {
+                tracing::warn!(group, key = ?key, "offset store: a key that does not parse; skipped");
+                continue;
+            };
+            let committed = decode_value(&value, group, &topic, partition);
+            found.push((topic, partition, committed));
+        }
+        Ok(found)
+    }
+
+    /// Stores a Kafka client's OffsetCommit: every entry in one sled
+    /// transaction, flushed (fsync) before returning; all or nothing.
+    /// Unlike a pipeline's commit, an offset may move backwards (Kafka
+    /// allows a consumer that seeks back to commit the lower offset), and
+    /// the metadata is stored with it. A damaged stored value is overwritten.
+    pub(crate) fn commit_client_offsets(
+        &self,
+        group: &str,
+        offsets: &[ClientOffset<'_>],
+    ) -> Result<(), OffsetError> {
+        use sled::transaction::TransactionError;
+        let mut writes = Vec::with_capacity(offsets.len());
+        for offset in offsets {
+            let key = key(group, offset.topic, offset.partition)?;
+            writes.push((key, encode_value(offset.next_offset, offset.metadata)?));
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let result: Result<(), TransactionError<OffsetError>> = self.tree.transaction(|tree| {
+            for (key, value) in &writes {
+                tree.insert(key.as_slice(), value.as_slice())?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(error)) => return Err(error),
+            Err(TransactionError::Storage(error)) => return Err(storage(error)),
+        }
+        self.tree.flush().map_err(storage)?;
+        Ok(())
     }
 
     /// Commits the token's offset durably (flushed before returning).
@@ -217,17 +330,78 @@ fn storage(error: sled::Error) -> OffsetError {
     OffsetError::Storage(error.to_string())
 }
 
-fn key(group: &str, topic: &str, partition: PartitionId) -> Result<Vec<u8>, OffsetError> {
+/// The key prefix every partition of `group` shares.
+fn group_prefix(group: &str) -> Result<Vec<u8>, OffsetError> {
     if group.is_empty() || group.len() > GROUP_NAME_BYTES_MAX {
         return Err(OffsetError::InvalidGroup(group.to_owned()));
     }
-    let mut key = Vec::with_capacity(8 + group.len() + topic.len());
-    key.extend_from_slice(&(group.len() as u16).to_be_bytes());
-    key.extend_from_slice(group.as_bytes());
-    key.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    let mut prefix = Vec::with_capacity(2 + group.len());
+    prefix.extend_from_slice(&(group.len() as u16).to_be_bytes());
+    prefix.extend_from_slice(group.as_bytes());
+    Ok(prefix)
+}
+
+fn key(group: &str, topic: &str, partition: PartitionId) -> Result<Vec<u8>, OffsetError> {
+    let topic_length =
+        u16::try_from(topic.len()).map_err(|_| OffsetError::InvalidTopic(topic.len()))?;
+    let mut key = group_prefix(group)?;
+    key.reserve(6 + topic.len());
+    key.extend_from_slice(&topic_length.to_be_bytes());
     key.extend_from_slice(topic.as_bytes());
     key.extend_from_slice(&partition.0.to_be_bytes());
     Ok(key)
+}
+
+/// The topic and partition of a key, after the group prefix.
+fn parse_key_rest(rest: &[u8]) -> Option<(String, PartitionId)> {
+    let (length, rest) = rest.split_first_chunk::<2>()?;
+    let length = usize::from(u16::from_be_bytes(*length));
+    if rest.len() != length + 4 {
+        return None;
+    }
+    let (topic, partition) = rest.split_at(length);
+    let topic = std::str::from_utf8(topic).ok()?.to_owned();
+    let partition: [u8; 4] = partition.try_into().ok()?;
+    Some((topic, PartitionId(u32::from_be_bytes(partition))))
+}
+
+fn encode_value(next_offset: Offset, metadata: Option<&str>) -> Result<Vec<u8>, OffsetError> {
+    let metadata = metadata.unwrap_or("");
+    if metadata.len() > METADATA_BYTES_MAX {
+        return Err(OffsetError::MetadataTooLarge(metadata.len()));
+    }
+    let mut value = Vec::with_capacity(9 + metadata.len());
+    value.extend_from_slice(&next_offset.0.to_le_bytes());
+    if !metadata.is_empty() {
+        value.push(VALUE_WITH_METADATA);
+        value.extend_from_slice(metadata.as_bytes());
+    }
+    Ok(value)
+}
+
+fn decode_value(
+    value: &[u8],
+    group: &str,
+    topic: &str,
+    partition: PartitionId,
+) -> Result<CommittedOffset, OffsetError> {
+    let damaged =
+        || OffsetError::Damaged(format!("group {group:?} {topic}-{partition}"), value.len());
+    let (offset, rest) = value.split_first_chunk::<8>().ok_or_else(damaged)?;
+    let next_offset = Offset(u64::from_le_bytes(*offset));
+    let metadata = match rest.split_first() {
+        None => None,
+        Some((&VALUE_WITH_METADATA, metadata)) if metadata.len() <= METADATA_BYTES_MAX => Some(
+            std::str::from_utf8(metadata)
+                .map_err(|_| damaged())?
+                .to_owned(),
+        ),
+        Some(_) => return Err(damaged()),
+    };
+    Ok(CommittedOffset {
+        next_offset,
+        metadata,
+    })
 }
 
 fn decode(
@@ -236,10 +410,7 @@ fn decode(
     topic: &str,
     partition: PartitionId,
 ) -> Result<Offset, OffsetError> {
-    let bytes: [u8; 8] = value.try_into().map_err(|_| {
-        OffsetError::Damaged(format!("group {group:?} {topic}-{partition}"), value.len())
-    })?;
-    Ok(Offset(u64::from_le_bytes(bytes)))
+    decode_value(value, group, topic, partition).map(|committed| committed.next_offset)
 }
 
 #[cfg(test)]
@@ -344,5 +515,208 @@ mod tests {
             store.commit(&token("g", 3, 1)),
             Err(OffsetError::Damaged(_, 5))
         ));
+    }
+
+    fn client<'a>(
+        topic: &'a str,
+        partition: u32,
+        offset: u64,
+        metadata: Option<&'a str>,
+    ) -> ClientOffset<'a> {
+        ClientOffset {
+            topic,
+            partition: PartitionId(partition),
+            next_offset: Offset(offset),
+            metadata,
+        }
+    }
+
+    #[test]
+    fn old_values_stay_readable_and_client_commits_store_metadata() {
+        let directory = tempfile::tempdir().unwrap();
+        let database = database(directory.path());
+        let store = OffsetStore::open(&database).unwrap();
+        // A value as every earlier version wrote it: 8 bytes.
+        let tree = database.open_tree(TREE).unwrap();
+        tree.insert(
+            key("g", "events", PartitionId(0)).unwrap(),
+            &7u64.to_le_bytes()[..],
+        )
+        .unwrap();
+        assert_eq!(
+            store.committed_with_metadata("g", "events", PartitionId(0)),
+            Ok(Some(CommittedOffset {
+                next_offset: Offset(7),
+                metadata: None
+            }))
+        );
+        assert_eq!(
+            store.committed("g", "events", PartitionId(0)),
+            Ok(Some(Offset(7)))
+        );
+        store
+            .commit_client_offsets(
+                "g",
+                &[
+                    client("events", 1, 10, Some("hello")),
+                    client("other", 0, 3, None),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            store.committed("g", "events", PartitionId(1)),
+            Ok(Some(Offset(10)))
+        );
+        assert_eq!(
+            store.committed_with_metadata("g", "events", PartitionId(1)),
+            Ok(Some(CommittedOffset {
+                next_offset: Offset(10),
+                metadata: Some("hello".into())
+            }))
+        );
+        assert_eq!(
+            store.committed_with_metadata("g", "other", PartitionId(0)),
+            Ok(Some(CommittedOffset {
+                next_offset: Offset(3),
+                metadata: None
+            }))
+        );
+    }
+
+    #[test]
+    fn client_commits_may_move_backwards_but_pipeline_commits_may_not() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(&database(directory.path())).unwrap();
+        store.commit(&token("g", 0, 100)).unwrap();
+        store
+            .commit_client_offsets("g", &[client("events", 0, 40, Some("m"))])
+            .unwrap();
+        assert_eq!(
+            store.committed("g", "events", PartitionId(0)),
+            Ok(Some(Offset(40)))
+        );
+        assert!(matches!(
+            store.commit(&token("g", 0, 39)),
+            Err(OffsetError::Backwards {
+                committed: Offset(40),
+                ..
+            })
+        ));
+        // A pipeline commit reads the value with metadata and replaces it.
+        store.commit(&token("g", 0, 41)).unwrap();
+        assert_eq!(
+            store.committed_with_metadata("g", "events", PartitionId(0)),
+            Ok(Some(CommittedOffset {
+                next_offset: Offset(41),
+                metadata: None
+            }))
+        );
+    }
+
+    #[test]
+    fn a_client_commit_is_all_or_nothing_and_checks_its_input() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(&database(directory.path())).unwrap();
+        let long = "m".repeat(METADATA_BYTES_MAX + 1);
+        assert_eq!(
+            store.commit_client_offsets(
+                "g",
+                &[
+                    client("events", 0, 1, None),
+                    client("events", 1, 1, Some(&long))
+                ]
+            ),
+            Err(OffsetError::MetadataTooLarge(METADATA_BYTES_MAX + 1))
+        );
+        assert_eq!(store.committed("g", "events", PartitionId(0)), Ok(None));
+        let exact = "m".repeat(METADATA_BYTES_MAX);
+        store
+            .commit_client_offsets("g", &[client("events", 0, 1, Some(&exact))])
+            .unwrap();
+        assert_eq!(
+            store
+                .committed_with_metadata("g", "events", PartitionId(0))
+                .unwrap()
+                .unwrap()
+                .metadata
+                .map(|m| m.len()),
+            Some(METADATA_BYTES_MAX)
+        );
+        let topic = "t".repeat(usize::from(u16::MAX) + 1);
+        assert!(matches!(
+            store.commit_client_offsets("g", &[client(&topic, 0, 1, None)]),
+            Err(OffsetError::InvalidTopic(_))
+        ));
+        assert!(matches!(
+            store.commit_client_offsets("", &[client("events", 0, 1, None)]),
+            Err(OffsetError::InvalidGroup(_))
+        ));
+        assert_eq!(store.commit_client_offsets("g", &[]), Ok(()));
+    }
+
+    #[test]
+    fn a_group_lists_its_own_committed_partitions_only() {
+        let directory = tempfile::tempdir().unwrap();
+        let database = database(directory.path());
+        let store = OffsetStore::open(&database).unwrap();
+        store.commit(&token("a", 1, 5)).unwrap();
+        store
+            .commit_client_offsets(
+                "a",
+                &[
+                    client("x", 0, 2, Some("meta")),
+                    client("events", 0, 9, None),
+                ],
+            )
+            .unwrap();
+        store.commit(&token("ab", 0, 9)).unwrap();
+        store.commit(&token("b", 0, 9)).unwrap();
+        let listed: Vec<(String, PartitionId, Result<CommittedOffset, OffsetError>)> =
+            store.committed_in_group("a", 100).unwrap();
+        let simple: Vec<(String, u32, u64, Option<String>)> = listed
+            .into_iter()
+            .map(|(topic, partition, committed)| {
+                let committed = committed.unwrap();
+                (
+                    topic,
+                    partition.0,
+                    committed.next_offset.0,
+                    committed.metadata,
+                )
+            })
+            .collect();
+        assert_eq!(
+            simple,
+            // Key order: the topic's length comes first.
+            vec![
+                ("x".to_owned(), 0, 2, Some("meta".to_owned())),
+                ("events".to_owned(), 0, 9, None),
+                ("events".to_owned(), 1, 5, None),
+            ]
+        );
+        assert_eq!(store.committed_in_group("a", 2).unwrap().len(), 2);
+        assert!(store.committed_in_group("nobody", 10).unwrap().is_empty());
+        // A damaged value is reported in its place, and a client commit repairs it.
+        let tree = database.open_tree(TREE).unwrap();
+        for bad in [
+            &[1u8, 2, 3, 4, 5, 6, 7, 8, 2, b'x'][..],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff][..],
+        ] {
+            tree.insert(key("b", "events", PartitionId(0)).unwrap(), bad)
+                .unwrap();
+            let listed = store.committed_in_group("b", 10).unwrap();
+            assert!(matches!(listed[0].2, Err(OffsetError::Damaged(_, 10))));
+            assert!(matches!(
+                store.committed("b", "events", PartitionId(0)),
+                Err(OffsetError::Damaged(_, 10))
+            ));
+        }
+        store
+            .commit_client_offsets("b", &[client("events", 0, 4, None)])
+            .unwrap();
+        assert_eq!(
+            store.committed("b", "events", PartitionId(0)),
+            Ok(Some(Offset(4)))
+        );
     }
 }

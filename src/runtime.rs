@@ -222,16 +222,6 @@ impl Shared {
         &self.topic_order
     }
 
-    /// The configuration it runs.
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The runtime's counters.
-    pub(crate) fn counters(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     fn partitions(&self) -> impl Iterator<Item = (&str, PartitionId, &Addr<PartitionActor>)> + '_ {
         self.topic_order.iter().flat_map(move |name| {
             self.topics[name]
@@ -1169,7 +1159,7 @@ pub(crate) async fn fetch_from(
 /// until then. `send().await` would also wait for the handler to *return*,
 /// which costs a second cross-thread wake-up per message for a `()` thrown
 /// away (measured: about 4% of single-record produce).
-pub(crate) async fn request<M, T>(
+async fn request<M, T>(
     address: &Gated<PartitionActor>,
     message: M,
     answer: oneshot::Receiver<T>,

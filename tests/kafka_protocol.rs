@@ -424,3 +424,33 @@ fn fetch_long_polls_and_serves_the_stored_batches_with_the_offsets() {
     assert_eq!(consumer.fetch(0, 50, 0).error_code, 1);
     runtime.shutdown().expect("shutdown");
 }
+
+#[test]
+fn pipelined_produce_requests_keep_their_order_in_the_partition() {
+    let (_directory, runtime, address) = start(16);
+    let mut client = Client::connect(address);
+    // Forty requests sent back to back before any answer is read, as a
+    // client with several requests in flight does: the log must hold them
+    // in the order they were sent, and each answer must say so.
+    let values: Vec<String> = (0..40).map(|index| format!("request {index}")).collect();
+    for value in &values {
+        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("events")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(plain(&[value, value])))]),
+        ]);
+        client.send(ApiKey::Produce, 9, &request);
+    }
+    for (index, _) in values.iter().enumerate() {
+        client.correlation_id = index as i32 + 1;
+        let mut body = client.receive(ApiKey::Produce, 9);
+        let response = ProduceResponse::decode(&mut body, 9).expect("produce response");
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!((partition.error_code, partition.base_offset), (0, 2 * index as i64));
+    }
+    let expected: Vec<String> = values.iter().flat_map(|value| [value.clone(), value.clone()]).collect();
+    assert_eq!(stored_values(&runtime, 0), expected);
+    runtime.shutdown().expect("shutdown");
+}

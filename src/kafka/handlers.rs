@@ -8,14 +8,14 @@
 //! to the one `GroupCoordinator`, the same that pipelines use.
 
 use super::versions::{self, SUPPORTED};
-use crate::actors::group::GroupCoordinator;
-use super::group_stub::{
-    KafkaCommit, KafkaHeartbeat, KafkaJoin, KafkaLeave, KafkaOffsetFetch, KafkaSync,
+use crate::actors::group::{
+    GroupCoordinator, KafkaCommit, KafkaHeartbeat, KafkaJoin, KafkaLeave, KafkaOffsetFetch,
+    KafkaSync,
 };
 use crate::actors::partition::{AppendAck, ProduceBatch};
 use crate::actors::producers::Sequenced;
 use crate::error::{FetchError, ProduceError};
-use crate::runtime::{plan_fetch, request, FetchOptions, Shared};
+use crate::runtime::{plan_fetch, FetchOptions, Shared};
 use crate::storage::batch::validate_client_batch;
 use crate::storage::FrameError;
 use crate::types::Offset;
@@ -123,10 +123,18 @@ impl KafkaContext {
 
 /// One decoded request.
 pub(crate) struct Request {
+    client_id: String,
     api: ApiKey,
     version: i16,
     correlation_id: i32,
     body: Body,
+}
+
+impl Request {
+    /// Whether it is a Produce request (submitted by the connection itself).
+    pub(crate) fn is_produce(&self) -> bool {
+        matches!(self.body, Body::Produce(_))
+    }
 }
 
 enum Body {
@@ -179,6 +187,7 @@ pub(crate) fn parse(frame: Bytes) -> Result<Request, String> {
     if !(range.0..=range.1).contains(&version) {
         if api == ApiKey::ApiVersions {
             return Ok(Request {
+                client_id: String::new(),
                 api,
                 version: 0,
                 correlation_id,
@@ -192,11 +201,16 @@ pub(crate) fn parse(frame: Bytes) -> Result<Request, String> {
     }
     let mut buffer = frame;
     let header_version = api.request_header_version(version);
-    RequestHeader::decode(&mut buffer, header_version)
+    let header = RequestHeader::decode(&mut buffer, header_version)
         .map_err(|error| format!("{api:?} v{version}: bad request header: {error}"))?;
+    let client_id = header
+        .client_id
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     let body = decode_body(api, version, &mut buffer)
         .map_err(|error| format!("{api:?} v{version}: request does not decode: {error}"))?;
     Ok(Request {
+        client_id,
         api,
         version,
         correlation_id,
@@ -250,19 +264,15 @@ pub(crate) async fn handle(context: &KafkaContext, request: Request) -> Handled 
         Body::ApiVersions => respond!(api_versions(code::NONE, version)),
         Body::ApiVersionsUnsupported => respond!(api_versions(code::UNSUPPORTED_VERSION, 0)),
         Body::Metadata(body) => respond!(metadata(context, body, version)),
-        Body::Produce(body) => {
-            let acks = body.acks;
-            let response = produce(context, body, version).await;
-            if acks == 0 {
-                Handled::NoResponse
-            } else {
-                respond!(response)
-            }
-        }
+        // The connection submits produce requests itself, in order
+        // (`submit_produce`); one never reaches here.
+        Body::Produce(_) => Handled::Close("a produce request skipped submission".to_owned()),
         Body::Fetch(body) => respond!(fetch(context, body, version).await),
         Body::ListOffsets(body) => respond!(list_offsets(context, body, version).await),
         Body::FindCoordinator(body) => respond!(find_coordinator(context, body, version)),
-        Body::JoinGroup(body) => respond!(join_group(context, body, version).await),
+        Body::JoinGroup(body) => {
+            respond!(join_group(context, body, version, request.client_id).await)
+        }
         Body::SyncGroup(body) => respond!(sync_group(context, body, version).await),
         Body::Heartbeat(body) => respond!(heartbeat(context, body).await),
         Body::LeaveGroup(body) => respond!(leave_group(context, body, version).await),
@@ -627,20 +637,43 @@ struct PartitionOutcome {
     base_offset: i64,
 }
 
-async fn produce_partition(
+/// One partition's part of a produce request, submitted to its actor.
+enum PartitionPending {
+    /// Refused before reaching the actor.
+    Done(PartitionOutcome),
+    /// Sent; the answer comes once the batch is durable. The permit is the
+    /// request's slot in the partition's bound until then.
+    Waiting(
+        oneshot::Receiver<Result<AppendAck, ProduceError>>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+}
+
+/// A produce request whose batches are in their partitions' mailboxes.
+pub(crate) struct SubmittedProduce {
+    acks: i16,
+    version: i16,
+    correlation_id: i32,
+    topics: Vec<(TopicName, Vec<(i32, PartitionPending)>)>,
+}
+
+fn refused(error: i16, message: String) -> PartitionPending {
+    PartitionPending::Done(PartitionOutcome {
+        error,
+        message: Some(message),
+        base_offset: -1,
+    })
+}
+
+/// Checks one partition's batch and puts it in the partition's mailbox.
+async fn submit_partition(
     context: &KafkaContext,
     topic: &str,
     partition: i32,
     records: Option<Bytes>,
-    acks: i16,
-) -> PartitionOutcome {
-    let refuse = |error: i16, message: String| PartitionOutcome {
-        error,
-        message: Some(message),
-        base_offset: -1,
-    };
+) -> PartitionPending {
     let Some(handle) = context.shared.topic(topic) else {
-        return refuse(
+        return refused(
             code::UNKNOWN_TOPIC_OR_PARTITION,
             format!("topic {topic:?} does not exist"),
         );
@@ -649,25 +682,25 @@ async fn produce_partition(
         .ok()
         .and_then(|index| handle.partitions().get(index))
     else {
-        return refuse(
+        return refused(
             code::UNKNOWN_TOPIC_OR_PARTITION,
             format!("topic {topic:?} has no partition {partition}"),
         );
     };
     let Some(batch) = records.filter(|records| !records.is_empty()) else {
-        return refuse(code::INVALID_RECORD, "no record batch".to_owned());
+        return refused(code::INVALID_RECORD, "no record batch".to_owned());
     };
     let header = match validate_client_batch(&batch) {
         Ok(header) => header,
         Err(error) => {
-            // A batch followed by more bytes, or several batches, also ends here:
-            // Kafka takes exactly one batch per partition (magic 2).
+            // Bytes after the batch (a second batch) end here too: Kafka
+            // takes exactly one batch per partition (magic 2).
             tracing::debug!(topic, partition, %error, "kafka produce: batch refused");
-            return refuse(batch_error_code(&error), format!("invalid record batch: {error}"));
+            return refused(batch_error_code(&error), format!("invalid record batch: {error}"));
         }
     };
     if u64::try_from(batch.len()).unwrap_or(u64::MAX) + 12 > handle.config().max_batch_bytes {
-        return refuse(
+        return refused(
             code::MESSAGE_TOO_LARGE,
             format!(
                 "batch of {} bytes is over max.message.bytes = {}",
@@ -682,83 +715,115 @@ async fn produce_partition(
         first_sequence: header.base_sequence,
         record_count: header.record_count,
     });
+    let permit = address.permit().await;
     let (reply, answer) = oneshot::channel();
-    let message = ProduceBatch {
+    // `do_send` right after the permit, with no await in between: batches
+    // of one connection reach the partition in the order they were sent.
+    address.address().do_send(ProduceBatch {
         batch,
         header,
         producer,
         reply,
-    };
-    let outcome: Result<AppendAck, ProduceError> = match request(address, message, answer).await {
-        Ok(result) => result,
-        Err(_) => Err(ProduceError::Unavailable),
-    };
-    let _ = acks; // -1 and 1 both wait for durability under the topic's fsync policy.
-    match outcome {
-        Ok(ack) => PartitionOutcome {
-            error: code::NONE,
-            message: None,
-            base_offset: ack.base_offset.0 as i64,
-        },
-        Err(error) => refuse(produce_error_code(&error), error.to_string()),
-    }
+    });
+    PartitionPending::Waiting(answer, permit)
 }
 
-async fn produce(context: &KafkaContext, request: ProduceRequest, version: i16) -> ProduceResponse {
-    let transactional = request
+/// Puts every batch of a produce request into its partition's mailbox, in
+/// the request's order. Called by the connection's reader for one request
+/// at a time, so the batches of a connection keep the order the client
+/// sent them in (a client pipelines several produce requests, and Kafka
+/// keeps their order per partition); only waiting for durability runs
+/// concurrently ([`SubmittedProduce::finish`]).
+pub(crate) async fn submit_produce(
+    context: &KafkaContext,
+    request: Request,
+) -> Result<SubmittedProduce, Request> {
+    let Body::Produce(body) = request.body else {
+        return Err(request);
+    };
+    let transactional = body
         .transactional_id
         .as_ref()
         .is_some_and(|id| !id.0.is_empty());
-    let acks = request.acks;
-    let mut responses = Vec::with_capacity(request.topic_data.len());
-    for topic in request.topic_data {
+    let acks = body.acks;
+    let mut topics = Vec::with_capacity(body.topic_data.len());
+    for topic in body.topic_data {
         let name = topic.name.0.to_string();
-        // Partitions of one request go to their actors concurrently.
-        let outcomes = futures_util::future::join_all(topic.partition_data.iter().map(|data| {
-            let records = data.records.clone();
-            let name = name.as_str();
-            async move {
-                if transactional {
-                    return PartitionOutcome {
-                        error: code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                        message: Some("transactions are not supported".to_owned()),
-                        base_offset: -1,
-                    };
-                }
-                if !(acks == -1 || acks == 0 || acks == 1) {
-                    return PartitionOutcome {
-                        error: code::INVALID_REQUEST,
-                        message: Some(format!("acks = {acks} is not -1, 0 or 1")),
-                        base_offset: -1,
-                    };
-                }
-                produce_partition(context, name, data.index, records, acks).await
-            }
-        }))
-        .await;
-        let partition_responses = topic
-            .partition_data
-            .iter()
-            .zip(outcomes)
-            .map(|(data, outcome)| {
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for data in topic.partition_data {
+            let pending = if transactional {
+                refused(
+                    code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "transactions are not supported".to_owned(),
+                )
+            } else if !(acks == -1 || acks == 0 || acks == 1) {
+                refused(code::INVALID_REQUEST, format!("acks = {acks} is not -1, 0 or 1"))
+            } else {
+                // acks 1 and -1 both wait for durability under the topic's fsync policy.
+                submit_partition(context, &name, data.index, data.records).await
+            };
+            partitions.push((data.index, pending));
+        }
+        topics.push((topic.name, partitions));
+    }
+    Ok(SubmittedProduce {
+        acks,
+        version: request.version,
+        correlation_id: request.correlation_id,
+        topics,
+    })
+}
+
+impl SubmittedProduce {
+    /// Waits for every batch to be durable (or refused) and encodes the response.
+    pub(crate) async fn finish(self, context: &KafkaContext) -> Handled {
+        context.counters.requests.fetch_add(1, Relaxed);
+        let version = self.version;
+        let mut responses = Vec::with_capacity(self.topics.len());
+        for (name, partitions) in self.topics {
+            let mut partition_responses = Vec::with_capacity(partitions.len());
+            for (index, pending) in partitions {
+                let outcome = match pending {
+                    PartitionPending::Done(outcome) => outcome,
+                    PartitionPending::Waiting(answer, permit) => {
+                        let result = answer.await.unwrap_or(Err(ProduceError::Unavailable));
+                        drop(permit);
+                        match result {
+                            Ok(ack) => PartitionOutcome {
+                                error: code::NONE,
+                                message: None,
+                                base_offset: ack.base_offset.0 as i64,
+                            },
+                            Err(error) => PartitionOutcome {
+                                error: produce_error_code(&error),
+                                message: Some(error.to_string()),
+                                base_offset: -1,
+                            },
+                        }
+                    }
+                };
                 let mut response = PartitionProduceResponse::default()
-                    .with_index(data.index)
+                    .with_index(index)
                     .with_error_code(outcome.error)
                     .with_base_offset(outcome.base_offset)
                     .with_log_append_time_ms(-1);
                 if version >= 8 {
                     response.error_message = outcome.message.map(|message| text(&message));
                 }
-                response
-            })
-            .collect();
-        responses.push(
-            TopicProduceResponse::default()
-                .with_name(TopicName(text(&name)))
-                .with_partition_responses(partition_responses),
-        );
+                partition_responses.push(response);
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(partition_responses),
+            );
+        }
+        if self.acks == 0 {
+            return Handled::NoResponse;
+        }
+        let response = ProduceResponse::default().with_responses(responses);
+        encode_response(ApiKey::Produce, version, self.correlation_id, &response)
     }
-    ProduceResponse::default().with_responses(responses)
 }
 
 // ---------------------------------------------------------------------------
@@ -1090,6 +1155,7 @@ async fn join_group(
     context: &KafkaContext,
     request: JoinGroupRequest,
     version: i16,
+    client_id: String,
 ) -> JoinGroupResponse {
     let session_timeout = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
     let rebalance_timeout = if version >= 1 {
@@ -1104,7 +1170,7 @@ async fn join_group(
                 group: request.group_id.0.to_string(),
                 member_id: request.member_id.to_string(),
                 group_instance_id: request.group_instance_id.map(|id| id.to_string()),
-                client_id: String::new(),
+                client_id,
                 session_timeout,
                 rebalance_timeout,
                 protocol_type: request.protocol_type.to_string(),

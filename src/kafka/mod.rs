@@ -14,6 +14,5 @@ pub mod client;
 pub(crate) mod handlers;
 pub(crate) mod server;
 pub mod versions;
-pub(crate) mod group_stub;
 
 pub use handlers::KafkaCounters;

@@ -220,8 +220,21 @@ async fn read_requests(
             Ok(request) => request,
             Err(reason) => return Close::Refused(reason),
         };
-        let context = Arc::clone(context);
-        let handle = tokio::spawn(async move { handlers::handle(&context, request).await });
+        let handle = if request.is_produce() {
+            // Submitted here, one request at a time, so the batches of a
+            // connection reach each partition in the order they were sent;
+            // waiting for durability runs concurrently.
+            match handlers::submit_produce(context, request).await {
+                Ok(submitted) => {
+                    let context = Arc::clone(context);
+                    tokio::spawn(async move { submitted.finish(&context).await })
+                }
+                Err(_) => return Close::Refused("a produce request did not submit".to_owned()),
+            }
+        } else {
+            let context = Arc::clone(context);
+            tokio::spawn(async move { handlers::handle(&context, request).await })
+        };
         if pending.send(handle).await.is_err() {
             return Close::Ended;
         }
