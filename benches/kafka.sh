@@ -40,6 +40,8 @@ head -n "$half" "$work/values.txt" > "$work/half1.txt"
 tail -n +"$((half + 1))" "$work/values.txt" > "$work/half2.txt"
 
 now() { date +%s.%N; }
+# User + system CPU ticks of a process so far (/proc/PID/stat fields 14, 15).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rate() { awk -v n="$1" -v s="$2" -v e="$3" 'BEGIN { printf "%d", n / (e - s) }'; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
@@ -68,7 +70,7 @@ EOF
 stop_node() { pkill -TERM -f "millrace run $work" || true; wait 2>/dev/null || true; }
 
 producer_flags=(-X acks=all -X "batch.num.messages=$batch" -X "linger.ms=$linger" -X queue.buffering.max.messages=1000000)
-embedded1=() embedded8=() kafka1=() kafka2=() fetch_default=() fetch_fast=()
+embedded1=() embedded8=() kafka1=() kafka2=() fetch_default=() fetch_fast=() node_cpu=() client_cpu=()
 for run in $(seq 1 "$runs"); do
   out=$(cargo bench -q --bench throughput -- produce-batched --records "$records" --in-flight 1 --runs 1)
   embedded1+=("$(echo "$out" | grep ' median_of=' | tr ' ' '\n' | sed -n 's/^records_per_s=//p')")
@@ -76,8 +78,14 @@ for run in $(seq 1 "$runs"); do
   embedded8+=("$(echo "$out" | grep ' median_of=' | tr ' ' '\n' | sed -n 's/^records_per_s=//p')")
 
   address=$(start_node 1)
-  s=$(now); kcat -P -b "$address" -t bench -p 0 "${producer_flags[@]}" -l "$work/values.txt"; e=$(now)
+  node_pid=$(pgrep -f "millrace run $work/node/config.toml" | head -1)
+  node_before=$(cpu_ticks "$node_pid")
+  s=$(now)
+  /usr/bin/time -f '%U %S' -o "$work/kcat.time" kcat -P -b "$address" -t bench -p 0 "${producer_flags[@]}" -l "$work/values.txt"
+  e=$(now)
   kafka1+=("$(rate "$records" "$s" "$e")")
+  node_cpu+=("$(awk -v a="$node_before" -v b="$(cpu_ticks "$node_pid")" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')")
+  client_cpu+=("$(awk '{ printf "%.2f", $1 + $2 }' "$work/kcat.time")")
   s=$(now); count=$(kcat -C -b "$address" -t bench -p 0 -o beginning -e -q -f '%o\n' | wc -l); e=$(now)
   [ "$count" -eq "$records" ] || { echo "fetched $count of $records" >&2; exit 1; }
   fetch_default+=("$(rate "$records" "$s" "$e")")
@@ -93,7 +101,7 @@ for run in $(seq 1 "$runs"); do
   e=$(now)
   kafka2+=("$(rate "$records" "$s" "$e")")
   stop_node
-  echo "run $run: embedded(1 in flight) ${embedded1[-1]}  embedded(8) ${embedded8[-1]}  kafka ${kafka1[-1]}  kafka x2 ${kafka2[-1]}  fetch ${fetch_default[-1]}  fetch(wait 10ms) ${fetch_fast[-1]}"
+  echo "run $run: embedded(1 in flight) ${embedded1[-1]}  embedded(8) ${embedded8[-1]}  kafka ${kafka1[-1]} (cpu s: node ${node_cpu[-1]}, kcat ${client_cpu[-1]})  kafka x2 ${kafka2[-1]}  fetch ${fetch_default[-1]}  fetch(wait 10ms) ${fetch_fast[-1]}"
 done
 
 m_e1=$(echo "${embedded1[*]}" | median); m_e8=$(echo "${embedded8[*]}" | median)
@@ -101,11 +109,12 @@ m_k1=$(echo "${kafka1[*]}" | median); m_k2=$(echo "${kafka2[*]}" | median)
 m_fd=$(echo "${fetch_default[*]}" | median); m_ff=$(echo "${fetch_fast[*]}" | median)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
 echo
-echo "medians of $runs runs; $records records of 100 bytes; fsync always; kcat $(kcat -V 2>&1 | head -1 | awk '{print $2}')"
+echo "medians of $runs runs; $records records of 100 bytes; fsync always; $(kcat -V 2>&1 | grep -o 'Version [^ ]*' | head -1 | sed 's/Version /kcat /'), $(kcat -V 2>&1 | grep -o 'librdkafka [^ ]*' | head -1)"
 printf '%-58s %12s %12s %12s\n' scenario rec/s vs_emb_1 vs_emb_8
 printf '%-58s %12s\n' "embedded produce-batched, 1000/batch, 1 in flight" "$m_e1"
 printf '%-58s %12s\n' "embedded produce-batched, 1000/batch, 8 in flight" "$m_e8"
 printf '%-58s %12s %12s %12s\n' "kafka: kcat -P acks=all, batch $batch, linger ${linger}ms" "$m_k1" "$(ratio "$m_k1" "$m_e1")" "$(ratio "$m_k1" "$m_e8")"
 printf '%-58s %12s %12s %12s\n' "kafka: 2 x kcat -P, one partition each" "$m_k2" "$(ratio "$m_k2" "$m_e1")" "$(ratio "$m_k2" "$m_e8")"
+echo "  CPU seconds for the $records records (medians): node $(echo "${node_cpu[*]}" | median), kcat $(echo "${client_cpu[*]}" | median)"
 printf '%-58s %12s\n' "kafka fetch: kcat -C to the end (librdkafka defaults)" "$m_fd"
 printf '%-58s %12s\n' "kafka fetch: kcat -C, fetch.wait.max.ms=10" "$m_ff"
