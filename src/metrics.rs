@@ -84,6 +84,11 @@ pub(crate) struct Metrics {
     pub(crate) partition_handler_seconds: Histogram,
     /// The longest partition-actor handler so far, in nanoseconds.
     pub(crate) partition_handler_max_nanoseconds: AtomicU64,
+    /// CPU time of partition-actor handlers (the thread's own time: what a
+    /// handler does, without the time the OS ran other threads meanwhile).
+    pub(crate) partition_handler_cpu_seconds: Histogram,
+    /// The most CPU time one partition-actor handler took, in nanoseconds.
+    pub(crate) partition_handler_cpu_max_nanoseconds: AtomicU64,
     /// The Kafka listener's counters.
     pub(crate) kafka: Arc<crate::kafka::KafkaCounters>,
 }
@@ -94,6 +99,13 @@ impl Metrics {
         self.partition_handler_seconds.observe(elapsed);
         self.partition_handler_max_nanoseconds
             .fetch_max(elapsed.as_nanos() as u64, Relaxed);
+    }
+
+    /// Records one partition-actor handler's CPU time.
+    pub(crate) fn observe_handler_cpu(&self, cpu: Duration) {
+        self.partition_handler_cpu_seconds.observe(cpu);
+        self.partition_handler_cpu_max_nanoseconds
+            .fetch_max(cpu.as_nanos() as u64, Relaxed);
     }
 }
 
@@ -321,6 +333,10 @@ pub struct MetricsSnapshot {
     pub partition_handler_seconds: HistogramSnapshot,
     /// The longest partition-actor handler so far, in seconds.
     pub partition_handler_max_seconds: f64,
+    /// CPU time of partition-actor handlers (excludes time preempted).
+    pub partition_handler_cpu_seconds: HistogramSnapshot,
+    /// The most CPU time one partition-actor handler took so far, in seconds.
+    pub partition_handler_cpu_max_seconds: f64,
     /// Per partition, in topic then partition order.
     pub partitions: Vec<PartitionMetrics>,
     /// Per pipeline, in config order.
@@ -363,6 +379,11 @@ impl Metrics {
             compaction_failures_total: self.compaction_failures_total.load(Relaxed),
             partitions_not_compactable: self.partitions_not_compactable.load(Relaxed),
             partition_handler_seconds: self.partition_handler_seconds.snapshot(),
+            partition_handler_cpu_seconds: self.partition_handler_cpu_seconds.snapshot(),
+            partition_handler_cpu_max_seconds: self
+                .partition_handler_cpu_max_nanoseconds
+                .load(Relaxed) as f64
+                / 1e9,
             partition_handler_max_seconds: self.partition_handler_max_nanoseconds.load(Relaxed)
                 as f64
                 / 1e9,
@@ -527,6 +548,11 @@ impl MetricsSnapshot {
                 "Duration of partition-actor handlers.",
                 &self.partition_handler_seconds,
             ),
+            (
+                "millrace_partition_handler_cpu_seconds",
+                "CPU time of partition-actor handlers (their thread's time, without preemption).",
+                &self.partition_handler_cpu_seconds,
+            ),
         ];
         for (name, help, histogram) in histograms {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
@@ -550,6 +576,11 @@ impl MetricsSnapshot {
                 "millrace_partition_handler_max_seconds",
                 "The longest partition-actor handler so far.",
                 self.partition_handler_max_seconds,
+            ),
+            (
+                "millrace_partition_handler_cpu_max_seconds",
+                "The most CPU time one partition-actor handler took so far.",
+                self.partition_handler_cpu_max_seconds,
             ),
         ];
         for (name, help, value) in single_gauges {
