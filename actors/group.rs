@@ -288,7 +288,7 @@ pub(crate) struct Commit {
     pub(crate) member: String,
     pub(crate) token: CommitToken,
     /// Sled tree and changes of the pipeline's keyed state, if any.
-    pub(crate) state: Option<(sled::Tree, Vec<(Vec<u8>, Option<Vec<u8>>)>)>,
+    pub(crate) state: Option<(sled::Tree, crate::offsets::StateWrites)>,
 }
 
 /// Kafka JoinGroup. Answered when the join phase ends (or at once with an error).

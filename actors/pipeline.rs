@@ -109,7 +109,7 @@ pub(crate) struct WriteBatch {
     dead_letters: Vec<DlqEntry>,
     side_outputs: Vec<(String, Event)>,
     /// Commit `next_offset` after the write, with these state changes.
-    commit: Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    commit: Option<crate::offsets::StateWrites>,
     after: After,
 }
 
@@ -505,7 +505,9 @@ impl PipelineMember {
         let Some(tree) = &self.spec.state else {
             return Ok(());
         };
-        let mut per_operator: BTreeMap<u16, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        // Operator index -> its (key, value) entries.
+        type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+        let mut per_operator: BTreeMap<u16, Entries> = BTreeMap::new();
         for entry in tree.scan_prefix(partition.0.to_be_bytes()) {
             let (key, value) = entry.map_err(|error| format!("reading state: {error}"))?;
             if key.len() < 6 {
@@ -533,7 +535,7 @@ impl PipelineMember {
     fn checkpoint(
         task: &mut PartitionTask,
         partition: PartitionId,
-    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    ) -> crate::offsets::StateWrites {
         let mut changes = Vec::new();
         let mut deltas = Vec::new();
         for (index, operator) in task.operators.iter_mut().enumerate() {
@@ -711,7 +713,7 @@ impl PipelineMember {
         &self,
         partition: PartitionId,
         position: Offset,
-        commit: Option<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+        commit: Option<crate::offsets::StateWrites>,
         after: After,
     ) -> WriteBatch {
         WriteBatch {

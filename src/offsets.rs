@@ -31,6 +31,9 @@
 
 use crate::types::{Offset, PartitionId};
 
+/// Keyed-state writes that go with a commit: (key, new value or `None` to delete).
+pub(crate) type StateWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// Longest group name, in bytes (Kafka has no limit; a bound keeps keys small).
 pub const GROUP_NAME_BYTES_MAX: usize = 255;
 /// Longest metadata string of a Kafka client's commit, in bytes (Kafka's

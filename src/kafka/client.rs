@@ -1009,27 +1009,51 @@ impl KafkaClient {
             .iter()
             .map(|batch| encode_record_batch(&batch.records, now_ms))
             .collect();
-        let mut base_offsets: Vec<Option<Offset>> = vec![None; batches.len()];
-        let mut backoff = Backoff::new(self.retry);
-        loop {
-            let pending: Vec<usize> = (0..batches.len())
-                .filter(|&index| base_offsets[index].is_none())
-                .collect();
-            if pending.is_empty() {
-                return Ok(base_offsets.into_iter().flatten().collect());
-            }
-            let (groups, mut retry) =
-                self.by_leader(topic, &pending, |index| batches[index].partition)?;
-            for (leader, indexes) in groups {
+        let indexes: Vec<usize> = (0..batches.len()).collect();
+        self.until_answered(
+            topic,
+            &indexes,
+            |index| batches[index].partition,
+            |client, leader, indexes| {
                 let partitions: Vec<(u32, Bytes)> = indexes
                     .iter()
                     .map(|&index| (batches[index].partition, encoded[index].clone()))
                     .collect();
-                match self.produce_to(leader, topic, &partitions) {
+                client.produce_to(leader, topic, &partitions)
+            },
+        )
+    }
+
+    /// Asks each item's partition leader (`call` with the items it leads,
+    /// answering one outcome per item, in order) until every item has an
+    /// answer. A retriable error, for one item or a whole leader, drops the
+    /// topic's metadata and tries the unanswered items again after a
+    /// backoff; any other error ends it. Answers come in `items` order.
+    fn until_answered<T: Copy, A>(
+        &mut self,
+        topic: &str,
+        items: &[T],
+        partition_of: impl Fn(T) -> u32,
+        mut call: impl FnMut(&mut Self, i32, &[T]) -> Result<Vec<Result<A, ClientError>>, ClientError>,
+    ) -> Result<Vec<A>, ClientError> {
+        let mut answers: Vec<Option<A>> = items.iter().map(|_| None).collect();
+        let mut backoff = Backoff::new(self.retry);
+        loop {
+            let pending: Vec<usize> = (0..items.len())
+                .filter(|&index| answers[index].is_none())
+                .collect();
+            if pending.is_empty() {
+                return Ok(answers.into_iter().flatten().collect());
+            }
+            let (groups, mut retry) =
+                self.by_leader(topic, &pending, |index| partition_of(items[index]))?;
+            for (leader, indexes) in groups {
+                let group: Vec<T> = indexes.iter().map(|&index| items[index]).collect();
+                match call(self, leader, &group) {
                     Ok(outcomes) => {
                         for (&index, outcome) in indexes.iter().zip(outcomes) {
                             match outcome {
-                                Ok(base_offset) => base_offsets[index] = Some(base_offset),
+                                Ok(answer) => answers[index] = Some(answer),
                                 Err(error) if error.is_retriable() => retry = Some(error),
                                 Err(error) => return Err(error),
                             }
@@ -1140,48 +1164,9 @@ impl KafkaClient {
         partitions: &[u32],
         spec: OffsetSpec,
     ) -> Result<Vec<Offset>, ClientError> {
-        let mut offsets: HashMap<u32, Offset> = HashMap::new();
-        let mut backoff = Backoff::new(self.retry);
-        loop {
-            let pending: Vec<u32> = partitions
-                .iter()
-                .copied()
-                .filter(|partition| !offsets.contains_key(partition))
-                .collect();
-            if pending.is_empty() {
-                return Ok(partitions
-                    .iter()
-                    .map(|partition| offsets[partition])
-                    .collect());
-            }
-            let (groups, mut retry) = self.by_leader(topic, &pending, |partition| partition)?;
-            for (leader, group) in groups {
-                match self.list_offsets_on(leader, topic, &group, spec) {
-                    Ok(outcomes) => {
-                        for (partition, outcome) in group.iter().zip(outcomes) {
-                            match outcome {
-                                Ok(offset) => {
-                                    offsets.insert(*partition, offset);
-                                }
-                                Err(error) if error.is_retriable() => retry = Some(error),
-                                Err(error) => return Err(error),
-                            }
-                        }
-                    }
-                    Err(error) if error.is_retriable() => {
-                        self.forget_after(&error, topic, Some(leader));
-                        retry = Some(error);
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            if let Some(error) = retry {
-                if !backoff.wait() {
-                    return Err(error);
-                }
-                self.topics.remove(topic);
-            }
-        }
+        self.until_answered(topic, partitions, |partition| partition, |client, leader, group| {
+            client.list_offsets_on(leader, topic, group, spec)
+        })
     }
 
     fn list_offsets_on(

@@ -709,7 +709,7 @@ async fn submit_partition(
             ),
         );
     }
-    let producer = (header.producer_id >= 0 && header.base_sequence >= 0).then(|| Sequenced {
+    let producer = (header.producer_id >= 0 && header.base_sequence >= 0).then_some(Sequenced {
         producer_id: header.producer_id,
         epoch: header.producer_epoch,
         first_sequence: header.base_sequence,
