@@ -303,19 +303,20 @@ pub(crate) struct PartitionActor {
 impl PartitionActor {
     pub(crate) fn new(
         settings: PartitionSettings,
-        log: PartitionLog,
+        mut log: PartitionLog,
         deleter: Sender<DeleterCommand>,
         loader: Addr<BlockLoader>,
         metrics: Arc<Metrics>,
         gauges: Arc<PartitionGauges>,
     ) -> PartitionActor {
+        let producers = ProducerStates::rebuilt(&log.take_recovered_producer_batches());
         PartitionActor {
             name: format!("{}-{}", settings.topic.name, settings.partition.0),
             settings,
             log,
             writer: None,
             writer_generation: 0,
-            producers: ProducerStates::default(),
+            producers,
             deleter,
             loader,
             pending_acks: VecDeque::new(),
@@ -785,9 +786,10 @@ impl PartitionActor {
                     &report,
                 );
                 self.log = log;
-                // The reopened log may lack an unacknowledged tail that
-                // the producer states still describe.
-                self.producers.clear();
+                // The reopened log may lack an unacknowledged tail that the
+                // old states still describe: rebuild them from what is stored.
+                self.producers =
+                    ProducerStates::rebuilt(&self.log.take_recovered_producer_batches());
                 self.restarting = None;
                 tracing::info!(partition = %self.name, restarts = self.restarts, "partition restarted from disk");
                 self.begin_load(context);

@@ -14,15 +14,18 @@
 //! - an older epoch is fenced: [`ProduceError::InvalidProducerEpoch`];
 //! - a newer epoch must start at sequence 0, and resets the state.
 //!
-//! The state lives only in the partition actor's memory and is bounded
-//! ([`PRODUCERS_MAX`], least recently used out). A producer the partition
-//! does not know (new, evicted, or from before a restart) may start at any
-//! sequence only at 0; otherwise it is told
+//! The state lives in the partition actor's memory and is bounded
+//! ([`PRODUCERS_MAX`], least recently used out). At open it is rebuilt from
+//! the producer fields of the batches in the active segment (recovery reads
+//! every frame of it anyway), so a retry that crosses a restart is still
+//! answered with its first offsets. A producer the partition does not know
+//! (new, evicted, or whose last batches are only in sealed blocks) may start
+//! only at sequence 0; otherwise it is told
 //! [`ProduceError::UnknownProducerId`], and Kafka clients then reset their
-//! producer id. So a retry that crosses a restart of the node is refused,
-//! never stored twice.
+//! producer id: refused, never stored twice.
 
 use crate::error::ProduceError;
+use crate::storage::BatchHeader;
 use crate::types::Offset;
 use std::collections::{HashMap, VecDeque};
 
@@ -172,10 +175,22 @@ impl ProducerStates {
         entry.last_used = self.clock;
     }
 
-    /// Forgets everything (the log was reopened and may have lost an
-    /// unacknowledged tail).
-    pub(crate) fn clear(&mut self) {
-        self.producers.clear();
+    /// The states that the stored batches `headers` (in offset order, as
+    /// recovery found them) imply: a retry of one of them after a restart
+    /// gets its offsets back, and the producer can go on with its sequence.
+    pub(crate) fn rebuilt(headers: &[BatchHeader]) -> ProducerStates {
+        let mut states = ProducerStates::default();
+        for header in headers {
+            let batch = Sequenced {
+                producer_id: header.producer_id,
+                epoch: header.producer_epoch,
+                first_sequence: header.base_sequence,
+                // Sequences count offsets (a compacted batch keeps its span).
+                record_count: header.last_offset_delta + 1,
+            };
+            states.record(&batch, header.base_offset, header.last_offset());
+        }
+        states
     }
 }
 

@@ -454,3 +454,35 @@ fn pipelined_produce_requests_keep_their_order_in_the_partition() {
     assert_eq!(stored_values(&runtime, 0), expected);
     runtime.shutdown().expect("shutdown");
 }
+
+#[test]
+fn an_idempotent_retry_after_a_restart_still_gets_its_first_offsets() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let producer_id;
+    let fields = |producer_id, base_sequence| ProducerFields {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence,
+    };
+    {
+        let runtime = Runtime::start(kafka_config(directory.path(), 16)).expect("start");
+        let mut client = Client::connect(runtime.kafka_address().expect("listener"));
+        let mut body = client.request(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default());
+        producer_id = InitProducerIdResponse::decode(&mut body, 4).expect("id").producer_id.0;
+        assert_eq!(client.produce("events", 0, batch(&["a", "b"], fields(producer_id, 0))), (0, 0));
+        assert_eq!(client.produce("events", 0, batch(&["c"], fields(producer_id, 2))), (0, 2));
+        runtime.shutdown().expect("shutdown");
+    }
+    // The node restarts; the producer retries its last batch (its answer
+    // was lost), then goes on.
+    let runtime = Runtime::start(kafka_config(directory.path(), 16)).expect("restart");
+    let mut client = Client::connect(runtime.kafka_address().expect("listener"));
+    assert_eq!(client.produce("events", 0, batch(&["c"], fields(producer_id, 2))), (0, 2));
+    assert_eq!(client.produce("events", 0, batch(&["a", "b"], fields(producer_id, 0))), (0, 0));
+    assert_eq!(client.produce("events", 0, batch(&["e"], fields(producer_id, 4))).0, 45, "a gap");
+    assert_eq!(client.produce("events", 0, batch(&["d"], fields(producer_id, 3))), (0, 3));
+    // A producer id the partition has never seen may only start at 0.
+    assert_eq!(client.produce("events", 0, batch(&["x"], fields(producer_id + 1000, 7))).0, 59);
+    assert_eq!(stored_values(&runtime, 0), vec!["a", "b", "c", "d"]);
+    runtime.shutdown().expect("shutdown");
+}

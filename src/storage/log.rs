@@ -1038,9 +1038,21 @@ pub struct PartitionLog {
     unsynced_appends: VecDeque<UnsyncedAppend>,
     /// Deletions that failed, handed out again by `retention_jobs`.
     failed_deletions: Vec<DeleteJob>,
+    /// Idempotent producers' batches found in the active segment at open,
+    /// until the owner takes them ([`PartitionLog::take_recovered_producer_batches`]).
+    recovered_producer_batches: Vec<BatchHeader>,
 }
 
 impl PartitionLog {
+    /// The headers of the idempotent producers' batches that recovery found
+    /// in the active segment (the last [`PRODUCER_BATCHES_KEPT`] per
+    /// producer, in offset order), once: the owner rebuilds its producer
+    /// sequences from them, so a retry that crosses a restart is still
+    /// recognised. Batches in sealed blocks are not scanned.
+    pub fn take_recovered_producer_batches(&mut self) -> Vec<BatchHeader> {
+        std::mem::take(&mut self.recovered_producer_batches)
+    }
+
     /// Opens (creating if needed) the log in `directory` and recovers it:
     /// sweeps temp and orphan files, finishes interrupted seals, loads or
     /// rebuilds indexes, scans the active segment and truncates a torn tail
@@ -1077,6 +1089,7 @@ impl PartitionLog {
             directory,
             options: &options,
             report: RecoveryReport::default(),
+            producer_batches: Vec::new(),
         };
         let listing = recovery.sweep()?;
         let newest_log = listing.log_bases.iter().next_back().copied();
@@ -1173,6 +1186,7 @@ impl PartitionLog {
         io::sync_data(&active.file)?;
         io::sync_directory(directory)?;
 
+        let recovered_producer_batches = std::mem::take(&mut recovery.producer_batches);
         let mut report = recovery.report;
         report.sealed_blocks = blocks.len();
         let log_end_offset = active.index.next_offset.max(active.base_offset);
@@ -1188,6 +1202,7 @@ impl PartitionLog {
             log_start_offset,
             unsynced_appends: VecDeque::new(),
             failed_deletions: Vec::new(),
+            recovered_producer_batches,
         };
         Ok((log, report))
     }
@@ -2085,6 +2100,30 @@ struct SegmentScan {
     /// Size of the file.
     file_bytes: u64,
     damage: Option<Damage>,
+    /// Headers of the idempotent producers' batches among the valid frames
+    /// (the last [`PRODUCER_BATCHES_KEPT`] per producer), in offset order.
+    producer_batches: Vec<BatchHeader>,
+}
+
+/// Batches per idempotent producer that a scan keeps (Kafka clients have at
+/// most five in flight per partition, so a retry matches one of these).
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
+/// Keeps the last [`PRODUCER_BATCHES_KEPT`] headers of each producer, in order.
+fn keep_last_producer_batches(headers: &mut Vec<BatchHeader>) {
+    let mut seen: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    let mut kept: Vec<BatchHeader> = headers
+        .iter()
+        .rev()
+        .filter(|header| {
+            let count = seen.entry(header.producer_id).or_insert(0);
+            *count += 1;
+            *count <= PRODUCER_BATCHES_KEPT
+        })
+        .copied()
+        .collect();
+    kept.reverse();
+    *headers = kept;
 }
 
 /// The first invalid bytes a scan met.
@@ -2120,6 +2159,7 @@ fn scan_segment(
     let mut index = empty_index(base_offset);
     let mut damage = None;
     let mut valid_end = 0;
+    let mut producer_batches = Vec::new();
     if file_bytes < SEGMENT_HEADER_BYTES {
         damage = Some((
             0,
@@ -2160,6 +2200,12 @@ fn scan_segment(
                     index.add_batch(&header, position, frame_bytes, interval_bytes);
                     index.next_offset = header.next_offset();
                     valid_end = position + frame_bytes;
+                    if header.producer_id >= 0 && header.base_sequence >= 0 {
+                        producer_batches.push(header);
+                        if producer_batches.len() >= 1 << 16 {
+                            keep_last_producer_batches(&mut producer_batches);
+                        }
+                    }
                 }
                 Err(FrameReadError::Io(error)) => return Err(io_error("read", path, error)),
                 Err(FrameReadError::Frame { position, error }) => {
@@ -2184,11 +2230,13 @@ fn scan_segment(
             })
         }
     };
+    keep_last_producer_batches(&mut producer_batches);
     Ok(SegmentScan {
         index,
         valid_end,
         file_bytes,
         damage,
+        producer_batches,
     })
 }
 
@@ -2271,6 +2319,8 @@ struct Recovery<'a> {
     directory: &'a Path,
     options: &'a LogOptions,
     report: RecoveryReport,
+    /// The active segment's idempotent-producer batches (see `SegmentScan`).
+    producer_batches: Vec<BatchHeader>,
 }
 
 impl Recovery<'_> {
@@ -2454,6 +2504,7 @@ impl Recovery<'_> {
         let path = SegmentFile::wal_path(self.directory, base_offset);
         let file = SegmentFile::open(&path, self.directory, base_offset)?;
         let mut scan = scan_segment(&file, &path, base_offset, self.options.index_interval_bytes)?;
+        self.producer_batches = std::mem::take(&mut scan.producer_batches);
         if base_offset < previous_next_offset && scan.damage.is_none() {
             scan.damage = Some(Damage {
                 position: SEGMENT_HEADER_BYTES.min(scan.file_bytes),
