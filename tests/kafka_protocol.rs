@@ -351,6 +351,11 @@ fn produced_batches_are_validated_before_anything_is_stored() {
     let big = "x".repeat(600 * 1024);
     assert_eq!(client.produce("events", 0, plain(&[&big, &big])).0, 10, "MESSAGE_TOO_LARGE");
 
+    // Two batches in one partition's records: Kafka takes exactly one.
+    let mut two = plain(&["k"]).to_vec();
+    two.extend_from_slice(&plain(&["l"]));
+    assert_eq!(client.produce("events", 0, Bytes::from(two)).0, 87, "INVALID_RECORD");
+
     // Only the valid batch was stored, and the connection still works.
     assert_eq!(stored_values(&runtime, 0), vec!["a", "b"]);
     assert_eq!(client.produce("events", 0, plain(&["j"])), (0, 2));
@@ -484,5 +489,31 @@ fn an_idempotent_retry_after_a_restart_still_gets_its_first_offsets() {
     // A producer id the partition has never seen may only start at 0.
     assert_eq!(client.produce("events", 0, batch(&["x"], fields(producer_id + 1000, 7))).0, 59);
     assert_eq!(stored_values(&runtime, 0), vec!["a", "b", "c", "d"]);
+    runtime.shutdown().expect("shutdown");
+}
+
+#[test]
+fn acks_zero_gets_no_response_but_is_stored() {
+    let (_directory, runtime, address) = start(16);
+    let mut client = Client::connect(address);
+    let request = ProduceRequest::default().with_acks(0).with_timeout_ms(5000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("events")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(1)
+                .with_records(Some(plain(&["fire", "forget"])))]),
+    ]);
+    client.send(ApiKey::Produce, 9, &request);
+    // The next frame on the connection answers the next request, not the produce.
+    let mut body = client.request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(ApiVersionsResponse::decode(&mut body, 3).expect("api versions").error_code, 0);
+    common::wait_until(Duration::from_secs(10), "the acks=0 batch to be stored", || {
+        runtime
+            .offsets_blocking("events", PartitionId(1))
+            .expect("offsets")
+            .high_watermark
+            == Offset(2)
+    });
+    assert_eq!(stored_values(&runtime, 1), vec!["fire", "forget"]);
     runtime.shutdown().expect("shutdown");
 }
