@@ -17,7 +17,10 @@
 #   3. kafka produce x2: two kcat processes at once, each to its own
 #      partition of a 2-partition topic ($RECORDS records in all);
 #   4. kafka fetch: kcat -C reads the partition from offset 0 to the end
-#      (-e) with librdkafka's defaults, and with fetch.wait.max.ms=10.
+#      (-e) with librdkafka's defaults, and with fetch.wait.max.ms=10;
+#   5. if a C compiler and librdkafka's headers are there (Debian's
+#      librdkafka-dev), benches/kafka_producer.c: librdkafka alone, sending
+#      from a buffer (no line reading), same settings as kcat.
 # Prints every raw figure, then the medians and the ratios to embedded.
 set -euo pipefail
 runs=${1:-5}
@@ -35,6 +38,12 @@ trap 'pkill -f "millrace run $work" 2>/dev/null || true; rm -rf "$work"' EXIT
 # 100-byte values: an 8-digit sequence number and padding.
 awk -v n="$records" 'BEGIN { pad = sprintf("%92s", ""); gsub(/ /, "x", pad);
   for (i = 0; i < n; i++) printf "%08d%s\n", i, pad }' > "$work/values.txt"
+c_producer=""
+if cc -O2 -o "$work/kafka_producer" benches/kafka_producer.c -lrdkafka 2>/dev/null; then
+  c_producer="$work/kafka_producer"
+else
+  echo "benches/kafka_producer.c not built (needs cc and librdkafka-dev): scenario 5 skipped" >&2
+fi
 half=$((records / 2))
 head -n "$half" "$work/values.txt" > "$work/half1.txt"
 tail -n +"$((half + 1))" "$work/values.txt" > "$work/half2.txt"
@@ -70,7 +79,7 @@ EOF
 stop_node() { pkill -TERM -f "millrace run $work" || true; wait 2>/dev/null || true; }
 
 producer_flags=(-X acks=all -X "batch.num.messages=$batch" -X "linger.ms=$linger" -X queue.buffering.max.messages=1000000)
-embedded1=() embedded8=() kafka1=() kafka2=() fetch_default=() fetch_fast=() node_cpu=() client_cpu=()
+embedded1=() embedded8=() kafka1=() kafka2=() fetch_default=() fetch_fast=() node_cpu=() client_cpu=() kafka_c=()
 for run in $(seq 1 "$runs"); do
   out=$(cargo bench -q --bench throughput -- produce-batched --records "$records" --in-flight 1 --runs 1)
   embedded1+=("$(echo "$out" | grep ' median_of=' | tr ' ' '\n' | sed -n 's/^records_per_s=//p')")
@@ -91,6 +100,9 @@ for run in $(seq 1 "$runs"); do
   fetch_default+=("$(rate "$records" "$s" "$e")")
   s=$(now); kcat -C -b "$address" -t bench -p 0 -o beginning -e -q -f '%o\n' -X fetch.wait.max.ms=10 > /dev/null; e=$(now)
   fetch_fast+=("$(rate "$records" "$s" "$e")")
+  if [ -n "$c_producer" ]; then
+    kafka_c+=("$("$c_producer" "$address" bench 0 "$records" "$batch" "$linger" | sed -n 's/^records_per_s=\([0-9]*\).*/\1/p')")
+  fi
   stop_node
 
   address=$(start_node 2)
@@ -101,7 +113,7 @@ for run in $(seq 1 "$runs"); do
   e=$(now)
   kafka2+=("$(rate "$records" "$s" "$e")")
   stop_node
-  echo "run $run: embedded(1 in flight) ${embedded1[-1]}  embedded(8) ${embedded8[-1]}  kafka ${kafka1[-1]} (cpu s: node ${node_cpu[-1]}, kcat ${client_cpu[-1]})  kafka x2 ${kafka2[-1]}  fetch ${fetch_default[-1]}  fetch(wait 10ms) ${fetch_fast[-1]}"
+  echo "run $run: embedded(1 in flight) ${embedded1[-1]}  embedded(8) ${embedded8[-1]}  kafka ${kafka1[-1]} (cpu s: node ${node_cpu[-1]}, kcat ${client_cpu[-1]})  kafka C ${kafka_c[-1]:--}  kafka x2 ${kafka2[-1]}  fetch ${fetch_default[-1]}  fetch(wait 10ms) ${fetch_fast[-1]}"
 done
 
 m_e1=$(echo "${embedded1[*]}" | median); m_e8=$(echo "${embedded8[*]}" | median)
@@ -115,6 +127,10 @@ printf '%-58s %12s\n' "embedded produce-batched, 1000/batch, 1 in flight" "$m_e1
 printf '%-58s %12s\n' "embedded produce-batched, 1000/batch, 8 in flight" "$m_e8"
 printf '%-58s %12s %12s %12s\n' "kafka: kcat -P acks=all, batch $batch, linger ${linger}ms" "$m_k1" "$(ratio "$m_k1" "$m_e1")" "$(ratio "$m_k1" "$m_e8")"
 printf '%-58s %12s %12s %12s\n' "kafka: 2 x kcat -P, one partition each" "$m_k2" "$(ratio "$m_k2" "$m_e1")" "$(ratio "$m_k2" "$m_e8")"
+if [ "${#kafka_c[@]}" -gt 0 ]; then
+  m_kc=$(echo "${kafka_c[*]}" | median)
+  printf '%-58s %12s %12s %12s\n' "kafka: librdkafka C producer (benches/kafka_producer.c)" "$m_kc" "$(ratio "$m_kc" "$m_e1")" "$(ratio "$m_kc" "$m_e8")"
+fi
 echo "  CPU seconds for the $records records (medians): node $(echo "${node_cpu[*]}" | median), kcat $(echo "${client_cpu[*]}" | median)"
 printf '%-58s %12s\n' "kafka fetch: kcat -C to the end (librdkafka defaults)" "$m_fd"
 printf '%-58s %12s\n' "kafka fetch: kcat -C, fetch.wait.max.ms=10" "$m_ff"
