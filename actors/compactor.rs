@@ -106,6 +106,20 @@ pub(crate) struct StopCompactor {
     pub(crate) reply: oneshot::Sender<()>,
 }
 
+/// Serve these partitions too (a topic created at run time).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AddCompactionTargets(pub(crate) Vec<CompactionTarget>);
+
+/// Stop serving `topic` (deleted at run time). Handled between runs, so
+/// when the reply comes no run touches its partitions.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RemoveCompactionTargets {
+    pub(crate) topic: String,
+    pub(crate) reply: oneshot::Sender<()>,
+}
+
 /// Check the next partition's policy (the periodic schedule).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -417,9 +431,39 @@ impl Actor for Compactor {
 
     fn started(&mut self, context: &mut Context<Self>) {
         context.set_mailbox_capacity(64);
-        if !self.targets.is_empty() {
-            context.run_interval(self.config.interval, |_, context| context.notify(CheckNext));
+        // Always on: topics created at run time may add targets later
+        // (`CheckNext` does nothing while there are none).
+        context.run_interval(self.config.interval, |_, context| context.notify(CheckNext));
+    }
+}
+
+impl Handler<AddCompactionTargets> for Compactor {
+    type Result = ();
+
+    fn handle(&mut self, message: AddCompactionTargets, _context: &mut Context<Self>) {
+        for target in message.0 {
+            self.targets.push(target);
+            self.not_compactable.push(false);
         }
+    }
+}
+
+impl Handler<RemoveCompactionTargets> for Compactor {
+    type Result = ();
+
+    fn handle(&mut self, message: RemoveCompactionTargets, _context: &mut Context<Self>) {
+        let mut index = 0;
+        while index < self.targets.len() {
+            if self.targets[index].topic.name == message.topic {
+                self.targets.remove(index);
+                self.not_compactable.remove(index);
+            } else {
+                index += 1;
+            }
+        }
+        let gauge = self.not_compactable.iter().filter(|flag| **flag).count() as u64;
+        self.metrics.partitions_not_compactable.store(gauge, Relaxed);
+        let _ = message.reply.send(());
     }
 }
 

@@ -298,6 +298,11 @@ pub(crate) struct PartitionActor {
     drain_waiters: Vec<crossbeam_channel::Sender<Result<(), String>>>,
     metrics: Arc<Metrics>,
     gauges: Arc<PartitionGauges>,
+    /// The maintenance timer (retention, retries), cancelled by `Retire`.
+    maintenance: Option<actix::SpawnHandle>,
+    /// Set by `Retire`: the topic was deleted; the actor only waits for its
+    /// last address to drop.
+    retired: bool,
 }
 
 impl PartitionActor {
@@ -332,6 +337,8 @@ impl PartitionActor {
             drain_waiters: Vec::new(),
             metrics,
             gauges,
+            maintenance: None,
+            retired: false,
         }
     }
 
@@ -828,12 +835,17 @@ impl Actor for PartitionActor {
         // Unbounded here; `Gated` bounds requests (actix's own bound can
         // leave a sender waiting forever, see actors/mailbox.rs).
         context.set_mailbox_capacity(0);
+        if self.retired {
+            // Restarted after `Retire`: nothing to serve; stop once the
+            // last address drops.
+            return;
+        }
         self.start_writer(context);
-        context.run_interval(MAINTENANCE_INTERVAL, |actor, context| {
+        self.maintenance = Some(context.run_interval(MAINTENANCE_INTERVAL, |actor, context| {
             actor.guarded(context, "maintenance", |actor, context| {
                 actor.maintenance(context)
             })
-        });
+        }));
         if self.restarts == 0 {
             // The first chunk loads here, before any message is handled.
             self.guarded(context, "startup load", |actor, context| {
@@ -1183,6 +1195,9 @@ impl Handler<Reopen> for PartitionActor {
     type Result = ();
 
     fn handle(&mut self, _message: Reopen, context: &mut Context<Self>) {
+        if self.retired {
+            return;
+        }
         self.guarded(context, "reopen", |actor, context| actor.reopen(context));
     }
 }
@@ -1204,6 +1219,29 @@ impl Handler<GetHealth> for PartitionActor {
 
     fn handle(&mut self, message: GetHealth, _context: &mut Context<Self>) {
         let _ = message.reply.send(self.health());
+    }
+}
+
+/// The partition's topic was deleted (after a `Drain`): stop the timers
+/// and the writer, so that the actor stops once its last address drops (a
+/// supervised actor with live addresses would be restarted by `stop`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Retire;
+
+impl Handler<Retire> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, _message: Retire, context: &mut Context<Self>) {
+        self.retired = true;
+        self.accepting = false;
+        if let Some(handle) = self.maintenance.take() {
+            context.cancel_future(handle);
+        }
+        if let Some(mut writer) = self.writer.take() {
+            writer.stop();
+        }
+        self.serving = false;
     }
 }
 

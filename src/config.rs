@@ -288,6 +288,11 @@ pub struct KafkaConfig {
     /// `socket.request.max.bytes`): a request frame declaring more is
     /// refused and its connection closed, before anything is read into memory.
     pub request_max_bytes: u64,
+    /// `allow_topic_management` (default false): whether CreateTopics and
+    /// DeleteTopics may create topics at run time and delete them (only
+    /// those; topics of the config file are never deleted over the wire).
+    /// Off, both answer POLICY_VIOLATION.
+    pub allow_topic_management: bool,
 }
 
 /// Default `[kafka] max_connections`.
@@ -810,6 +815,12 @@ fn first_broken<const N: usize>(
         .map_or(Ok(()), Err)
 }
 
+/// Every per-topic rule (as [`Config::validate`] checks them); the first
+/// one broken, as "key: message". For topics made outside the file.
+pub(crate) fn check_topic_config(topic: &TopicConfig) -> Result<(), String> {
+    check_topic(topic).map_err(|broken| format!("{}: {}", broken.key, broken.message))
+}
+
 /// Every per-topic rule, in file key order; the first one broken.
 fn check_topic(topic: &TopicConfig) -> Result<(), BrokenRule> {
     let checks: [(&'static str, Result<(), String>); 12] = [
@@ -1001,6 +1012,7 @@ struct RawKafka {
     advertised: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
     request_max_bytes: Option<Spanned<RawSize>>,
+    allow_topic_management: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -1463,6 +1475,7 @@ impl RawKafka {
         spans.record("advertised", &self.advertised);
         spans.record("max_connections", &self.max_connections);
         spans.record("request_max_bytes", &self.request_max_bytes);
+        spans.record("allow_topic_management", &self.allow_topic_management);
         let fail = |key: &str, message: String| {
             source.error(
                 Some(spans.get(key).unwrap_or_else(|| table_span.clone())),
@@ -1520,11 +1533,15 @@ impl RawKafka {
                 bytes
             }
         };
+        let allow_topic_management = self
+            .allow_topic_management
+            .is_some_and(|value| *value.get_ref());
         Ok(KafkaConfig {
             listen,
             advertised,
             max_connections,
             request_max_bytes,
+            allow_topic_management,
         })
     }
 }

@@ -6,13 +6,16 @@
 //! Handles are capabilities: a [`Producer`] can only produce, a
 //! [`PartitionConsumer`] can only read.
 
-use crate::actors::compactor::{CompactNow, CompactionTarget, Compactor, StopCompactor};
+use crate::actors::compactor::{
+    AddCompactionTargets, CompactNow, CompactionTarget, Compactor, RemoveCompactionTargets,
+    StopCompactor,
+};
 use crate::actors::deleter::DeleterHandle;
 use crate::actors::group::{DescribeGroup, GroupCoordinator, StopCoordinator};
 use crate::actors::loader::{BlockLoader, StopLoader};
 use crate::actors::mailbox::Gated;
 use crate::actors::partition::{
-    Describe, Drain, Fetch, FetchReply, GetHealth, PartitionActor, PartitionSettings, Produce, FETCH_WAIT_MAX,
+    Describe, Drain, Fetch, FetchReply, GetHealth, PartitionActor, PartitionSettings, Produce, Retire, FETCH_WAIT_MAX,
     MAILBOX_CAPACITY,
 };
 use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
@@ -29,13 +32,14 @@ use crate::pipeline::config::PipelineConfig;
 use crate::pipeline::registry::Registry;
 use crate::storage::{LogOptions, PartitionLog, RecoveryReport};
 use crate::types::{FetchedRecord, Offset, PartitionId, Record};
-use actix::{Actor, Addr, Arbiter};
+use actix::{Actor, Addr, Arbiter, ArbiterHandle};
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -110,13 +114,70 @@ pub struct FetchResult {
 pub(crate) struct TopicHandle {
     config: TopicConfig,
     partitions: Vec<Gated<PartitionActor>>,
+    /// Its partitions' gauges, by partition id.
+    gauges: Vec<Arc<PartitionGauges>>,
+    /// Created over the Kafka protocol (and kept in the `runtime_topics`
+    /// tree), not declared in the config file: only these can be deleted.
+    runtime_created: bool,
     round_robin: AtomicU32,
+}
+
+/// The topics, published as one immutable snapshot: readers `load` it
+/// without a lock (`ArcSwap`); CreateTopics and DeleteTopics build a new
+/// table and `store` it (one writer at a time, under `TopicAdmin`'s lock).
+/// A reader that loaded the old table keeps it whole until it lets go.
+#[derive(Clone, Default)]
+pub(crate) struct TopicTable {
+    topics: HashMap<String, Arc<TopicHandle>>,
+    /// Topic names: the config's in file order, then those created at run time.
+    order: Vec<String>,
+}
+
+impl TopicTable {
+    /// A topic's handle.
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<TopicHandle>> {
+        self.topics.get(name)
+    }
+
+    /// Topic names in order.
+    pub(crate) fn names(&self) -> &[String] {
+        &self.order
+    }
+
+    fn handles(&self) -> impl Iterator<Item = &Arc<TopicHandle>> + '_ {
+        self.order.iter().map(move |name| &self.topics[name])
+    }
+
+    fn gauges(&self) -> Vec<Arc<PartitionGauges>> {
+        self.handles()
+            .flat_map(|handle| handle.gauges.iter().cloned())
+            .collect()
+    }
+
+    fn with(&self, handle: Arc<TopicHandle>) -> TopicTable {
+        let mut table = self.clone();
+        table.order.push(handle.config.name.clone());
+        table.topics.insert(handle.config.name.clone(), handle);
+        table
+    }
+
+    fn without(&self, name: &str) -> TopicTable {
+        let mut table = self.clone();
+        table.order.retain(|candidate| candidate != name);
+        table.topics.remove(name);
+        table
+    }
 }
 
 impl TopicHandle {
     /// The topic's settings.
     pub(crate) fn config(&self) -> &TopicConfig {
         &self.config
+    }
+
+    /// Whether it was created over the Kafka protocol (not declared in the config file).
+    pub(crate) fn runtime_created(&self) -> bool {
+        self.runtime_created
     }
 
     /// Its partitions' actors, by partition id.
@@ -157,6 +218,7 @@ struct Inner {
     coordinator: Addr<GroupCoordinator>,
     coordinator_arbiter: Option<Arbiter>,
     pipelines: Vec<PipelineHandle>,
+    admin: Arc<TopicAdmin>,
     deleter: DeleterHandle,
     http: Option<HttpServer>,
     kafka: Option<KafkaServer>,
@@ -173,14 +235,12 @@ struct PipelineHandle {
 }
 
 /// What handles, health and the HTTP listener read: immutable after start
-/// except the `draining` flag and the atomics inside metrics.
+/// except the topic table (swapped whole, see [`TopicTable`]), the
+/// `draining` flag and the atomics inside metrics.
 pub(crate) struct Shared {
     config: Config,
-    topics: HashMap<String, Arc<TopicHandle>>,
-    /// Topic names in config order (stable output).
-    topic_order: Vec<String>,
+    topics: ArcSwap<TopicTable>,
     metrics: Arc<Metrics>,
-    gauges: Vec<Arc<PartitionGauges>>,
     pipeline_metrics: Vec<Arc<PipelineMetrics>>,
     draining: AtomicBool,
 }
@@ -213,25 +273,38 @@ impl Probe for Shared {
 
 impl Shared {
     /// A topic's handle.
-    pub(crate) fn topic(&self, name: &str) -> Option<&Arc<TopicHandle>> {
-        self.topics.get(name)
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<TopicHandle>> {
+        self.topics.load().get(name).cloned()
     }
 
-    /// Topic names in config order.
-    pub(crate) fn topic_names(&self) -> &[String] {
-        &self.topic_order
+    /// Topic names: the config's in file order, then those created at run time.
+    pub(crate) fn topic_names(&self) -> Vec<String> {
+        self.topics.load().order.clone()
     }
 
-    fn partitions(&self) -> impl Iterator<Item = (&str, PartitionId, &Addr<PartitionActor>)> + '_ {
-        self.topic_order.iter().flat_map(move |name| {
-            self.topics[name]
-                .partitions
-                .iter()
-                .enumerate()
-                .map(move |(index, gated)| {
-                    (name.as_str(), PartitionId(index as u32), gated.address())
-                })
-        })
+    /// The current topic table, whole (a consistent snapshot).
+    pub(crate) fn topic_table(&self) -> Arc<TopicTable> {
+        self.topics.load_full()
+    }
+
+    fn partitions(&self) -> Vec<(String, PartitionId, Addr<PartitionActor>)> {
+        let table = self.topics.load();
+        table
+            .handles()
+            .flat_map(|handle| {
+                handle
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, gated)| {
+                        (
+                            handle.config.name.clone(),
+                            PartitionId(index as u32),
+                            gated.address().clone(),
+                        )
+                    })
+            })
+            .collect()
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -248,7 +321,7 @@ impl Shared {
                 answer
                     .and_then(|answer| answer.recv_deadline(deadline).ok())
                     .unwrap_or_else(|| PartitionHealth {
-                        topic: topic.to_owned(),
+                        topic: topic.clone(),
                         partition: partition.0,
                         phase: Phase::Unresponsive,
                         load: LoadState::WaitingForHotLoad,
@@ -291,13 +364,16 @@ impl Shared {
     fn ready(&self) -> bool {
         !self.draining.load(Relaxed)
             && self
-                .gauges
-                .iter()
+                .topics
+                .load()
+                .handles()
+                .flat_map(|handle| handle.gauges.iter())
                 .all(|gauges| gauges.serving.load(Relaxed) == 1)
     }
 
     fn metrics(&self) -> MetricsSnapshot {
-        self.metrics.snapshot(&self.gauges, &self.pipeline_metrics)
+        let gauges = self.topics.load().gauges();
+        self.metrics.snapshot(&gauges, &self.pipeline_metrics)
     }
 }
 
@@ -338,7 +414,12 @@ impl Runtime {
             message: error.to_string(),
         })?;
         let metrics = Arc::new(Metrics::default());
-        let logs = open_partition_logs(&config, &metrics)?;
+        // The config's topics, then those created at run time (kept in the
+        // metadata store); a name the config declares wins.
+        let stored_topics = load_runtime_topics(&metadata, &config)?;
+        let mut all_topics: Vec<TopicConfig> = config.topics.clone();
+        all_topics.extend(stored_topics.iter().cloned());
+        let logs = open_partition_logs(&config, &all_topics, &metrics)?;
         let deleter = DeleterHandle::spawn(metrics.clone()).map_err(|source| StartError::Io {
             operation: "spawn deletion thread",
             path: config.data_dir.clone(),
@@ -355,7 +436,9 @@ impl Runtime {
         let arbiter_count = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, actor_specs.len().max(1));
+        let started_partitions = actor_specs.len();
         let deleter_sender = deleter.sender();
+        let admin_deleter = deleter.sender();
         let actor_metrics = metrics.clone();
         let load_rate = config.startup.background_load_bytes_per_second;
         let compactor_config = config.compactor.clone();
@@ -465,28 +548,28 @@ impl Runtime {
             source: std::io::Error::other("actor system thread exited during start"),
         })?;
 
-        let mut topics: HashMap<String, Arc<TopicHandle>> = HashMap::new();
-        for topic in &config.topics {
+        let mut table = TopicTable::default();
+        for (index, topic) in all_topics.iter().enumerate() {
             let partitions = addresses
                 .iter()
                 .filter(|(name, _)| *name == topic.name)
                 .map(|(_, address)| Gated::new(address.clone(), MAILBOX_CAPACITY))
                 .collect();
-            topics.insert(
-                topic.name.clone(),
-                Arc::new(TopicHandle {
-                    config: topic.clone(),
-                    partitions,
-                    round_robin: AtomicU32::new(0),
-                }),
-            );
+            let topic_gauges = gauges
+                .iter()
+                .filter(|partition_gauges| partition_gauges.topic == topic.name)
+                .cloned()
+                .collect();
+            table = table.with(Arc::new(TopicHandle {
+                config: topic.clone(),
+                partitions,
+                gauges: topic_gauges,
+                runtime_created: index >= config.topics.len(),
+                round_robin: AtomicU32::new(0),
+            }));
         }
-        tracing::info!(data_dir = %config.data_dir.display(), topics = config.topics.len(), partitions = gauges.len(), "millrace started");
-        let topic_order = config
-            .topics
-            .iter()
-            .map(|topic| topic.name.clone())
-            .collect();
+        tracing::info!(data_dir = %config.data_dir.display(), topics = all_topics.len(), runtime_created = stored_topics.len(), partitions = gauges.len(), "millrace started");
+        let topics = table;
         let http_address = config.http.as_ref().map(|http| http.listen);
         let pipeline_metrics: Vec<Arc<PipelineMetrics>> = config
             .pipelines
@@ -505,12 +588,20 @@ impl Runtime {
             .collect();
         let shared = Arc::new(Shared {
             config,
-            topics,
-            topic_order,
+            topics: ArcSwap::from_pointee(topics),
             metrics,
-            gauges,
             pipeline_metrics,
             draining: AtomicBool::new(false),
+        });
+        let admin = Arc::new(TopicAdmin {
+            shared: Arc::clone(&shared),
+            arbiters: arbiters.iter().map(Arbiter::handle).collect(),
+            next_arbiter: AtomicUsize::new(started_partitions),
+            loader: loader.clone(),
+            compactor: compactor.clone(),
+            deleter: admin_deleter,
+            metadata: metadata.clone(),
+            closed: Mutex::new(false),
         });
         let mut runtime = Runtime {
             inner: Some(Inner {
@@ -525,6 +616,7 @@ impl Runtime {
                 coordinator,
                 coordinator_arbiter: Some(coordinator_arbiter),
                 pipelines: Vec::new(),
+                admin,
                 deleter,
                 http: None,
                 kafka: None,
@@ -575,6 +667,8 @@ impl Runtime {
             cluster_id,
             metadata: inner._metadata.clone(),
             counters: Arc::clone(&inner.shared.metrics.kafka),
+            admin: Arc::clone(&inner.admin),
+            allow_topic_management: kafka.allow_topic_management,
         };
         let server = KafkaServer::start(context).map_err(|source| StartError::Listen {
             address: kafka.listen,
@@ -595,6 +689,7 @@ impl Runtime {
     fn start_pipelines(&mut self, registry: &Registry) -> Result<(), StartError> {
         let inner = self.inner.as_ref().expect("runtime used after shutdown");
         let shared = &inner.shared;
+        let table = shared.topic_table();
         let mut built = Vec::new();
         for (index, pipeline) in shared.config.pipelines.iter().enumerate() {
             let spec_error = |message: String| StartError::Pipeline {
@@ -602,12 +697,11 @@ impl Runtime {
                 stage: "source".to_owned(),
                 message,
             };
-            let source = shared
-                .topics
+            let source = table
                 .get(&pipeline.source.topic)
                 .ok_or_else(|| spec_error(format!("no topic {}", pipeline.source.topic)))?;
             let producer = |topic: &str| {
-                shared.topics.get(topic).map(|handle| Producer {
+                table.get(topic).map(|handle| Producer {
                     topic: Arc::clone(handle),
                 })
             };
@@ -715,7 +809,7 @@ impl Runtime {
     }
 
     fn topic(&self, topic: &str) -> Option<Arc<TopicHandle>> {
-        self.inner().shared.topics.get(topic).cloned()
+        self.inner().shared.topic(topic)
     }
 
     /// The configuration it runs with.
@@ -780,9 +874,10 @@ impl Runtime {
         block_on(self.fetch(topic, partition, offset, options))
     }
 
-    /// Topic names, in config order.
+    /// Topic names: the config's in file order, then those created at run
+    /// time over the Kafka protocol (`[kafka] allow_topic_management`).
     pub fn topics(&self) -> Vec<String> {
-        self.inner().shared.topic_order.clone()
+        self.inner().shared.topic_names()
     }
 
     /// Partition count of `topic`.
@@ -940,6 +1035,9 @@ impl Inner {
         if let Some(mut kafka) = self.kafka.take() {
             kafka.stop();
         }
+        // No topic is created or deleted from here on (one in progress
+        // finishes first), so the drain below sees every partition.
+        self.admin.close();
         // 0: the pipelines finish their in-flight batches and commit (3 in
         // the list above: it must come first, while produce still works for
         // their topic sinks and dead-letter queues).
@@ -971,7 +1069,7 @@ impl Inner {
                 }
             };
             first_error.get_or_insert(ShutdownError::Partition {
-                topic: topic.to_owned(),
+                topic,
                 partition,
                 reason,
             });
@@ -1481,9 +1579,12 @@ type OpenedLogs = Vec<(PartitionSettings, PartitionLog)>;
 
 /// Recovers every partition's active segment (and, with the startup load
 /// off, registers its blocks), several partitions at a time.
-fn open_partition_logs(config: &Config, metrics: &Metrics) -> Result<OpenedLogs, StartError> {
-    let work: Vec<PartitionSettings> = config
-        .topics
+fn open_partition_logs(
+    config: &Config,
+    topics: &[TopicConfig],
+    metrics: &Metrics,
+) -> Result<OpenedLogs, StartError> {
+    let work: Vec<PartitionSettings> = topics
         .iter()
         .flat_map(|topic| {
             (0..topic.partitions).map(move |index| PartitionSettings {
@@ -1570,4 +1671,382 @@ fn cluster_id(metadata: &sled::Db) -> Result<String, String> {
         .and_then(|_| metadata.flush())
         .map_err(|error| error.to_string())?;
     Ok(id)
+}
+
+// ---------------------------------------------------------------------------
+// Topics created and deleted at run time (Kafka CreateTopics / DeleteTopics).
+
+/// Sled tree of the topics created at run time: name → version byte, then
+/// the topic's settings as JSON ([`StoredTopic`]).
+const RUNTIME_TOPICS_TREE: &str = "runtime_topics";
+/// Version byte of a `runtime_topics` entry.
+const RUNTIME_TOPIC_VERSION: u8 = 1;
+
+/// What a `runtime_topics` entry keeps: the settings CreateTopics can set;
+/// every other key is at its default.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredTopic {
+    partitions: u32,
+    cleanup: String,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    segment_bytes: u64,
+    max_batch_bytes: u64,
+    delete_retention_ms: u64,
+    min_dirty_ratio: f64,
+}
+
+/// Kafka's name of a cleanup policy.
+pub(crate) fn cleanup_policy_name(policy: crate::config::CleanupPolicy) -> &'static str {
+    match policy {
+        crate::config::CleanupPolicy::Delete => "delete",
+        crate::config::CleanupPolicy::Compact => "compact",
+        crate::config::CleanupPolicy::CompactAndDelete => "compact,delete",
+    }
+}
+
+/// A cleanup policy from Kafka's `cleanup.policy` value.
+pub(crate) fn cleanup_policy_from_name(name: &str) -> Option<crate::config::CleanupPolicy> {
+    let mut parts: Vec<&str> = name.split(',').map(str::trim).collect();
+    parts.sort_unstable();
+    parts.dedup();
+    match parts.as_slice() {
+        ["delete"] => Some(crate::config::CleanupPolicy::Delete),
+        ["compact"] => Some(crate::config::CleanupPolicy::Compact),
+        ["compact", "delete"] => Some(crate::config::CleanupPolicy::CompactAndDelete),
+        _ => None,
+    }
+}
+
+fn encode_stored_topic(topic: &TopicConfig) -> Vec<u8> {
+    let stored = StoredTopic {
+        partitions: topic.partitions,
+        cleanup: cleanup_policy_name(topic.cleanup).to_owned(),
+        retention_ms: topic.retention.map(|age| age.as_millis() as u64),
+        retention_bytes: topic.retention_bytes,
+        segment_bytes: topic.segment_bytes,
+        max_batch_bytes: topic.max_batch_bytes,
+        delete_retention_ms: topic.delete_retention.as_millis() as u64,
+        min_dirty_ratio: topic.min_dirty_ratio,
+    };
+    let mut bytes = vec![RUNTIME_TOPIC_VERSION];
+    bytes.extend(serde_json::to_vec(&stored).expect("a StoredTopic encodes"));
+    bytes
+}
+
+fn decode_stored_topic(name: &str, bytes: &[u8]) -> Result<TopicConfig, String> {
+    let (version, body) = bytes
+        .split_first()
+        .ok_or_else(|| format!("runtime topic {name:?}: empty entry"))?;
+    if *version != RUNTIME_TOPIC_VERSION {
+        return Err(format!(
+            "runtime topic {name:?}: entry version {version}, this build reads {RUNTIME_TOPIC_VERSION}"
+        ));
+    }
+    let stored: StoredTopic = serde_json::from_slice(body)
+        .map_err(|error| format!("runtime topic {name:?}: {error}"))?;
+    let topic = TopicConfig {
+        partitions: stored.partitions,
+        cleanup: cleanup_policy_from_name(&stored.cleanup)
+            .ok_or_else(|| format!("runtime topic {name:?}: cleanup {:?}", stored.cleanup))?,
+        retention: stored.retention_ms.map(Duration::from_millis),
+        retention_bytes: stored.retention_bytes,
+        segment_bytes: stored.segment_bytes,
+        max_batch_bytes: stored.max_batch_bytes,
+        delete_retention: Duration::from_millis(stored.delete_retention_ms),
+        min_dirty_ratio: stored.min_dirty_ratio,
+        ..TopicConfig::with_defaults(name)
+    };
+    crate::config::check_topic_config(&topic)
+        .map_err(|message| format!("runtime topic {name:?}: {message}"))?;
+    Ok(topic)
+}
+
+/// The topics created at run time, in name order, except those whose name
+/// the config declares (the config wins; the stored entry is ignored).
+fn load_runtime_topics(metadata: &sled::Db, config: &Config) -> Result<Vec<TopicConfig>, StartError> {
+    let metadata_error = |message: String| StartError::Metadata {
+        path: config.data_dir.join("meta"),
+        message,
+    };
+    let tree = metadata
+        .open_tree(RUNTIME_TOPICS_TREE)
+        .map_err(|error| metadata_error(error.to_string()))?;
+    let mut topics = Vec::new();
+    for entry in tree.iter() {
+        let (key, value) = entry.map_err(|error| metadata_error(error.to_string()))?;
+        let name = String::from_utf8(key.to_vec())
+            .map_err(|_| metadata_error("a runtime topic's name is not UTF-8".to_owned()))?;
+        if let Some(declared) = config
+            .topics
+            .iter()
+            .find(|topic| topic.name.eq_ignore_ascii_case(&name))
+        {
+            tracing::warn!(topic = %name, declared = %declared.name, "a topic created at run time is also declared in the config file; the config's settings are used and the stored entry is ignored");
+            continue;
+        }
+        topics.push(decode_stored_topic(&name, &value).map_err(metadata_error)?);
+    }
+    Ok(topics)
+}
+
+/// Why a topic could not be created.
+#[derive(Debug)]
+pub(crate) enum CreateTopicError {
+    /// A topic of that name (or the same name ignoring letter case) exists.
+    AlreadyExists(String),
+    /// The runtime is shutting down.
+    ShuttingDown,
+    /// Opening its files or storing it failed.
+    Failed(String),
+}
+
+/// Why a topic could not be deleted.
+#[derive(Debug)]
+pub(crate) enum DeleteTopicError {
+    /// No such topic.
+    Unknown,
+    /// Declared in the config file, or in use by a pipeline.
+    Refused(String),
+    /// The runtime is shutting down.
+    ShuttingDown,
+    /// Draining its partitions or removing it from the store failed.
+    Failed(String),
+}
+
+/// Creates and deletes topics at run time: what the Kafka handlers call.
+/// One change at a time (`closed` is the lock; `true` once shutdown began).
+/// The table itself is published through `Shared::topics` without locks.
+pub(crate) struct TopicAdmin {
+    shared: Arc<Shared>,
+    /// The partition arbiters, which new partitions join round-robin.
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+    loader: Addr<BlockLoader>,
+    compactor: Addr<Compactor>,
+    deleter: crossbeam_channel::Sender<crate::actors::deleter::DeleterCommand>,
+    metadata: sled::Db,
+    closed: Mutex<bool>,
+}
+
+impl TopicAdmin {
+    /// Refuses every later change; waits for one in progress.
+    fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+    }
+
+    /// Creates `topic` (already validated): opens its partitions' logs,
+    /// starts their actors, stores it (flushed), and only then publishes it
+    /// in the table. With `validate_only`, checks that it could be created
+    /// and changes nothing. Blocks: call it off the async threads.
+    pub(crate) fn create(
+        &self,
+        topic: TopicConfig,
+        validate_only: bool,
+    ) -> Result<(), CreateTopicError> {
+        let closed = self.closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *closed {
+            return Err(CreateTopicError::ShuttingDown);
+        }
+        let table = self.shared.topic_table();
+        if let Some(existing) = table
+            .names()
+            .iter()
+            .find(|name| name.eq_ignore_ascii_case(&topic.name))
+        {
+            return Err(CreateTopicError::AlreadyExists(if *existing == topic.name {
+                format!("topic {:?} already exists", topic.name)
+            } else {
+                format!(
+                    "topic {:?} would share its directories with topic {existing:?} \
+                     (names must differ ignoring letter case)",
+                    topic.name
+                )
+            }));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let config = &self.shared.config;
+        let logs = open_partition_logs(config, std::slice::from_ref(&topic), &self.shared.metrics)
+            .map_err(|error| CreateTopicError::Failed(error.to_string()))?;
+        let mut partitions = Vec::with_capacity(logs.len());
+        let mut gauges = Vec::with_capacity(logs.len());
+        let mut targets = Vec::new();
+        for (settings, log) in logs {
+            let partition_gauges = PartitionGauges::new(&topic.name, settings.partition.0);
+            gauges.push(Arc::clone(&partition_gauges));
+            let index = self.next_arbiter.fetch_add(1, Relaxed) % self.arbiters.len();
+            let deleter = self.deleter.clone();
+            let loader = self.loader.clone();
+            let metrics = Arc::clone(&self.shared.metrics);
+            let kept_settings = settings.clone();
+            let address = actix::Supervisor::start_in_arbiter(&self.arbiters[index], move |_| {
+                PartitionActor::new(settings, log, deleter, loader, metrics, partition_gauges)
+            });
+            if topic.cleanup.compacts() {
+                targets.push(CompactionTarget {
+                    topic: topic.clone(),
+                    partition: kept_settings.partition,
+                    address: address.clone(),
+                });
+            }
+            partitions.push(Gated::new(address, MAILBOX_CAPACITY));
+        }
+        let handle = Arc::new(TopicHandle {
+            config: topic.clone(),
+            partitions,
+            gauges,
+            runtime_created: true,
+            round_robin: AtomicU32::new(0),
+        });
+        if let Err(message) = self.store_topic(&topic) {
+            // Not published: nobody else has its addresses. Stop its actors.
+            self.retire(&handle);
+            return Err(CreateTopicError::Failed(message));
+        }
+        if !targets.is_empty() {
+            let _ = self.compactor.try_send(AddCompactionTargets(targets));
+        }
+        self.shared.topics.store(Arc::new(table.with(handle)));
+        tracing::info!(topic = %topic.name, partitions = topic.partitions, "topic created over the Kafka protocol");
+        drop(closed);
+        Ok(())
+    }
+
+    fn store_topic(&self, topic: &TopicConfig) -> Result<(), String> {
+        let runtime_topics = self
+            .metadata
+            .open_tree(RUNTIME_TOPICS_TREE)
+            .map_err(|error| error.to_string())?;
+        let partition_counts = self
+            .metadata
+            .open_tree("topics")
+            .map_err(|error| error.to_string())?;
+        runtime_topics
+            .insert(topic.name.as_bytes(), encode_stored_topic(topic))
+            .map_err(|error| error.to_string())?;
+        partition_counts
+            .insert(topic.name.as_bytes(), &topic.partitions.to_le_bytes())
+            .map_err(|error| error.to_string())?;
+        self.metadata.flush().map_err(|error| error.to_string())?;
+        Ok(())
+    }
+
+    fn unstore_topic(&self, name: &str) -> Result<(), String> {
+        for tree in [RUNTIME_TOPICS_TREE, "topics"] {
+            self.metadata
+                .open_tree(tree)
+                .and_then(|tree| tree.remove(name.as_bytes()))
+                .map_err(|error| error.to_string())?;
+        }
+        self.metadata.flush().map_err(|error| error.to_string())?;
+        Ok(())
+    }
+
+    /// Drains a topic's partitions (bounded by `shutdown_timeout`), then
+    /// retires their actors: they stop once the last address drops.
+    fn retire(&self, handle: &TopicHandle) -> Option<String> {
+        let deadline = std::time::Instant::now() + self.shared.config.shutdown_timeout;
+        let mut drains = Vec::new();
+        for address in &handle.partitions {
+            let (reply, receiver) = crossbeam_channel::bounded(1);
+            address.address().do_send(Drain { reply });
+            drains.push(receiver);
+        }
+        let mut problem = None;
+        for (index, receiver) in drains.into_iter().enumerate() {
+            let reason = match receiver.recv_deadline(deadline) {
+                Ok(Ok(())) => continue,
+                Ok(Err(reason)) => reason,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => "did not drain in time".to_owned(),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    "stopped before draining".to_owned()
+                }
+            };
+            tracing::warn!(topic = %handle.config.name, partition = index, %reason, "deleting a topic: a partition did not drain cleanly");
+            problem.get_or_insert(format!("partition {index}: {reason}"));
+        }
+        for address in &handle.partitions {
+            address.address().do_send(Retire);
+        }
+        problem
+    }
+
+    /// Deletes a topic created at run time: out of the table first (new
+    /// requests find no such topic), then its partitions drained and
+    /// stopped, its entry removed from the store (flushed), and last its
+    /// directories. Blocks: call it off the async threads.
+    pub(crate) fn delete(&self, name: &str) -> Result<(), DeleteTopicError> {
+        let closed = self.closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *closed {
+            return Err(DeleteTopicError::ShuttingDown);
+        }
+        let table = self.shared.topic_table();
+        let handle = table.get(name).cloned().ok_or(DeleteTopicError::Unknown)?;
+        if !handle.runtime_created {
+            return Err(DeleteTopicError::Refused(format!(
+                "topic {name:?} is declared in the config file ([[topic]]); \
+                 remove it there and restart to delete it"
+            )));
+        }
+        if let Some(pipeline) = self
+            .shared
+            .config
+            .pipelines
+            .iter()
+            .find(|pipeline| pipeline_topics(pipeline).any(|topic| topic == name))
+        {
+            return Err(DeleteTopicError::Refused(format!(
+                "topic {name:?} is used by pipeline {:?}",
+                pipeline.name
+            )));
+        }
+        self.shared.topics.store(Arc::new(table.without(name)));
+        drop(table);
+        if handle.config.cleanup.compacts() {
+            let (reply, removed) = oneshot::channel();
+            let message = RemoveCompactionTargets {
+                topic: name.to_owned(),
+                reply,
+            };
+            if self.compactor.try_send(message).is_ok() {
+                let _ = block_on(removed);
+            }
+        }
+        let drain_problem = self.retire(&handle);
+        let partitions = handle.partitions.len() as u32;
+        drop(handle);
+        self.unstore_topic(name).map_err(|message| {
+            tracing::error!(topic = %name, %message, "deleting a topic: removing it from the metadata store failed; it comes back at the next start");
+            DeleteTopicError::Failed(message)
+        })?;
+        for partition in 0..partitions {
+            let directory = partition_directory(&self.shared.config.data_dir, name, PartitionId(partition));
+            if let Err(error) = std::fs::remove_dir_all(&directory) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!(topic = %name, directory = %directory.display(), %error, "deleting a topic: could not remove its directory");
+                }
+            }
+        }
+        if let Some(problem) = drain_problem {
+            tracing::warn!(topic = %name, %problem, "topic deleted; a partition did not drain cleanly");
+        }
+        tracing::info!(topic = %name, "topic deleted over the Kafka protocol");
+        drop(closed);
+        Ok(())
+    }
+}
+
+/// Every topic a pipeline reads or writes: source, sink (if a topic),
+/// dead-letter topic and side outputs.
+fn pipeline_topics(pipeline: &PipelineConfig) -> impl Iterator<Item = String> + '_ {
+    let sink = match &pipeline.sink {
+        crate::pipeline::config::SinkConfig::Topic { topic } => Some(topic.clone()),
+        _ => None,
+    };
+    std::iter::once(pipeline.source.topic.clone())
+        .chain(sink)
+        .chain(std::iter::once(pipeline.dlq_topic()))
+        .chain(side_output_topics(pipeline).map(str::to_owned))
 }

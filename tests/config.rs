@@ -1280,3 +1280,22 @@ fn bad_kafka_values_name_the_key_and_line() {
         &["unknown"],
     );
 }
+
+#[test]
+fn kafka_allow_topic_management_defaults_off_and_must_be_a_boolean() {
+    let config = parse(&after_data_dir("[kafka]\nlisten = \"127.0.0.1:0\"\n"));
+    assert!(!config.kafka.expect("[kafka]").allow_topic_management, "off by default");
+    let config = parse(&after_data_dir(
+        "[kafka]\nlisten = \"127.0.0.1:0\"\nallow_topic_management = true\n",
+    ));
+    assert!(config.kafka.expect("[kafka]").allow_topic_management);
+    let config = parse(&after_data_dir(
+        "[kafka]\nlisten = \"127.0.0.1:0\"\nallow_topic_management = false\n",
+    ));
+    assert!(!config.kafka.expect("[kafka]").allow_topic_management);
+    assert_error(
+        &after_data_dir("[kafka]\nlisten = \"127.0.0.1:0\"\nallow_topic_management = \"yes\"\n"),
+        "test.toml:4:26 (kafka.allow_topic_management): ",
+        &["invalid type: string \"yes\", expected a boolean"],
+    );
+}

@@ -18,6 +18,7 @@ fn start() -> (tempfile::TempDir, Runtime, String) {
         advertised: None,
         max_connections: 64,
         request_max_bytes: 100 << 20,
+        allow_topic_management: false,
     });
     let runtime = Runtime::start(config).expect("start");
     let address = runtime.kafka_address().expect("listener").to_string();

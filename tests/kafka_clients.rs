@@ -130,6 +130,7 @@ fn start_broker(topics: Vec<TopicConfig>, advertised: Option<(String, u16)>) -> 
         advertised,
         max_connections: 256,
         request_max_bytes: 100 << 20,
+        allow_topic_management: false,
     });
     let runtime = Runtime::start(config).expect("start the runtime");
     let address = runtime.kafka_address().expect("the kafka listener is on");

@@ -211,6 +211,7 @@ fn mutated_requests_never_panic_and_the_listener_keeps_serving() {
         advertised: None,
         max_connections: 64,
         request_max_bytes: 1 << 20,
+        allow_topic_management: false,
     });
     let runtime = Runtime::start(config).expect("start");
     let address = runtime.kafka_address().expect("listener");

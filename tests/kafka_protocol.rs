@@ -28,6 +28,7 @@ fn kafka_config(data_dir: &std::path::Path, max_connections: u32) -> Config {
         advertised: None,
         max_connections,
         request_max_bytes: 4 * 1024 * 1024,
+        allow_topic_management: false,
     });
     config
 }

@@ -15,13 +15,18 @@ use crate::actors::group::{
 use crate::actors::partition::{AppendAck, ProduceBatch};
 use crate::actors::producers::Sequenced;
 use crate::error::{FetchError, ProduceError};
-use crate::runtime::{plan_fetch, FetchOptions, Shared};
+use crate::runtime::{
+    cleanup_policy_from_name, cleanup_policy_name, plan_fetch, CreateTopicError, DeleteTopicError,
+    FetchOptions, Shared, TopicAdmin,
+};
 use crate::storage::batch::validate_client_batch;
 use crate::storage::FrameError;
 use crate::types::Offset;
 use actix::Addr;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use crate::config::TopicConfig;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
@@ -73,7 +78,11 @@ pub(crate) mod code {
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const INVALID_RECORD: i16 = 87;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_CONTROLLER: i16 = 41;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_CONFIG: i16 = 40;
 }
 
 /// Counters of the listener, shown in `/metrics`.
@@ -100,6 +109,10 @@ pub(crate) struct KafkaContext {
     /// Hands out producer ids that stay unique across restarts.
     pub(crate) metadata: sled::Db,
     pub(crate) counters: Arc<KafkaCounters>,
+    /// Creates and deletes topics at run time (when allowed).
+    pub(crate) admin: Arc<TopicAdmin>,
+    /// `[kafka] allow_topic_management`.
+    pub(crate) allow_topic_management: bool,
 }
 
 impl KafkaContext {
@@ -279,8 +292,8 @@ pub(crate) async fn handle(context: &KafkaContext, request: Request) -> Handled 
         Body::OffsetCommit(body) => respond!(offset_commit(context, body).await),
         Body::OffsetFetch(body) => respond!(offset_fetch(context, body, version).await),
         Body::InitProducerId(body) => respond!(init_producer_id(context, body)),
-        Body::CreateTopics(body) => respond!(create_topics(context, body, version)),
-        Body::DeleteTopics(body) => respond!(delete_topics(context, body, version)),
+        Body::CreateTopics(body) => respond!(create_topics(context, body, version).await),
+        Body::DeleteTopics(body) => respond!(delete_topics(context, body, version).await),
         Body::DescribeConfigs(body) => respond!(describe_configs(context, body, version)),
     }
 }
@@ -339,10 +352,12 @@ fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> M
         .with_node_id(BrokerId(context.node_id))
         .with_host(host)
         .with_port(port);
+    // One snapshot of the table for the whole answer.
+    let table = context.shared.topic_table();
     // v0: an empty list means every topic; v1+: null means every topic.
     let wanted: Vec<String> = match request.topics {
-        None => context.shared.topic_names().to_vec(),
-        Some(topics) if topics.is_empty() && version == 0 => context.shared.topic_names().to_vec(),
+        None => table.names().to_vec(),
+        Some(topics) if topics.is_empty() && version == 0 => table.names().to_vec(),
         Some(topics) => topics
             .into_iter()
             .filter_map(|topic| topic.name.map(|name| name.0.to_string()))
@@ -352,7 +367,7 @@ fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> M
         .into_iter()
         .map(|name| {
             let mut topic = MetadataResponseTopic::default().with_name(Some(TopicName(text(&name))));
-            match context.shared.topic(&name) {
+            match table.get(&name) {
                 None => {
                     let error = if crate::config::validate_topic_name(&name).is_ok() {
                         code::UNKNOWN_TOPIC_OR_PARTITION
@@ -430,11 +445,7 @@ fn find_coordinator(
 
 /// Topic configs reported by DescribeConfigs (resource type 2), in Kafka's names.
 fn topic_configs(topic: &crate::config::TopicConfig) -> Vec<(&'static str, String)> {
-    let cleanup = match topic.cleanup {
-        crate::config::CleanupPolicy::Delete => "delete",
-        crate::config::CleanupPolicy::Compact => "compact",
-        crate::config::CleanupPolicy::CompactAndDelete => "compact,delete",
-    };
+    let cleanup = cleanup_policy_name(topic.cleanup);
     let retention_ms = topic
         .retention
         .map_or(-1, |retention| retention.as_millis() as i64);
@@ -469,9 +480,17 @@ fn describe_configs(
             let mut result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            // 5 = STATIC_BROKER_CONFIG (the config file), 1 = DYNAMIC_TOPIC_CONFIG
+            // (set by CreateTopics).
+            let mut source = 5;
             let entries: Vec<(&'static str, String)> = match resource.resource_type {
                 TOPIC => match context.shared.topic(resource.resource_name.as_str()) {
-                    Some(handle) => topic_configs(handle.config()),
+                    Some(handle) => {
+                        if handle.runtime_created() {
+                            source = 1;
+                        }
+                        topic_configs(handle.config())
+                    }
                     None => {
                         result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
                         result.error_message = Some(text(&format!(
@@ -505,8 +524,7 @@ fn describe_configs(
                         .with_name(text(name))
                         .with_value(Some(text(&value)))
                         .with_read_only(true);
-                    // 5 = STATIC_BROKER_CONFIG / the config file.
-                    entry.config_source = if version >= 1 { 5 } else { -1 };
+                    entry.config_source = if version >= 1 { source } else { -1 };
                     entry
                 })
                 .collect();
@@ -516,21 +534,125 @@ fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-fn create_topics(
+/// A topic's settings from a CreateTopics entry: the name, partition count
+/// and replication factor checked, each config mapped onto [`TopicConfig`]
+/// and the whole checked as the config file's topics are. The error is a
+/// Kafka code and a message.
+fn creatable_topic_config(topic: &CreatableTopic) -> Result<TopicConfig, (i16, String)> {
+    use crate::config::{PARTITIONS_MAX, REPLICATION_FACTOR_DEFAULT};
+    let name = topic.name.0.to_string();
+    crate::config::validate_topic_name(&name).map_err(|reason| (code::INVALID_TOPIC_EXCEPTION, reason))?;
+    if !topic.assignments.is_empty() {
+        return Err((
+            code::INVALID_REQUEST,
+            "manual replica assignments are not supported; give num_partitions".to_owned(),
+        ));
+    }
+    let partitions = match topic.num_partitions {
+        -1 => 1,
+        count if count >= 1 && count as u32 <= PARTITIONS_MAX => count as u32,
+        count => {
+            return Err((
+                code::INVALID_PARTITIONS,
+                format!("num_partitions must be -1 (default 1) or 1 to {PARTITIONS_MAX}, got {count}"),
+            ))
+        }
+    };
+    if topic.replication_factor != -1 && i64::from(topic.replication_factor) != i64::from(REPLICATION_FACTOR_DEFAULT) {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication_factor must be -1 or 1 (replication is not implemented yet), got {}",
+                topic.replication_factor
+            ),
+        ));
+    }
+    let mut config = TopicConfig {
+        partitions,
+        ..TopicConfig::with_defaults(name)
+    };
+    for entry in &topic.configs {
+        let key = entry.name.as_str();
+        let invalid = |rule: &str| (code::INVALID_CONFIG, format!("config {key}: {rule}"));
+        let Some(value) = entry.value.as_ref().map(|value| value.as_str().trim()) else {
+            return Err(invalid("a value is required"));
+        };
+        let integer = || -> Result<i64, (i16, String)> {
+            value
+                .parse::<i64>()
+                .map_err(|_| invalid(&format!("{value:?} is not an integer")))
+        };
+        let positive = || -> Result<u64, (i16, String)> {
+            match integer()? {
+                number if number > 0 => Ok(number as u64),
+                number => Err(invalid(&format!("must be more than 0, got {number}"))),
+            }
+        };
+        match key {
+            "cleanup.policy" => {
+                config.cleanup = cleanup_policy_from_name(value).ok_or_else(|| {
+                    invalid(&format!("{value:?} is not \"delete\", \"compact\" or \"compact,delete\""))
+                })?;
+            }
+            "retention.ms" => {
+                config.retention = match integer()? {
+                    -1 => None,
+                    ms if ms > 0 => Some(Duration::from_millis(ms as u64)),
+                    ms => return Err(invalid(&format!("must be -1 (no limit) or more than 0, got {ms}"))),
+                };
+            }
+            "retention.bytes" => {
+                config.retention_bytes = match integer()? {
+                    -1 => None,
+                    bytes if bytes > 0 => Some(bytes as u64),
+                    bytes => return Err(invalid(&format!("must be -1 (no limit) or more than 0, got {bytes}"))),
+                };
+            }
+            "segment.bytes" => config.segment_bytes = positive()?,
+            "max.message.bytes" => config.max_batch_bytes = positive()?,
+            "delete.retention.ms" => config.delete_retention = Duration::from_millis(positive()?),
+            "min.cleanable.dirty.ratio" => {
+                config.min_dirty_ratio = value
+                    .parse::<f64>()
+                    .map_err(|_| invalid(&format!("{value:?} is not a number")))?;
+            }
+            _ => {
+                return Err(invalid(
+                    "not supported (supported: cleanup.policy, retention.ms, retention.bytes, \
+                     segment.bytes, max.message.bytes, delete.retention.ms, min.cleanable.dirty.ratio)",
+                ))
+            }
+        }
+    }
+    crate::config::check_topic_config(&config).map_err(|message| {
+        // Name the Kafka key of the rule that broke.
+        let kafka_key = match message.split(':').next().unwrap_or_default() {
+            "segment_bytes" => "segment.bytes",
+            "retention" => "retention.ms",
+            "retention_bytes" => "retention.bytes",
+            "max_batch_bytes" => "max.message.bytes",
+            "delete_retention" => "delete.retention.ms",
+            "min_dirty_ratio" => "min.cleanable.dirty.ratio",
+            "cleanup" => "cleanup.policy",
+            other => return (code::INVALID_REQUEST, format!("{other}: {message}")),
+        };
+        (code::INVALID_CONFIG, format!("config {kafka_key}: {message}"))
+    })?;
+    Ok(config)
+}
+
+async fn create_topics(
     context: &KafkaContext,
     request: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|topic| {
-            let name = topic.name.0.to_string();
-            let (error, message) = if context.shared.topic(&name).is_some() {
-                (
-                    code::TOPIC_ALREADY_EXISTS,
-                    format!("topic {name:?} already exists"),
-                )
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut created = None;
+        let (error, message) = if !context.allow_topic_management {
+            if context.shared.topic(&name).is_some() {
+                (code::TOPIC_ALREADY_EXISTS, format!("topic {name:?} already exists"))
             } else if let Err(reason) = crate::config::validate_topic_name(&name) {
                 (code::INVALID_TOPIC_EXCEPTION, reason)
             } else {
@@ -538,23 +660,62 @@ fn create_topics(
                     code::POLICY_VIOLATION,
                     format!(
                         "topic {name:?}: topics are declared in the config file ([[topic]]); \
-                         this node does not create topics at run time"
+                         this node does not create topics at run time \
+                         ([kafka] allow_topic_management = false)"
                     ),
                 )
-            };
-            let mut result = CreatableTopicResult::default()
-                .with_name(TopicName(text(&name)))
-                .with_error_code(error);
-            if version >= 1 {
-                result.error_message = Some(text(&message));
             }
-            result
-        })
-        .collect();
+        } else {
+            match creatable_topic_config(&topic) {
+                Err(refusal) => refusal,
+                Ok(config) => {
+                    let admin = Arc::clone(&context.admin);
+                    let validate_only = request.validate_only;
+                    let partitions = config.partitions;
+                    let outcome = tokio::task::spawn_blocking(move || admin.create(config, validate_only))
+                        .await
+                        .unwrap_or_else(|error| Err(CreateTopicError::Failed(error.to_string())));
+                    match outcome {
+                        Ok(()) => {
+                            created = Some(partitions);
+                            (code::NONE, String::new())
+                        }
+                        Err(CreateTopicError::AlreadyExists(message)) => (code::TOPIC_ALREADY_EXISTS, message),
+                        Err(CreateTopicError::ShuttingDown) => {
+                            (code::NOT_CONTROLLER, "the node is shutting down".to_owned())
+                        }
+                        Err(CreateTopicError::Failed(message)) => {
+                            tracing::error!(topic = %name, %message, "kafka CreateTopics failed");
+                            (code::KAFKA_STORAGE_ERROR, format!("topic {name:?}: {message}"))
+                        }
+                    }
+                }
+            }
+        };
+        let mut result = CreatableTopicResult::default()
+            .with_name(TopicName(text(&name)))
+            .with_error_code(error);
+        if version >= 1 && error != code::NONE {
+            result.error_message = Some(text(&message));
+        }
+        if version >= 5 {
+            match created {
+                Some(partitions) => {
+                    result.num_partitions = partitions as i32;
+                    result.replication_factor = 1;
+                }
+                None => {
+                    result.num_partitions = -1;
+                    result.replication_factor = -1;
+                }
+            }
+        }
+        topics.push(result);
+    }
     CreateTopicsResponse::default().with_topics(topics)
 }
 
-fn delete_topics(
+async fn delete_topics(
     context: &KafkaContext,
     request: DeleteTopicsRequest,
     version: i16,
@@ -572,32 +733,52 @@ fn delete_topics(
             .map(|name| name.0.to_string())
             .collect()
     };
-    let responses = names
-        .into_iter()
-        .map(|name| {
-            let (error, message) = if context.shared.topic(&name).is_none() {
-                (
+    let mut responses = Vec::with_capacity(names.len());
+    for name in names {
+        let (error, message) = if context.shared.topic(&name).is_none() {
+            (
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic {name:?} does not exist"),
+            )
+        } else if !context.allow_topic_management {
+            (
+                code::POLICY_VIOLATION,
+                format!(
+                    "topic {name:?}: topics are declared in the config file; \
+                     remove it there and restart to delete it \
+                     ([kafka] allow_topic_management = false)"
+                ),
+            )
+        } else {
+            let admin = Arc::clone(&context.admin);
+            let deleted = name.clone();
+            let outcome = tokio::task::spawn_blocking(move || admin.delete(&deleted))
+                .await
+                .unwrap_or_else(|error| Err(DeleteTopicError::Failed(error.to_string())));
+            match outcome {
+                Ok(()) => (code::NONE, String::new()),
+                Err(DeleteTopicError::Unknown) => (
                     code::UNKNOWN_TOPIC_OR_PARTITION,
                     format!("topic {name:?} does not exist"),
-                )
-            } else {
-                (
-                    code::POLICY_VIOLATION,
-                    format!(
-                        "topic {name:?}: topics are declared in the config file; \
-                         remove it there and restart to delete it"
-                    ),
-                )
-            };
-            let mut result = DeletableTopicResult::default()
-                .with_name(Some(TopicName(text(&name))))
-                .with_error_code(error);
-            if version >= 5 {
-                result.error_message = Some(text(&message));
+                ),
+                Err(DeleteTopicError::Refused(message)) => (code::POLICY_VIOLATION, message),
+                Err(DeleteTopicError::ShuttingDown) => {
+                    (code::NOT_CONTROLLER, "the node is shutting down".to_owned())
+                }
+                Err(DeleteTopicError::Failed(message)) => {
+                    tracing::error!(topic = %name, %message, "kafka DeleteTopics failed");
+                    (code::KAFKA_STORAGE_ERROR, format!("topic {name:?}: {message}"))
+                }
             }
-            result
-        })
-        .collect();
+        };
+        let mut result = DeletableTopicResult::default()
+            .with_name(Some(TopicName(text(&name))))
+            .with_error_code(error);
+        if version >= 5 && error != code::NONE {
+            result.error_message = Some(text(&message));
+        }
+        responses.push(result);
+    }
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
