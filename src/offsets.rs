@@ -421,10 +421,8 @@ mod tests {
     use super::*;
 
     fn database(directory: &std::path::Path) -> sled::Db {
-        sled::Config::new()
-            .path(directory.join("meta"))
-            .open()
-            .unwrap()
+        // A handle dropped a moment ago may still hold sled's file lock.
+        crate::runtime::open_sled_waiting_for_release(&directory.join("meta")).unwrap()
     }
 
     fn token(group: &str, partition: u32, offset: u64) -> CommitToken {

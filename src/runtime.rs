@@ -1541,7 +1541,7 @@ const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// this process that has just stopped: sled releases it when its background
 /// threads let go of the store, shortly after the last handle drops. Wait
 /// for that (bounded), rather than fail a restart in the same process.
-fn open_sled_waiting_for_release(path: &Path) -> Result<sled::Db, sled::Error> {
+pub(crate) fn open_sled_waiting_for_release(path: &Path) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
         match sled::Config::new().path(path).open() {

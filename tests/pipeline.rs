@@ -285,7 +285,17 @@ impl Operator for Flaky {
 }
 
 fn sled_rows(path: &Path, tree: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let database = sled::open(path).unwrap();
+    // The runtime's sink handle, dropped a moment ago, may still hold
+    // sled's file lock for a little while (its background threads).
+    let mut database = sled::open(path);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while matches!(&database, Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+        database = sled::open(path);
+    }
+    let database = database.unwrap();
     let tree = database.open_tree(tree).unwrap();
     tree.iter()
         .map(|entry| {

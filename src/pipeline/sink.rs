@@ -24,7 +24,6 @@ use serde_json::Value;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// The output of one source batch.
 #[derive(Debug)]
@@ -104,11 +103,6 @@ pub trait Sink: Send {
 /// offset the sink has applied.
 pub const APPLIED_TREE: &str = "__millrace_applied";
 
-/// How long [`SledTableSink::open`] waits for sled's lock to be released by
-/// a handle of this process that has just been dropped (sled's background
-/// threads let go of the database shortly after the last handle).
-const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
-
 /// Writes each event as rows of sled trees ("tables"), effectively once.
 ///
 /// # Layout
@@ -174,7 +168,7 @@ impl SledTableSink {
     /// retryable.
     pub fn open(config: &SledSinkConfig) -> Result<SledTableSink, SinkError> {
         check_table_names(&config.tables)?;
-        let database = open_sled(&config.path).map_err(|error| {
+        let database = crate::runtime::open_sled_waiting_for_release(&config.path).map_err(|error| {
             SinkError::retryable(format!("sled sink {}: {error}", config.path.display()))
         })?;
         let mut trees = Vec::with_capacity(config.tables.len() + 1);
@@ -366,22 +360,6 @@ fn check_table_names(tables: &[TableConfig]) -> Result<(), SinkError> {
         }
     }
     Ok(())
-}
-
-/// Opens sled, waiting (bounded) for a handle of this process that has just
-/// been dropped to release sled's file lock.
-fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
-    let deadline = Instant::now() + SLED_LOCK_WAIT;
-    loop {
-        match sled::Config::new().path(path).open() {
-            Err(sled::Error::Io(error))
-                if error.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            result => return result,
-        }
-    }
 }
 
 fn open_tree(database: &sled::Db, name: &str) -> Result<sled::Tree, SinkError> {
