@@ -414,6 +414,51 @@ const BATCH_OVERHEAD_BYTES: usize =
 /// count varint (5).
 const RECORD_OVERHEAD_BYTES_MAX: usize = 36;
 
+/// One batch of input lines: `first`, then what is already queued, up to
+/// [`PRODUCE_BATCH_RECORDS_MAX`] records and `bytes_max` (conservatively
+/// counted; only a record alone can be over it).
+struct Gathered {
+    records: Vec<Record>,
+    /// The conservative size of `records`.
+    bytes: usize,
+    /// A record that did not fit: it starts the next batch.
+    carried: Option<(u64, Record)>,
+    /// A bad line met while gathering: everything before it is in `records`.
+    failure: Option<String>,
+}
+
+fn gather_batch(
+    first: Record,
+    receiver: &mut tokio::sync::mpsc::Receiver<Line>,
+    bytes_max: usize,
+) -> Gathered {
+    let mut gathered = Gathered {
+        bytes: BATCH_OVERHEAD_BYTES + record_bytes_max(&first),
+        records: vec![first],
+        carried: None,
+        failure: None,
+    };
+    while gathered.records.len() < PRODUCE_BATCH_RECORDS_MAX {
+        match receiver.try_recv() {
+            Ok(Line::Record(number, record)) => {
+                let bytes = record_bytes_max(&record);
+                if gathered.bytes + bytes > bytes_max {
+                    gathered.carried = Some((number, record));
+                    break;
+                }
+                gathered.bytes += bytes;
+                gathered.records.push(record);
+            }
+            Ok(Line::Invalid(message)) => {
+                gathered.failure = Some(message);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    gathered
+}
+
 /// An upper bound of what `record` adds to an encoded batch, so the CLI never
 /// gathers lines into a batch over the topic's `max_batch_bytes` (the limit
 /// is per produce call; how many lines go in one call is the CLI's choice).
@@ -502,27 +547,13 @@ fn produce_with(runtime: &Runtime, arguments: &ProduceArgs) -> CliResult {
                     None => break,
                 },
             };
-            let mut batch_bytes = BATCH_OVERHEAD_BYTES + record_bytes_max(&first);
-            let mut batch = vec![first];
-            while batch.len() < PRODUCE_BATCH_RECORDS_MAX {
-                match receiver.try_recv() {
-                    Ok(Line::Record(number, record)) => {
-                        let bytes = record_bytes_max(&record);
-                        if batch_bytes + bytes > batch_bytes_max {
-                            carried = Some((number, record));
-                            break;
-                        }
-                        batch_bytes += bytes;
-                        batch.push(record);
-                    }
-                    Ok(Line::Invalid(message)) => {
-                        failure = Some(message);
-                        break;
-                    }
-                    Err(_) => break,
-                }
+            let gathered = gather_batch(first, &mut receiver, batch_bytes_max);
+            let batch_bytes = gathered.bytes;
+            carried = gathered.carried;
+            if gathered.failure.is_some() {
+                failure = gathered.failure;
             }
-            let send = send_records(producer.clone(), partition, batch, first_line);
+            let send = send_records(producer.clone(), partition, gathered.records, first_line);
             // Only a record alone in its batch can be over the limit (the
             // bound is conservative, so it may still fit). Its outcome is
             // awaited before anything after it is sent, so that if it is
@@ -877,9 +908,8 @@ fn render(
 /// ([`millrace::kafka::client`]) to running nodes or Kafka brokers.
 mod brokers {
     use super::{
-        parse_format, read_stdin_lines, record_bytes_max, render, stdout_error, tokio_runtime,
-        CliResult, ConsumeArgs, Line, ProduceArgs, BATCH_OVERHEAD_BYTES, PRODUCE_BATCH_RECORDS_MAX,
-        STDIN_LINES_QUEUED_MAX, STDOUT_CLOSED,
+        gather_batch, parse_format, read_stdin_lines, render, stdout_error, tokio_runtime,
+        CliResult, ConsumeArgs, Line, ProduceArgs, STDIN_LINES_QUEUED_MAX, STDOUT_CLOSED,
     };
     use millrace::kafka::client::{
         ClientError, FetchPosition, KafkaClient, OffsetSpec, PartitionBatch,
@@ -958,30 +988,12 @@ mod brokers {
                     None => return Ok(()),
                 },
             };
-            let mut batch_bytes = BATCH_OVERHEAD_BYTES + record_bytes_max(&first);
-            let mut batch = vec![first];
-            let mut failure = None;
-            while batch.len() < PRODUCE_BATCH_RECORDS_MAX {
-                match receiver.try_recv() {
-                    Ok(Line::Record(number, record)) => {
-                        let bytes = record_bytes_max(&record);
-                        if batch_bytes + bytes > BATCH_BYTES_MAX {
-                            carried = Some((number, record));
-                            break;
-                        }
-                        batch_bytes += bytes;
-                        batch.push(record);
-                    }
-                    Ok(Line::Invalid(message)) => {
-                        failure = Some(message);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+            let gathered = gather_batch(first, &mut receiver, BATCH_BYTES_MAX);
+            carried = gathered.carried;
+            let failure = gathered.failure;
             // Sent and acknowledged before the next batch is gathered, so a
             // refused batch stops everything after it and acks print in order.
-            let placed = send(&mut client, topic, &mut placement, batch, first_line)?;
+            let placed = send(&mut client, topic, &mut placement, gathered.records, first_line)?;
             if arguments.print_acks {
                 for (partition, offset) in placed {
                     writeln!(out, "{partition} {offset}")
