@@ -9,8 +9,20 @@
 //! `Commit`) and remote Kafka consumers, whose classic group protocol the
 //! Kafka front end (src/kafka) turns into one message each (`KafkaJoin`,
 //! `KafkaSync`, `KafkaHeartbeat`, `KafkaLeave`, `KafkaCommit`,
-//! `KafkaOffsetFetch`), answered on a oneshot channel because JoinGroup and
-//! SyncGroup answers wait for other members.
+//! `KafkaOffsetFetch`, and for operators' tools `KafkaListGroups` and
+//! `KafkaDescribeGroups`), answered on a oneshot channel because JoinGroup
+//! and SyncGroup answers wait for other members.
+//!
+//! ListGroups lists every group with members of either kind and every group
+//! with committed offsets (at most [`LIST_GROUPS_MAX`]). A group's state is
+//! its Kafka state while it has Kafka members; otherwise `Stable` with
+//! pipeline members (`PreparingRebalance` while a revocation is under way)
+//! and `Empty` without. Pipeline members are described as consumers of the
+//! protocol [`PIPELINE_PROTOCOL`]: a `ConsumerProtocolSubscription` v0 of
+//! the group's topic and a `ConsumerProtocolAssignment` v0 of what they
+//! own. A group nobody knows is `Dead`, as in Kafka. One DescribeGroups
+//! describes at most 1,000 groups and 64 MiB of member metadata and
+//! assignments; the groups after that are answered with an error.
 //!
 //! # Cooperative rebalancing (pipeline members)
 //!
@@ -156,6 +168,17 @@ const PROTOCOLS_MAX: usize = 64;
 const OFFSET_FETCH_ALL_MAX: usize = 100_000;
 /// Longest client id kept in a generated member id, in characters.
 const CLIENT_ID_CHARS_MAX: usize = 100;
+/// Groups one ListGroups answer names, at most.
+pub(crate) const LIST_GROUPS_MAX: usize = 10_000;
+/// Groups one DescribeGroups describes; the rest are answered `INVALID_REQUEST`.
+const DESCRIBE_GROUPS_MAX: usize = 1_000;
+/// Member metadata and assignment bytes one DescribeGroups answer carries
+/// before the groups after it are answered `COORDINATOR_NOT_AVAILABLE`.
+const DESCRIBE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// The protocol (assignor) name pipeline-only groups are described with.
+pub(crate) const PIPELINE_PROTOCOL: &str = "millrace-cooperative";
+/// The client id pipeline members are described with.
+const PIPELINE_CLIENT_ID: &str = "millrace-pipeline";
 /// Reconciliation rounds after one event (each round is idempotent; a few suffice).
 const SETTLE_ROUNDS_MAX: usize = 8;
 
@@ -180,6 +203,7 @@ pub(crate) mod kafka_error {
     /// A negative committed offset (Kafka's code for an unstorable commit).
     pub const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;
     pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
+    pub const INVALID_REQUEST: i16 = 42;
 }
 use kafka_error as code;
 
@@ -418,6 +442,55 @@ pub(crate) struct KafkaOffsetFetch {
     pub(crate) reply: oneshot::Sender<(i16, Vec<(String, u32, i64, Option<String>, i16)>)>,
 }
 
+/// Kafka ListGroups: answered with (error, groups), names sorted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct KafkaListGroups {
+    pub(crate) reply: oneshot::Sender<(i16, Vec<ListedGroup>)>,
+}
+
+/// One group of a ListGroups answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListedGroup {
+    pub(crate) group: String,
+    pub(crate) protocol_type: String,
+    /// `Empty`, `PreparingRebalance`, `CompletingRebalance` or `Stable`.
+    pub(crate) state: &'static str,
+}
+
+/// Kafka DescribeGroups: answered with one description per requested group, in order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct KafkaDescribeGroups {
+    pub(crate) groups: Vec<String>,
+    pub(crate) reply: oneshot::Sender<Vec<DescribedGroup>>,
+}
+
+/// One group of a DescribeGroups answer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DescribedGroup {
+    pub(crate) error: i16,
+    pub(crate) group: String,
+    /// As in [`ListedGroup`], or `Dead` for a group nobody knows.
+    pub(crate) state: String,
+    pub(crate) protocol_type: String,
+    /// The assignor chosen (or [`PIPELINE_PROTOCOL`]).
+    pub(crate) protocol: String,
+    pub(crate) members: Vec<DescribedMember>,
+}
+
+/// One member of a [`DescribedGroup`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DescribedMember {
+    pub(crate) member_id: String,
+    pub(crate) group_instance_id: Option<String>,
+    pub(crate) client_id: String,
+    /// Its subscription for the chosen protocol.
+    pub(crate) metadata: Bytes,
+    /// Its current assignment (`ConsumerProtocolAssignment` for consumers).
+    pub(crate) assignment: Bytes,
+}
+
 /// Who owns what, for tests and `/metrics`.
 #[derive(Message)]
 #[rtype(result = "Option<GroupDescription>")]
@@ -555,6 +628,20 @@ impl Group {
             .filter(
                 |(_, ownership)| matches!(ownership, Ownership::Owned(owner) if owner == member),
             )
+            .map(|(index, _)| index as u32)
+            .collect()
+    }
+
+    /// The partitions `member` owns or is still finishing (being revoked).
+    fn holding(&self, member: &str) -> BTreeSet<u32> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, ownership)| match ownership {
+                Ownership::Owned(owner) => owner == member,
+                Ownership::Revoking { from, .. } => from == member,
+                Ownership::Free => false,
+            })
             .map(|(index, _)| index as u32)
             .collect()
     }
@@ -766,6 +853,8 @@ impl Holds {
 
 struct KafkaMember {
     instance_id: Option<String>,
+    /// The client id of its last JoinGroup (shown by DescribeGroups).
+    client_id: String,
     session_timeout: Duration,
     rebalance_timeout: Duration,
     protocols: Vec<(String, Bytes)>,
@@ -1761,6 +1850,7 @@ impl GroupCoordinator {
             .or_insert_with(KafkaGroup::new);
         let new_member = |reply| KafkaMember {
             instance_id: group_instance_id.clone(),
+            client_id: client_id.clone(),
             session_timeout,
             rebalance_timeout,
             protocols: protocols.clone(),
@@ -1822,6 +1912,7 @@ impl GroupCoordinator {
         member.session_timeout = session_timeout;
         member.rebalance_timeout = rebalance_timeout;
         member.instance_id = group_instance_id;
+        member.client_id.clone_from(&client_id);
         if member.topics != topics {
             member.topics = topics;
             revision += 1;
@@ -2150,6 +2241,199 @@ impl GroupCoordinator {
     }
 }
 
+impl GroupCoordinator {
+    /// A group's (protocol type, state), if anyone knows it in memory.
+    fn group_summary(&self, group: &str) -> Option<(String, &'static str)> {
+        let state = self.groups.get(group);
+        let kafka = self
+            .kafka
+            .get(group)
+            .filter(|kafka| !kafka.members.is_empty());
+        let pipeline = state.filter(|state| state.has_local_members());
+        match (kafka, pipeline) {
+            (Some(kafka), _) => Some((
+                kafka
+                    .protocol_type
+                    .clone()
+                    .unwrap_or_else(|| CONSUMER_PROTOCOL.to_owned()),
+                kafka.state.name(),
+            )),
+            (None, Some(state)) => {
+                let revoking = state
+                    .partitions
+                    .iter()
+                    .any(|ownership| matches!(ownership, Ownership::Revoking { .. }));
+                let name = if revoking {
+                    KafkaState::PreparingRebalance.name()
+                } else {
+                    KafkaState::Stable.name()
+                };
+                Some((CONSUMER_PROTOCOL.to_owned(), name))
+            }
+            (None, None) if state.is_some() || self.kafka.contains_key(group) => {
+                Some((CONSUMER_PROTOCOL.to_owned(), KafkaState::Empty.name()))
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn kafka_list_groups(&self) -> (i16, Vec<ListedGroup>) {
+        let mut names: BTreeSet<&str> = self
+            .groups
+            .keys()
+            .chain(self.kafka.keys())
+            .map(String::as_str)
+            .collect();
+        let stored = match self.store.group_names(LIST_GROUPS_MAX) {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "kafka list groups: the offset store is unreadable");
+                return (code::COORDINATOR_NOT_AVAILABLE, Vec::new());
+            }
+        };
+        names.extend(stored.iter().map(String::as_str));
+        let listed = names
+            .into_iter()
+            .filter(|name| valid_group(name))
+            .take(LIST_GROUPS_MAX)
+            .map(|name| {
+                let (protocol_type, state) = self
+                    .group_summary(name)
+                    .unwrap_or_else(|| (CONSUMER_PROTOCOL.to_owned(), KafkaState::Empty.name()));
+                ListedGroup {
+                    group: name.to_owned(),
+                    protocol_type,
+                    state,
+                }
+            })
+            .collect();
+        (code::NONE, listed)
+    }
+
+    fn kafka_describe_group(&self, group: &str) -> DescribedGroup {
+        let mut described = DescribedGroup {
+            group: group.to_owned(),
+            ..DescribedGroup::default()
+        };
+        if !valid_group(group) {
+            described.error = code::INVALID_GROUP_ID;
+            return described;
+        }
+        let Some((protocol_type, state_name)) = self.group_summary(group).or_else(|| {
+            match self.store.has_group(group) {
+                Ok(true) => Some((CONSUMER_PROTOCOL.to_owned(), KafkaState::Empty.name())),
+                Ok(false) => None,
+                Err(error) => {
+                    tracing::warn!(group, %error, "kafka describe groups: the offset store is unreadable");
+                    Some((String::new(), ""))
+                }
+            }
+        }) else {
+            described.state = "Dead".to_owned();
+            return described;
+        };
+        if state_name.is_empty() {
+            described.error = code::COORDINATOR_NOT_AVAILABLE;
+            return described;
+        }
+        described.state = state_name.to_owned();
+        described.protocol_type = protocol_type;
+        let state = self.groups.get(group);
+        let kafka = self
+            .kafka
+            .get(group)
+            .filter(|kafka| !kafka.members.is_empty());
+        if let Some(state) = state.filter(|state| state.has_local_members()) {
+            described.protocol = PIPELINE_PROTOCOL.to_owned();
+            let subscription = consumer_protocol::encode_subscription(&state.topic);
+            for (id, member) in &state.members {
+                if member.notify.is_none() {
+                    continue;
+                }
+                described.members.push(DescribedMember {
+                    member_id: id.clone(),
+                    group_instance_id: None,
+                    client_id: PIPELINE_CLIENT_ID.to_owned(),
+                    metadata: subscription.clone(),
+                    assignment: consumer_protocol::encode_assignment(
+                        Some(&state.topic),
+                        &state.holding(id),
+                    ),
+                });
+            }
+        }
+        if let Some(kafka) = kafka {
+            let protocol = kafka.protocol.clone().unwrap_or_default();
+            if !protocol.is_empty() {
+                described.protocol.clone_from(&protocol);
+            }
+            for (id, member) in &kafka.members {
+                let assignment = match state {
+                    Some(state) if kafka.server_side && state.is_remote(id) => {
+                        consumer_protocol::encode_assignment(Some(&state.topic), &state.holding(id))
+                    }
+                    _ => member.assignment.clone().unwrap_or_default(),
+                };
+                described.members.push(DescribedMember {
+                    member_id: id.clone(),
+                    group_instance_id: member.instance_id.clone(),
+                    client_id: member.client_id.clone(),
+                    metadata: member.metadata(&protocol),
+                    assignment,
+                });
+            }
+        }
+        described
+    }
+}
+
+impl Handler<KafkaListGroups> for GroupCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, list: KafkaListGroups, _: &mut Self::Context) {
+        let answer = self.kafka_list_groups();
+        let _ = list.reply.send(answer);
+    }
+}
+
+impl Handler<KafkaDescribeGroups> for GroupCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, describe: KafkaDescribeGroups, _: &mut Self::Context) {
+        let mut bytes = 0usize;
+        let answer = describe
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(index, group)| {
+                let error = if index >= DESCRIBE_GROUPS_MAX {
+                    code::INVALID_REQUEST
+                } else if bytes > DESCRIBE_BYTES_MAX {
+                    // Members' metadata and assignments are as large as
+                    // their clients made them: ask again for the rest.
+                    code::COORDINATOR_NOT_AVAILABLE
+                } else {
+                    let described = self.kafka_describe_group(group);
+                    bytes = bytes.saturating_add(
+                        described
+                            .members
+                            .iter()
+                            .map(|member| member.metadata.len() + member.assignment.len())
+                            .sum(),
+                    );
+                    return described;
+                };
+                DescribedGroup {
+                    error,
+                    group: group.clone(),
+                    ..DescribedGroup::default()
+                }
+            })
+            .collect();
+        let _ = describe.reply.send(answer);
+    }
+}
+
 impl Handler<KafkaJoin> for GroupCoordinator {
     type Result = ();
 
@@ -2413,6 +2697,23 @@ pub(crate) mod consumer_protocol {
         let mut partitions = BTreeSet::new();
         reader.topic_partitions(&mut partitions)?;
         Some(partitions)
+    }
+
+    /// A `ConsumerProtocolSubscription` v0 of `topic`, user data null (an
+    /// empty topic list if the name is longer than a string can be).
+    pub(crate) fn encode_subscription(topic: &str) -> Bytes {
+        let mut out = Vec::with_capacity(12 + topic.len());
+        out.extend_from_slice(&0i16.to_be_bytes());
+        match i16::try_from(topic.len()) {
+            Ok(length) => {
+                out.extend_from_slice(&1i32.to_be_bytes());
+                out.extend_from_slice(&length.to_be_bytes());
+                out.extend_from_slice(topic.as_bytes());
+            }
+            Err(_) => out.extend_from_slice(&0i32.to_be_bytes()),
+        }
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        Bytes::from(out)
     }
 
     /// A `ConsumerProtocolAssignment` v0 of `partitions` of `topic`, user data null.
@@ -3591,6 +3892,64 @@ mod tests {
         }
 
         #[test]
+        fn list_and_describe_show_pipeline_and_kafka_members_of_one_group() {
+            let (_directory, store) = store();
+            store.commit(&CommitToken::after_sink_write("stored", "t", PartitionId(0), Offset(1))).unwrap();
+            actix::System::new().block_on(async {
+                let coordinator = start(&store, KafkaSettings::default());
+                let pipeline = pipeline_member(&coordinator, "mix", "pipeline-0").await;
+                handled(&coordinator, "mix").await;
+                let joined = answered(join(&coordinator, "mix", "", range(&["t"]))).await;
+                let k = joined.member_id.clone();
+                let synced =
+                    answered(sync(&coordinator, "mix", joined.generation_id, &k, vec![])).await;
+                let kafka_partitions = partitions_of(&synced.assignment);
+
+                let (reply, answer) = oneshot::channel();
+                coordinator.do_send(KafkaListGroups { reply });
+                let (error, listed) = answer.await.unwrap();
+                assert_eq!(error, code::NONE);
+                let listed: BTreeMap<String, (String, &str)> = listed
+                    .into_iter()
+                    .map(|group| (group.group, (group.protocol_type, group.state)))
+                    .collect();
+                assert_eq!(listed["mix"], ("consumer".to_owned(), "Stable"));
+                assert_eq!(listed["stored"], ("consumer".to_owned(), "Empty"));
+
+                let (reply, answer) = oneshot::channel();
+                let groups = ["mix", "stored", "nobody", ""].map(str::to_owned).to_vec();
+                coordinator.do_send(KafkaDescribeGroups { groups, reply });
+                let described = answer.await.unwrap();
+                assert_eq!(described.len(), 4);
+                let mix = &described[0];
+                assert_eq!((mix.error, mix.state.as_str()), (code::NONE, "Stable"));
+                assert_eq!(mix.protocol, "range");
+                assert_eq!(mix.members.len(), 2);
+                let by_id: BTreeMap<&str, &DescribedMember> = mix
+                    .members
+                    .iter()
+                    .map(|member| (member.member_id.as_str(), member))
+                    .collect();
+                assert_eq!(partitions_of(&by_id[k.as_str()].assignment), kafka_partitions);
+                assert_eq!(by_id[k.as_str()].client_id, "test-client");
+                let pipeline_partitions: BTreeSet<(String, u32)> = owned(&pipeline)
+                    .await
+                    .into_iter()
+                    .map(|partition| ("t".to_owned(), partition))
+                    .collect();
+                assert_eq!(
+                    partitions_of(&by_id["pipeline-0"].assignment),
+                    pipeline_partitions
+                );
+                let subscription = decode_subscription(&by_id["pipeline-0"].metadata).unwrap();
+                assert_eq!(subscription.topics, BTreeSet::from(["t".to_owned()]));
+                assert_eq!((described[1].error, described[1].state.as_str()), (code::NONE, "Empty"));
+                assert_eq!((described[2].error, described[2].state.as_str()), (code::NONE, "Dead"));
+                assert_eq!(described[3].error, code::INVALID_GROUP_ID);
+            });
+        }
+
+        #[test]
         fn a_kafka_group_switches_to_server_side_assignment_when_a_pipeline_member_joins() {
             let (_directory, store) = store();
             actix::System::new().block_on(async {
@@ -3674,6 +4033,7 @@ mod tests {
         fn member(order: u64, protocols: &[&str]) -> KafkaMember {
             KafkaMember {
                 instance_id: None,
+                client_id: String::new(),
                 session_timeout: Duration::from_secs(10),
                 rebalance_timeout: Duration::from_secs(10),
                 protocols: protocols

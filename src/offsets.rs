@@ -222,6 +222,51 @@ impl OffsetStore {
         Ok(found)
     }
 
+    /// The names of the groups with committed offsets, in key order (by
+    /// name length, then bytes), at most `limit`. One seek per group, not
+    /// one step per committed partition.
+    pub(crate) fn group_names(&self, limit: usize) -> Result<Vec<String>, OffsetError> {
+        let mut names = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while names.len() < limit {
+            let Some(entry) = self.tree.range(from.as_slice()..).next() else {
+                break;
+            };
+            let (key, _) = entry.map_err(storage)?;
+            let Some((length, rest)) = key.split_first_chunk::<2>() else {
+                // Shorter than any key written here: step past it.
+                from = successor(&key);
+                continue;
+            };
+            let length = usize::from(u16::from_be_bytes(*length));
+            let Some(name) = rest.get(..length) else {
+                from = successor(&key);
+                continue;
+            };
+            let prefix_length = 2 + length;
+            if let Ok(name) = std::str::from_utf8(name) {
+                if !name.is_empty() {
+                    names.push(name.to_owned());
+                }
+            }
+            // Past every key of this group: the prefix, incremented.
+            match prefix_end(&key[..prefix_length]) {
+                Some(end) => from = end,
+                None => break,
+            }
+        }
+        Ok(names)
+    }
+
+    /// Whether `group` has a committed offset.
+    pub(crate) fn has_group(&self, group: &str) -> Result<bool, OffsetError> {
+        let prefix = group_prefix(group)?;
+        match self.tree.scan_prefix(&prefix).next() {
+            None => Ok(false),
+            Some(entry) => entry.map(|_| true).map_err(storage),
+        }
+    }
+
     /// Stores a Kafka client's OffsetCommit: every entry in one sled
     /// transaction, flushed (fsync) before returning; all or nothing.
     /// Unlike a pipeline's commit, an offset may move backwards (Kafka
@@ -344,6 +389,26 @@ fn group_prefix(group: &str) -> Result<Vec<u8>, OffsetError> {
     Ok(prefix)
 }
 
+/// The smallest key greater than `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// The smallest key greater than every key starting with `prefix` (`None`:
+/// there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 fn key(group: &str, topic: &str, partition: PartitionId) -> Result<Vec<u8>, OffsetError> {
     let topic_length =
         u16::try_from(topic.len()).map_err(|_| OffsetError::InvalidTopic(topic.len()))?;
@@ -427,6 +492,30 @@ mod tests {
 
     fn token(group: &str, partition: u32, offset: u64) -> CommitToken {
         CommitToken::after_sink_write(group, "events", PartitionId(partition), Offset(offset))
+    }
+
+    #[test]
+    fn group_names_lists_each_group_once_up_to_the_limit() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(&database(directory.path())).unwrap();
+        assert_eq!(store.group_names(10), Ok(Vec::new()));
+        let long = "\u{ff}".repeat(100);
+        for group in ["b", "a", "ab", long.as_str()] {
+            for partition in 0..3 {
+                store.commit(&token(group, partition, 1)).unwrap();
+            }
+        }
+        // Key order: by name length, then bytes.
+        assert_eq!(
+            store.group_names(10),
+            Ok(vec!["a".to_owned(), "b".to_owned(), "ab".to_owned(), long.clone()])
+        );
+        assert_eq!(store.group_names(2), Ok(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(store.has_group("ab"), Ok(true));
+        assert_eq!(store.has_group("c"), Ok(false));
+        assert!(store.has_group("").is_err());
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
     }
 
     #[test]

@@ -146,6 +146,20 @@ fn seeds() -> Vec<Vec<u8>> {
         frame(ApiKey::DescribeConfigs, 4, &describe),
         frame(ApiKey::CreateTopics, 7, &CreateTopicsRequest::default()),
         frame(ApiKey::DeleteTopics, 6, &DeleteTopicsRequest::default()),
+        frame(ApiKey::ListGroups, 0, &ListGroupsRequest::default()),
+        frame(
+            ApiKey::ListGroups,
+            4,
+            &ListGroupsRequest::default().with_states_filter(vec![StrBytes::from_static_str("Stable")]),
+        ),
+        frame(
+            ApiKey::DescribeGroups,
+            5,
+            &DescribeGroupsRequest::default().with_groups(vec![
+                GroupId(StrBytes::from_static_str("g")),
+                GroupId(StrBytes::from_static_str("")),
+            ]),
+        ),
     ]
 }
 

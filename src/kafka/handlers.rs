@@ -9,8 +9,8 @@
 
 use super::versions::{self, SUPPORTED};
 use crate::actors::group::{
-    GroupCoordinator, KafkaCommit, KafkaHeartbeat, KafkaJoin, KafkaLeave, KafkaOffsetFetch,
-    KafkaSync,
+    GroupCoordinator, KafkaCommit, KafkaDescribeGroups, KafkaHeartbeat, KafkaJoin, KafkaLeave,
+    KafkaListGroups, KafkaOffsetFetch, KafkaSync,
 };
 use crate::actors::partition::{AppendAck, ProduceBatch};
 use crate::actors::producers::Sequenced;
@@ -29,6 +29,8 @@ use crate::config::TopicConfig;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
@@ -169,6 +171,8 @@ enum Body {
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
     DescribeConfigs(DescribeConfigsRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
 }
 
 /// What the connection does after a handler.
@@ -258,6 +262,10 @@ fn decode_body(api: ApiKey, version: i16, buffer: &mut Bytes) -> anyhow::Result<
         ApiKey::DescribeConfigs => {
             Body::DescribeConfigs(DescribeConfigsRequest::decode(buffer, version)?)
         }
+        ApiKey::ListGroups => Body::ListGroups(ListGroupsRequest::decode(buffer, version)?),
+        ApiKey::DescribeGroups => {
+            Body::DescribeGroups(DescribeGroupsRequest::decode(buffer, version)?)
+        }
         other => anyhow::bail!("API {other:?} has no handler"),
     })
 }
@@ -295,6 +303,8 @@ pub(crate) async fn handle(context: &KafkaContext, request: Request) -> Handled 
         Body::CreateTopics(body) => respond!(create_topics(context, body, version).await),
         Body::DeleteTopics(body) => respond!(delete_topics(context, body, version).await),
         Body::DescribeConfigs(body) => respond!(describe_configs(context, body, version)),
+        Body::ListGroups(body) => respond!(list_groups(context, body, version).await),
+        Body::DescribeGroups(body) => respond!(describe_groups(context, body, version).await),
     }
 }
 
@@ -1650,3 +1660,105 @@ async fn offset_fetch(
     response
 }
 
+
+async fn list_groups(
+    context: &KafkaContext,
+    request: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
+    let coordinator = context.coordinator.clone();
+    let answer = ask(context, |reply| {
+        coordinator.do_send(KafkaListGroups { reply });
+        Ok(())
+    })
+    .await;
+    let (error, groups) = answer.unwrap_or((code::COORDINATOR_NOT_AVAILABLE, Vec::new()));
+    // v4+: only the states asked for (Kafka compares them case-insensitively).
+    let wanted: Vec<String> = if version >= 4 {
+        request
+            .states_filter
+            .iter()
+            .map(|state| state.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let groups = groups
+        .into_iter()
+        .filter(|group| {
+            wanted.is_empty() || wanted.iter().any(|state| state.eq_ignore_ascii_case(group.state))
+        })
+        .map(|group| {
+            let mut listed = ListedGroup::default()
+                .with_group_id(GroupId(text(&group.group)))
+                .with_protocol_type(text(&group.protocol_type));
+            if version >= 4 {
+                listed.group_state = text(group.state);
+            }
+            listed
+        })
+        .collect();
+    ListGroupsResponse::default()
+        .with_error_code(error)
+        .with_groups(groups)
+}
+
+async fn describe_groups(
+    context: &KafkaContext,
+    request: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let names: Vec<String> = request
+        .groups
+        .iter()
+        .map(|group| group.0.to_string())
+        .collect();
+    let coordinator = context.coordinator.clone();
+    let answer = ask(context, |reply| {
+        coordinator.do_send(KafkaDescribeGroups {
+            groups: names.clone(),
+            reply,
+        });
+        Ok(())
+    })
+    .await;
+    let described = answer.unwrap_or_default();
+    let mut described = described.into_iter();
+    let groups = names
+        .into_iter()
+        .map(|name| {
+            // The coordinator answers every group in order; a missing one
+            // (the coordinator stopped) is "not available".
+            let Some(group) = described.next() else {
+                return DescribedGroup::default()
+                    .with_group_id(GroupId(text(&name)))
+                    .with_error_code(code::COORDINATOR_NOT_AVAILABLE);
+            };
+            let members = group
+                .members
+                .into_iter()
+                .map(|member| {
+                    let mut described = DescribedGroupMember::default()
+                        .with_member_id(text(&member.member_id))
+                        .with_client_id(text(&member.client_id))
+                        // The peer address is not passed to the handlers.
+                        .with_client_host(StrBytes::default())
+                        .with_member_metadata(member.metadata)
+                        .with_member_assignment(member.assignment);
+                    if version >= 4 {
+                        described.group_instance_id = optional_text(member.group_instance_id);
+                    }
+                    described
+                })
+                .collect();
+            DescribedGroup::default()
+                .with_error_code(group.error)
+                .with_group_id(GroupId(text(&group.group)))
+                .with_group_state(text(&group.state))
+                .with_protocol_type(text(&group.protocol_type))
+                .with_protocol_data(text(&group.protocol))
+                .with_members(members)
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}

@@ -27,6 +27,10 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
+    // v5 would add group types (KIP-848).
+    (ApiKey::ListGroups, 0, 4),
+    // v6 would answer an unknown group GROUP_ID_NOT_FOUND instead of "Dead".
+    (ApiKey::DescribeGroups, 0, 5),
 ];
 
 /// The versions of `api` served, if any.
