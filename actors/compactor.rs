@@ -462,7 +462,9 @@ impl Handler<RemoveCompactionTargets> for Compactor {
             }
         }
         let gauge = self.not_compactable.iter().filter(|flag| **flag).count() as u64;
-        self.metrics.partitions_not_compactable.store(gauge, Relaxed);
+        self.metrics
+            .partitions_not_compactable
+            .store(gauge, Relaxed);
         let _ = message.reply.send(());
     }
 }

@@ -3894,7 +3894,14 @@ mod tests {
         #[test]
         fn list_and_describe_show_pipeline_and_kafka_members_of_one_group() {
             let (_directory, store) = store();
-            store.commit(&CommitToken::after_sink_write("stored", "t", PartitionId(0), Offset(1))).unwrap();
+            store
+                .commit(&CommitToken::after_sink_write(
+                    "stored",
+                    "t",
+                    PartitionId(0),
+                    Offset(1),
+                ))
+                .unwrap();
             actix::System::new().block_on(async {
                 let coordinator = start(&store, KafkaSettings::default());
                 let pipeline = pipeline_member(&coordinator, "mix", "pipeline-0").await;
@@ -3930,7 +3937,10 @@ mod tests {
                     .iter()
                     .map(|member| (member.member_id.as_str(), member))
                     .collect();
-                assert_eq!(partitions_of(&by_id[k.as_str()].assignment), kafka_partitions);
+                assert_eq!(
+                    partitions_of(&by_id[k.as_str()].assignment),
+                    kafka_partitions
+                );
                 assert_eq!(by_id[k.as_str()].client_id, "test-client");
                 let pipeline_partitions: BTreeSet<(String, u32)> = owned(&pipeline)
                     .await
@@ -3943,8 +3953,14 @@ mod tests {
                 );
                 let subscription = decode_subscription(&by_id["pipeline-0"].metadata).unwrap();
                 assert_eq!(subscription.topics, BTreeSet::from(["t".to_owned()]));
-                assert_eq!((described[1].error, described[1].state.as_str()), (code::NONE, "Empty"));
-                assert_eq!((described[2].error, described[2].state.as_str()), (code::NONE, "Dead"));
+                assert_eq!(
+                    (described[1].error, described[1].state.as_str()),
+                    (code::NONE, "Empty")
+                );
+                assert_eq!(
+                    (described[2].error, described[2].state.as_str()),
+                    (code::NONE, "Dead")
+                );
                 assert_eq!(described[3].error, code::INVALID_GROUP_ID);
             });
         }

@@ -37,7 +37,8 @@ use crate::storage::log::{
     block_timestamp_hint, load_block, LoadedBlock, UnloadedBlock, Verification,
 };
 use crate::storage::{
-    AppendError, AppendOutcome, BatchHeader, IoJob, OpenError, PartitionLog, ReadError, ReadPlan, TimeLookup,
+    AppendError, AppendOutcome, BatchHeader, IoJob, OpenError, PartitionLog, ReadError, ReadPlan,
+    TimeLookup,
 };
 use crate::types::{Offset, PartitionId, Record, Term};
 use actix::prelude::*;
@@ -841,11 +842,13 @@ impl Actor for PartitionActor {
             return;
         }
         self.start_writer(context);
-        self.maintenance = Some(context.run_interval(MAINTENANCE_INTERVAL, |actor, context| {
-            actor.guarded(context, "maintenance", |actor, context| {
-                actor.maintenance(context)
-            })
-        }));
+        self.maintenance = Some(
+            context.run_interval(MAINTENANCE_INTERVAL, |actor, context| {
+                actor.guarded(context, "maintenance", |actor, context| {
+                    actor.maintenance(context)
+                })
+            }),
+        );
         if self.restarts == 0 {
             // The first chunk loads here, before any message is handled.
             self.guarded(context, "startup load", |actor, context| {
@@ -917,7 +920,9 @@ impl PartitionActor {
                 reason: reason.clone(),
             });
         }
-        self.restarting.is_some().then_some(ProduceError::Unavailable)
+        self.restarting
+            .is_some()
+            .then_some(ProduceError::Unavailable)
     }
 
     fn produce_batch(&mut self, message: ProduceBatch, context: &mut Context<Self>) {
@@ -1354,5 +1359,8 @@ fn thread_cpu_time() -> Duration {
     if result != 0 {
         return Duration::ZERO;
     }
-    Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        now.tv_sec.max(0) as u64,
+        now.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }

@@ -532,10 +532,7 @@ impl PipelineMember {
 
     /// State changes of every operator since its last checkpoint, with keys
     /// prefixed by partition and operator index.
-    fn checkpoint(
-        task: &mut PartitionTask,
-        partition: PartitionId,
-    ) -> crate::offsets::StateWrites {
+    fn checkpoint(task: &mut PartitionTask, partition: PartitionId) -> crate::offsets::StateWrites {
         let mut changes = Vec::new();
         let mut deltas = Vec::new();
         for (index, operator) in task.operators.iter_mut().enumerate() {

@@ -139,8 +139,7 @@ impl ProducerStates {
     /// the log accepted.
     pub(crate) fn record(&mut self, batch: &Sequenced, base_offset: Offset, last_offset: Offset) {
         self.clock += 1;
-        if !self.producers.contains_key(&batch.producer_id)
-            && self.producers.len() >= PRODUCERS_MAX
+        if !self.producers.contains_key(&batch.producer_id) && self.producers.len() >= PRODUCERS_MAX
         {
             if let Some(oldest) = self
                 .producers
@@ -223,7 +222,10 @@ mod tests {
         append(&mut states, batch(0, 10, 5), 110);
         match states.check(&batch(0, 0, 10)) {
             Ok(Verdict::Duplicate(stored)) => {
-                assert_eq!((stored.base_offset, stored.last_offset), (Offset(100), Offset(109)))
+                assert_eq!(
+                    (stored.base_offset, stored.last_offset),
+                    (Offset(100), Offset(109))
+                )
             }
             other => panic!("expected a duplicate, got {other:?}"),
         }

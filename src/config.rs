@@ -1494,9 +1494,7 @@ impl RawKafka {
         let listen = listen_value(listen.get_ref()).map_err(|m| fail("listen", m))?;
         let advertised = match self.advertised {
             None => None,
-            Some(text) => {
-                Some(host_port_value(text.get_ref()).map_err(|m| fail("advertised", m))?)
-            }
+            Some(text) => Some(host_port_value(text.get_ref()).map_err(|m| fail("advertised", m))?),
         };
         let max_connections = match self.max_connections {
             None => KAFKA_MAX_CONNECTIONS_DEFAULT,

@@ -508,9 +508,17 @@ mod tests {
         // Key order: by name length, then bytes.
         assert_eq!(
             store.group_names(10),
-            Ok(vec!["a".to_owned(), "b".to_owned(), "ab".to_owned(), long.clone()])
+            Ok(vec![
+                "a".to_owned(),
+                "b".to_owned(),
+                "ab".to_owned(),
+                long.clone()
+            ])
         );
-        assert_eq!(store.group_names(2), Ok(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(
+            store.group_names(2),
+            Ok(vec!["a".to_owned(), "b".to_owned()])
+        );
         assert_eq!(store.has_group("ab"), Ok(true));
         assert_eq!(store.has_group("c"), Ok(false));
         assert!(store.has_group("").is_err());

@@ -15,8 +15,8 @@ use crate::actors::group::{DescribeGroup, GroupCoordinator, StopCoordinator};
 use crate::actors::loader::{BlockLoader, StopLoader};
 use crate::actors::mailbox::Gated;
 use crate::actors::partition::{
-    Describe, Drain, Fetch, FetchReply, GetHealth, PartitionActor, PartitionSettings, Produce, Retire, FETCH_WAIT_MAX,
-    MAILBOX_CAPACITY,
+    Describe, Drain, Fetch, FetchReply, GetHealth, PartitionActor, PartitionSettings, Produce,
+    Retire, FETCH_WAIT_MAX, MAILBOX_CAPACITY,
 };
 use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
 use crate::config::{Config, TopicConfig};
@@ -1743,8 +1743,8 @@ fn decode_stored_topic(name: &str, bytes: &[u8]) -> Result<TopicConfig, String> 
             "runtime topic {name:?}: entry version {version}, this build reads {RUNTIME_TOPIC_VERSION}"
         ));
     }
-    let stored: StoredTopic = serde_json::from_slice(body)
-        .map_err(|error| format!("runtime topic {name:?}: {error}"))?;
+    let stored: StoredTopic =
+        serde_json::from_slice(body).map_err(|error| format!("runtime topic {name:?}: {error}"))?;
     let topic = TopicConfig {
         partitions: stored.partitions,
         cleanup: cleanup_policy_from_name(&stored.cleanup)
@@ -1764,7 +1764,10 @@ fn decode_stored_topic(name: &str, bytes: &[u8]) -> Result<TopicConfig, String> 
 
 /// The topics created at run time, in name order, except those whose name
 /// the config declares (the config wins; the stored entry is ignored).
-fn load_runtime_topics(metadata: &sled::Db, config: &Config) -> Result<Vec<TopicConfig>, StartError> {
+fn load_runtime_topics(
+    metadata: &sled::Db,
+    config: &Config,
+) -> Result<Vec<TopicConfig>, StartError> {
     let metadata_error = |message: String| StartError::Metadata {
         path: config.data_dir.join("meta"),
         message,
@@ -1832,7 +1835,10 @@ pub(crate) struct TopicAdmin {
 impl TopicAdmin {
     /// Refuses every later change; waits for one in progress.
     fn close(&self) {
-        *self.closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        *self
+            .closed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
     }
 
     /// Creates `topic` (already validated): opens its partitions' logs,
@@ -1844,7 +1850,10 @@ impl TopicAdmin {
         topic: TopicConfig,
         validate_only: bool,
     ) -> Result<(), CreateTopicError> {
-        let closed = self.closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let closed = self
+            .closed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *closed {
             return Err(CreateTopicError::ShuttingDown);
         }
@@ -1854,15 +1863,17 @@ impl TopicAdmin {
             .iter()
             .find(|name| name.eq_ignore_ascii_case(&topic.name))
         {
-            return Err(CreateTopicError::AlreadyExists(if *existing == topic.name {
-                format!("topic {:?} already exists", topic.name)
-            } else {
-                format!(
-                    "topic {:?} would share its directories with topic {existing:?} \
+            return Err(CreateTopicError::AlreadyExists(
+                if *existing == topic.name {
+                    format!("topic {:?} already exists", topic.name)
+                } else {
+                    format!(
+                        "topic {:?} would share its directories with topic {existing:?} \
                      (names must differ ignoring letter case)",
-                    topic.name
-                )
-            }));
+                        topic.name
+                    )
+                },
+            ));
         }
         if validate_only {
             return Ok(());
@@ -1959,7 +1970,9 @@ impl TopicAdmin {
             let reason = match receiver.recv_deadline(deadline) {
                 Ok(Ok(())) => continue,
                 Ok(Err(reason)) => reason,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => "did not drain in time".to_owned(),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    "did not drain in time".to_owned()
+                }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     "stopped before draining".to_owned()
                 }
@@ -1978,7 +1991,10 @@ impl TopicAdmin {
     /// stopped, its entry removed from the store (flushed), and last its
     /// directories. Blocks: call it off the async threads.
     pub(crate) fn delete(&self, name: &str) -> Result<(), DeleteTopicError> {
-        let closed = self.closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let closed = self
+            .closed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *closed {
             return Err(DeleteTopicError::ShuttingDown);
         }
@@ -2022,7 +2038,8 @@ impl TopicAdmin {
             DeleteTopicError::Failed(message)
         })?;
         for partition in 0..partitions {
-            let directory = partition_directory(&self.shared.config.data_dir, name, PartitionId(partition));
+            let directory =
+                partition_directory(&self.shared.config.data_dir, name, PartitionId(partition));
             if let Err(error) = std::fs::remove_dir_all(&directory) {
                 if error.kind() != std::io::ErrorKind::NotFound {
                     tracing::error!(topic = %name, directory = %directory.display(), %error, "deleting a topic: could not remove its directory");

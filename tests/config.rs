@@ -1284,7 +1284,10 @@ fn bad_kafka_values_name_the_key_and_line() {
 #[test]
 fn kafka_allow_topic_management_defaults_off_and_must_be_a_boolean() {
     let config = parse(&after_data_dir("[kafka]\nlisten = \"127.0.0.1:0\"\n"));
-    assert!(!config.kafka.expect("[kafka]").allow_topic_management, "off by default");
+    assert!(
+        !config.kafka.expect("[kafka]").allow_topic_management,
+        "off by default"
+    );
     let config = parse(&after_data_dir(
         "[kafka]\nlisten = \"127.0.0.1:0\"\nallow_topic_management = true\n",
     ));

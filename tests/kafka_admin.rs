@@ -78,8 +78,12 @@ admin.close()
 
 fn start() -> (tempfile::TempDir, Runtime, SocketAddr) {
     let directory = tempfile::tempdir().expect("tempdir");
-    let text = format!("data_dir = {:?}\n{CONFIG}", directory.path().display().to_string());
-    let runtime = Runtime::start(Config::from_toml_str(&text, "<test>").expect("config")).expect("start");
+    let text = format!(
+        "data_dir = {:?}\n{CONFIG}",
+        directory.path().display().to_string()
+    );
+    let runtime =
+        Runtime::start(Config::from_toml_str(&text, "<test>").expect("config")).expect("start");
     let address = runtime.kafka_address().expect("listener");
     common::wait_until(PHASE, "the pipeline to own every partition", || {
         runtime
@@ -99,14 +103,19 @@ struct Member {
 
 impl Member {
     fn start(bootstrap: &str, topic: &str, group: &str, name: &str) -> Member {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/confluent_client.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/kafka/confluent_client.py"
+        );
         let mut child = Command::new("python3")
             .args([script, "member", bootstrap, topic, group, name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 runs (install python3 and `pip install confluent-kafka`, or run .ci/run)");
+            .expect(
+                "python3 runs (install python3 and `pip install confluent-kafka`, or run .ci/run)",
+            );
         let stdout = child.stdout.take().expect("stdout");
         let (sender, lines) = channel();
         std::thread::spawn(move || {
@@ -181,14 +190,29 @@ fn kafka_python_admin_lists_and_describes_pipeline_and_kafka_groups() {
     let member = Member::start(&bootstrap, "side", "clients", "kafka-1");
     let mut assigned = member.assigned();
     assigned.sort_unstable();
-    assert_eq!(assigned, vec![0, 1, 2], "the only member gets every partition");
+    assert_eq!(
+        assigned,
+        vec![0, 1, 2],
+        "the only member gets every partition"
+    );
 
     let output = Command::new("python3")
-        .args(["-c", ADMIN_SCRIPT, &bootstrap, "shared", "clients", "nobody"])
+        .args([
+            "-c",
+            ADMIN_SCRIPT,
+            &bootstrap,
+            "shared",
+            "clients",
+            "nobody",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .expect("python3 runs (install python3 and `pip install kafka-python`, or run .ci/run)");
-    assert!(output.status.success(), "the admin script failed: {}", output.status);
+    assert!(
+        output.status.success(),
+        "the admin script failed: {}",
+        output.status
+    );
     let answer: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&output.stdout)));
 
@@ -197,10 +221,17 @@ fn kafka_python_admin_lists_and_describes_pipeline_and_kafka_groups() {
         .as_array()
         .expect("a list")
         .iter()
-        .map(|group| (group["group_id"].as_str().expect("group_id").to_owned(), group.clone()))
+        .map(|group| {
+            (
+                group["group_id"].as_str().expect("group_id").to_owned(),
+                group.clone(),
+            )
+        })
         .collect();
     for name in ["shared", "clients"] {
-        let group = listed.get(name).unwrap_or_else(|| panic!("{name} listed: {listed:?}"));
+        let group = listed
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} listed: {listed:?}"));
         assert_eq!(group["protocol_type"], "consumer", "{group}");
         if let Some(state) = group.get("group_state") {
             assert_eq!(state, "Stable", "{group}");
@@ -216,14 +247,24 @@ fn kafka_python_admin_lists_and_describes_pipeline_and_kafka_groups() {
     assert_eq!(shared["protocol_data"], "millrace-cooperative", "{shared}");
     let members = shared["members"].as_array().expect("members");
     assert_eq!(members.len(), 1, "{shared}");
-    let owners = runtime.describe_group_blocking("shared").expect("group").members;
-    assert!(owners.contains_key(members[0]["member_id"].as_str().expect("member_id")), "{shared}");
+    let owners = runtime
+        .describe_group_blocking("shared")
+        .expect("group")
+        .members;
+    assert!(
+        owners.contains_key(members[0]["member_id"].as_str().expect("member_id")),
+        "{shared}"
+    );
     assert_eq!(
         assignment_partitions(&members[0]["member_assignment"]),
         BTreeMap::from([("in".to_owned(), BTreeSet::from([0, 1, 2, 3]))]),
         "{shared}"
     );
-    assert_eq!(members[0]["member_metadata"]["topics"], serde_json::json!(["in"]), "{shared}");
+    assert_eq!(
+        members[0]["member_metadata"]["topics"],
+        serde_json::json!(["in"]),
+        "{shared}"
+    );
 
     // The Kafka consumer group: its one member, its client id, its partitions.
     let clients = &described["clients"];
@@ -239,7 +280,11 @@ fn kafka_python_admin_lists_and_describes_pipeline_and_kafka_groups() {
         BTreeMap::from([("side".to_owned(), BTreeSet::from([0, 1, 2]))]),
         "{clients}"
     );
-    assert_eq!(members[0]["member_metadata"]["topics"], serde_json::json!(["side"]), "{clients}");
+    assert_eq!(
+        members[0]["member_metadata"]["topics"],
+        serde_json::json!(["side"]),
+        "{clients}"
+    );
 
     // A group nobody knows.
     let nobody = &described["nobody"];
@@ -261,7 +306,9 @@ struct Client {
 impl Client {
     fn connect(address: SocketAddr) -> Client {
         let stream = TcpStream::connect(address).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         Client {
             stream,
             correlation_id: 0,
@@ -294,8 +341,12 @@ impl Client {
     }
 
     fn list_groups(&mut self, version: i16, states: &[&'static str]) -> ListGroupsResponse {
-        let request = ListGroupsRequest::default()
-            .with_states_filter(states.iter().map(|s| StrBytes::from_static_str(s)).collect());
+        let request = ListGroupsRequest::default().with_states_filter(
+            states
+                .iter()
+                .map(|s| StrBytes::from_static_str(s))
+                .collect(),
+        );
         let mut response = self.request(ApiKey::ListGroups, version, &request);
         ListGroupsResponse::decode(&mut response, version).expect("list groups")
     }
@@ -358,10 +409,23 @@ fn raw_list_groups_and_describe_groups() {
     let listed: BTreeMap<String, String> = listed
         .groups
         .iter()
-        .map(|group| (group.group_id.0.to_string(), group.protocol_type.to_string()))
+        .map(|group| {
+            (
+                group.group_id.0.to_string(),
+                group.protocol_type.to_string(),
+            )
+        })
         .collect();
-    assert_eq!(listed.get("shared").map(String::as_str), Some("consumer"), "{listed:?}");
-    assert_eq!(listed.get("committed-only").map(String::as_str), Some("consumer"), "{listed:?}");
+    assert_eq!(
+        listed.get("shared").map(String::as_str),
+        Some("consumer"),
+        "{listed:?}"
+    );
+    assert_eq!(
+        listed.get("committed-only").map(String::as_str),
+        Some("consumer"),
+        "{listed:?}"
+    );
 
     // ListGroups v4 with states: the filter holds.
     let states = |response: ListGroupsResponse| -> BTreeMap<String, String> {
@@ -372,10 +436,21 @@ fn raw_list_groups_and_describe_groups() {
             .collect()
     };
     let all = states(client.list_groups(4, &[]));
-    assert_eq!(all.get("shared").map(String::as_str), Some("Stable"), "{all:?}");
-    assert_eq!(all.get("committed-only").map(String::as_str), Some("Empty"), "{all:?}");
+    assert_eq!(
+        all.get("shared").map(String::as_str),
+        Some("Stable"),
+        "{all:?}"
+    );
+    assert_eq!(
+        all.get("committed-only").map(String::as_str),
+        Some("Empty"),
+        "{all:?}"
+    );
     let empty = states(client.list_groups(4, &["Empty"]));
-    assert!(empty.contains_key("committed-only") && !empty.contains_key("shared"), "{empty:?}");
+    assert!(
+        empty.contains_key("committed-only") && !empty.contains_key("shared"),
+        "{empty:?}"
+    );
 
     // DescribeGroups v0: the pipeline member's assignment, an empty group,
     // an unknown group ("Dead"), an invalid group id.
@@ -393,10 +468,16 @@ fn raw_list_groups_and_describe_groups() {
         BTreeMap::from([("in".to_owned(), BTreeSet::from([0, 1, 2, 3]))])
     );
     let committed = &described.groups[1];
-    assert_eq!((committed.error_code, committed.group_state.as_str()), (0, "Empty"));
+    assert_eq!(
+        (committed.error_code, committed.group_state.as_str()),
+        (0, "Empty")
+    );
     assert!(committed.members.is_empty());
     let nobody = &described.groups[2];
-    assert_eq!((nobody.error_code, nobody.group_state.as_str()), (0, "Dead"));
+    assert_eq!(
+        (nobody.error_code, nobody.group_state.as_str()),
+        (0, "Dead")
+    );
     assert!(nobody.members.is_empty());
     assert_eq!(described.groups[3].error_code, 24, "INVALID_GROUP_ID");
 

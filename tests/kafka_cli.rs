@@ -60,9 +60,20 @@ fn lines(output: &Output) -> Vec<String> {
 #[test]
 fn produce_and_consume_over_the_kafka_protocol_match_the_log() {
     let (_directory, runtime, brokers) = start();
-    let input: String = (0..3000).map(|i| format!("key{}:value {i}\n", i % 17)).collect();
+    let input: String = (0..3000)
+        .map(|i| format!("key{}:value {i}\n", i % 17))
+        .collect();
     let acks = lines(&millrace(
-        &["produce", "--brokers", &brokers, "-t", "events", "-K", ":", "--print-acks"],
+        &[
+            "produce",
+            "--brokers",
+            &brokers,
+            "-t",
+            "events",
+            "-K",
+            ":",
+            "--print-acks",
+        ],
         input.as_bytes(),
     ));
     assert_eq!(acks.len(), 3000, "one ack per input line");
@@ -78,15 +89,29 @@ fn produce_and_consume_over_the_kafka_protocol_match_the_log() {
     assert_eq!(stored.len(), 3000, "nothing lost, nothing stored twice");
     for (index, ack) in acks.iter().enumerate() {
         let (partition, offset) = ack.split_once(' ').expect("PARTITION OFFSET");
-        let key = (partition.parse::<u32>().expect("partition"), offset.parse::<u64>().expect("offset"));
+        let key = (
+            partition.parse::<u32>().expect("partition"),
+            offset.parse::<u64>().expect("offset"),
+        );
         assert_eq!(stored[&key], format!("value {index}"), "ack {ack}");
         // Same partitioner as local mode: murmur2 of the key.
-        let expected = millrace::partitioner::partition_for_key(format!("key{}", index % 17).as_bytes(), 3);
+        let expected =
+            millrace::partitioner::partition_for_key(format!("key{}", index % 17).as_bytes(), 3);
         assert_eq!(key.0, expected, "key{} on its partition", index % 17);
     }
 
     let consumed = lines(&millrace(
-        &["consume", "--brokers", &brokers, "-t", "events", "--from-beginning", "--until-end", "-f", "%p %o %k %v"],
+        &[
+            "consume",
+            "--brokers",
+            &brokers,
+            "-t",
+            "events",
+            "--from-beginning",
+            "--until-end",
+            "-f",
+            "%p %o %k %v",
+        ],
         b"",
     ));
     assert_eq!(consumed.len(), 3000);
@@ -104,7 +129,17 @@ fn produce_and_consume_over_the_kafka_protocol_match_the_log() {
 #[test]
 fn errors_over_the_kafka_protocol_are_one_line() {
     let (_directory, runtime, brokers) = start();
-    let output = millrace(&["consume", "--brokers", &brokers, "-t", "missing", "--until-end"], b"");
+    let output = millrace(
+        &[
+            "consume",
+            "--brokers",
+            &brokers,
+            "-t",
+            "missing",
+            "--until-end",
+        ],
+        b"",
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");

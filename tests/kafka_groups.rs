@@ -54,14 +54,19 @@ struct Member {
 
 impl Member {
     fn start(bootstrap: &str) -> Member {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka/confluent_client.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/kafka/confluent_client.py"
+        );
         let mut child = Command::new("python3")
             .args([script, "member", bootstrap, "in", "shared", "kafka-1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 runs (install python3 and `pip install confluent-kafka`, or run .ci/run)");
+            .expect(
+                "python3 runs (install python3 and `pip install confluent-kafka`, or run .ci/run)",
+            );
         let stdout = child.stdout.take().expect("stdout");
         let stdin = child.stdin.take();
         let (sender, lines) = channel();
@@ -78,7 +83,11 @@ impl Member {
                 }
             }
         });
-        Member { child, stdin, lines }
+        Member {
+            child,
+            stdin,
+            lines,
+        }
     }
 
     /// The next line, failing the test at `deadline`.
@@ -116,7 +125,9 @@ fn produce(runtime: &Runtime, ids: std::ops::Range<u64>) {
         .map(|id| Record::new(format!("{{\"n\":{id}}}")).with_key(format!("k{id}")))
         .collect();
     for chunk in records.chunks(200) {
-        producer.send_batch_blocking(chunk.to_vec()).expect("produce");
+        producer
+            .send_batch_blocking(chunk.to_vec())
+            .expect("produce");
     }
 }
 
@@ -145,8 +156,12 @@ fn owners(runtime: &Runtime) -> BTreeMap<String, Vec<u32>> {
 #[test]
 fn a_pipeline_and_a_kafka_consumer_share_one_group() {
     let directory = tempfile::tempdir().expect("tempdir");
-    let text = format!("data_dir = {:?}\n{CONFIG}", directory.path().display().to_string());
-    let runtime = Runtime::start(Config::from_toml_str(&text, "<test>").expect("config")).expect("start");
+    let text = format!(
+        "data_dir = {:?}\n{CONFIG}",
+        directory.path().display().to_string()
+    );
+    let runtime =
+        Runtime::start(Config::from_toml_str(&text, "<test>").expect("config")).expect("start");
     let bootstrap = runtime.kafka_address().expect("listener").to_string();
     common::wait_until(PHASE, "the pipeline to own every partition", || {
         owners(&runtime).values().map(Vec::len).sum::<usize>() == 4
@@ -183,9 +198,17 @@ fn a_pipeline_and_a_kafka_consumer_share_one_group() {
         .filter(|(member, _)| !member.starts_with("kafka-1"))
         .flat_map(|(_, partitions)| partitions.clone())
         .collect();
-    let mut union: Vec<u32> = pipeline_partitions.iter().chain(&kafka_partitions).copied().collect();
+    let mut union: Vec<u32> = pipeline_partitions
+        .iter()
+        .chain(&kafka_partitions)
+        .copied()
+        .collect();
     union.sort_unstable();
-    assert_eq!(union, vec![0, 1, 2, 3], "disjoint and complete: {owners_now:?}");
+    assert_eq!(
+        union,
+        vec![0, 1, 2, 3],
+        "disjoint and complete: {owners_now:?}"
+    );
 
     // Records produced now are processed by exactly one of the two.
     produce(&runtime, 0..2000);
@@ -198,7 +221,10 @@ fn a_pipeline_and_a_kafka_consumer_share_one_group() {
         if let Some(payload) = line.get("payload").and_then(Value::as_str) {
             let value: Value = serde_json::from_str(payload).expect("json payload");
             let id = value["n"].as_u64().expect("n");
-            assert!(for_kafka.contains(&id), "the Kafka member read {id}, not from its partitions");
+            assert!(
+                for_kafka.contains(&id),
+                "the Kafka member read {id}, not from its partitions"
+            );
             assert!(consumed.insert(id), "the Kafka member read {id} twice");
         }
     }
@@ -206,7 +232,10 @@ fn a_pipeline_and_a_kafka_consumer_share_one_group() {
         runtime.caught_up("shared") == Some(true)
     });
     let processed = ids_in(&runtime, "out", &[0, 1, 2, 3]);
-    assert_eq!(processed, for_pipeline, "the pipeline processed exactly its partitions");
+    assert_eq!(
+        processed, for_pipeline,
+        "the pipeline processed exactly its partitions"
+    );
     // The Kafka member's commits are the group's committed offsets.
     for &partition in &kafka_partitions {
         let end = runtime
@@ -235,6 +264,9 @@ fn a_pipeline_and_a_kafka_consumer_share_one_group() {
     });
     let processed = ids_in(&runtime, "out", &[0, 1, 2, 3]);
     let expected: BTreeSet<u64> = for_pipeline.iter().copied().chain(2000..3000).collect();
-    assert_eq!(processed, expected, "after the leave, the pipeline processed everything new, once");
+    assert_eq!(
+        processed, expected,
+        "after the leave, the pipeline processed everything new, once"
+    );
     runtime.shutdown().expect("shutdown");
 }

@@ -58,15 +58,23 @@ fn topic_name(name: &'static str) -> TopicName {
 fn seeds() -> Vec<Vec<u8>> {
     let records = vec![Record::new("value").with_key("key"), Record::new("second")];
     let mut batch = Vec::new();
-    encode_frame(&mut batch, Offset(0), Term(0), ProducerFields::NONE, &records, 1_700_000_000_000);
+    encode_frame(
+        &mut batch,
+        Offset(0),
+        Term(0),
+        ProducerFields::NONE,
+        &records,
+        1_700_000_000_000,
+    );
     let batch = bytes::Bytes::from(batch.split_off(FRAME_HEADER_BYTES));
-    let produce = ProduceRequest::default().with_acks(-1).with_timeout_ms(1000).with_topic_data(vec![
-        TopicProduceData::default()
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![TopicProduceData::default()
             .with_name(topic_name("events"))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
-                .with_records(Some(batch))]),
-    ]);
+                .with_records(Some(batch))])]);
     let fetch = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(10)
@@ -79,7 +87,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 .with_fetch_offset(0)
                 .with_partition_max_bytes(1 << 20)])]);
     let metadata = MetadataRequest::default().with_topics(Some(vec![
-        MetadataRequestTopic::default().with_name(Some(topic_name("events")))
+        MetadataRequestTopic::default().with_name(Some(topic_name("events"))),
     ]));
     let list_offsets = ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
         .with_name(topic_name("events"))
@@ -94,7 +102,9 @@ fn seeds() -> Vec<Vec<u8>> {
         .with_protocol_type(StrBytes::from_static_str("consumer"))
         .with_protocols(vec![JoinGroupRequestProtocol::default()
             .with_name(StrBytes::from_static_str("range"))
-            .with_metadata(bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 1, 0, 6, b'e', b'v', b'e', b'n', b't', b's', 0xff, 0xff, 0xff, 0xff]))]);
+            .with_metadata(bytes::Bytes::from_static(&[
+                0, 0, 0, 0, 0, 1, 0, 6, b'e', b'v', b'e', b'n', b't', b's', 0xff, 0xff, 0xff, 0xff,
+            ]))]);
     let commit = OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("g")))
         .with_generation_id_or_member_epoch(-1)
@@ -142,7 +152,11 @@ fn seeds() -> Vec<Vec<u8>> {
         frame(ApiKey::OffsetCommit, 8, &commit),
         frame(ApiKey::OffsetFetch, 5, &offset_fetch),
         frame(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default()),
-        frame(ApiKey::FindCoordinator, 3, &FindCoordinatorRequest::default()),
+        frame(
+            ApiKey::FindCoordinator,
+            3,
+            &FindCoordinatorRequest::default(),
+        ),
         frame(ApiKey::DescribeConfigs, 4, &describe),
         frame(ApiKey::CreateTopics, 7, &CreateTopicsRequest::default()),
         frame(ApiKey::DeleteTopics, 6, &DeleteTopicsRequest::default()),
@@ -150,7 +164,8 @@ fn seeds() -> Vec<Vec<u8>> {
         frame(
             ApiKey::ListGroups,
             4,
-            &ListGroupsRequest::default().with_states_filter(vec![StrBytes::from_static_str("Stable")]),
+            &ListGroupsRequest::default()
+                .with_states_filter(vec![StrBytes::from_static_str("Stable")]),
         ),
         frame(
             ApiKey::DescribeGroups,
@@ -199,7 +214,11 @@ fn api_versions_ok(address: SocketAddr) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     if stream
-        .write_all(&frame(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default()))
+        .write_all(&frame(
+            ApiKey::ApiVersions,
+            0,
+            &ApiVersionsRequest::default(),
+        ))
         .is_err()
     {
         return false;
@@ -276,10 +295,17 @@ fn mutated_requests_never_panic_and_the_listener_keeps_serving() {
             "seed {seed} iteration {iteration}: a panic (see above) on {bytes:02x?}"
         );
         if iteration % 50 == 49 {
-            assert!(api_versions_ok(address), "seed {seed} iteration {iteration}: listener stopped serving");
+            assert!(
+                api_versions_ok(address),
+                "seed {seed} iteration {iteration}: listener stopped serving"
+            );
         }
     }
     assert!(api_versions_ok(address));
     runtime.shutdown().expect("shutdown");
-    assert_eq!(panics.load(Ordering::SeqCst), 0, "seed {seed}: panics during shutdown");
+    assert_eq!(
+        panics.load(Ordering::SeqCst),
+        0,
+        "seed {seed}: panics during shutdown"
+    );
 }

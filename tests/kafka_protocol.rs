@@ -49,7 +49,9 @@ struct Client {
 impl Client {
     fn connect(address: SocketAddr) -> Client {
         let stream = TcpStream::connect(address).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
         Client {
             stream,
             correlation_id: 0,
@@ -87,8 +89,8 @@ impl Client {
     /// The answer to the last request sent.
     fn receive(&mut self, api: ApiKey, version: i16) -> Bytes {
         let mut response = self.read_frame().expect("a response");
-        let header =
-            ResponseHeader::decode(&mut response, api.response_header_version(version)).expect("header");
+        let header = ResponseHeader::decode(&mut response, api.response_header_version(version))
+            .expect("header");
         assert_eq!(header.correlation_id, self.correlation_id);
         response
     }
@@ -116,25 +118,32 @@ impl Client {
     }
 
     fn api_versions(&mut self, version: i16) -> ApiVersionsResponse {
-        let mut response = self.request(ApiKey::ApiVersions, version, &ApiVersionsRequest::default());
+        let mut response =
+            self.request(ApiKey::ApiVersions, version, &ApiVersionsRequest::default());
         ApiVersionsResponse::decode(&mut response, version).expect("api versions")
     }
 
     fn produce(&mut self, topic: &str, partition: i32, batch: Bytes) -> (i16, i64) {
-        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-            TopicProduceData::default()
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
-                    .with_records(Some(batch))]),
-        ]);
+                    .with_records(Some(batch))])]);
         let mut response = self.request(ApiKey::Produce, 9, &request);
         let response = ProduceResponse::decode(&mut response, 9).expect("produce response");
         let partition = &response.responses[0].partition_responses[0];
         (partition.error_code, partition.base_offset)
     }
 
-    fn fetch(&mut self, partition: i32, offset: i64, max_wait_ms: i32) -> fetch_response::PartitionData {
+    fn fetch(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+    ) -> fetch_response::PartitionData {
         self.send_fetch(partition, offset, max_wait_ms);
         self.receive_fetch()
     }
@@ -163,9 +172,19 @@ impl Client {
 
 /// A RecordBatch v2 as a Kafka producer sends it.
 fn batch(values: &[&str], producer: ProducerFields) -> Bytes {
-    let records: Vec<Record> = values.iter().map(|value| Record::new(value.as_bytes().to_vec())).collect();
+    let records: Vec<Record> = values
+        .iter()
+        .map(|value| Record::new(value.as_bytes().to_vec()))
+        .collect();
     let mut out = Vec::new();
-    encode_frame(&mut out, Offset(0), Term(0), producer, &records, 1_700_000_000_000);
+    encode_frame(
+        &mut out,
+        Offset(0),
+        Term(0),
+        producer,
+        &records,
+        1_700_000_000_000,
+    );
     Bytes::from(out.split_off(FRAME_HEADER_BYTES))
 }
 
@@ -176,7 +195,9 @@ fn plain(values: &[&str]) -> Bytes {
 fn stored_values(runtime: &Runtime, partition: u32) -> Vec<String> {
     common::read_partition(runtime, "events", PartitionId(partition))
         .into_iter()
-        .map(|record| String::from_utf8(record.value.map(|v| v.to_vec()).unwrap_or_default()).expect("utf8"))
+        .map(|record| {
+            String::from_utf8(record.value.map(|v| v.to_vec()).unwrap_or_default()).expect("utf8")
+        })
         .collect()
 }
 
@@ -192,7 +213,10 @@ fn api_versions_advertises_exactly_what_is_served() {
             .iter()
             .map(|api| (api.api_key, api.min_version, api.max_version))
             .collect();
-        assert_eq!(advertised, millrace::kafka::versions::supported_api_versions());
+        assert_eq!(
+            advertised,
+            millrace::kafka::versions::supported_api_versions()
+        );
     }
     // A version newer than ours: answered at v0 with UNSUPPORTED_VERSION
     // and the list, so the client can pick (KIP-511).
@@ -227,7 +251,10 @@ fn bad_frames_close_only_their_connection_and_the_server_keeps_serving() {
             bytes.extend((0..40).map(|_| rng.next_u64() as u8));
             bytes
         }),
-        ("a huge declared length", 0x7fff_fff0i32.to_be_bytes().to_vec()),
+        (
+            "a huge declared length",
+            0x7fff_fff0i32.to_be_bytes().to_vec(),
+        ),
         ("a negative length", (-5i32).to_be_bytes().to_vec()),
         ("an unknown API key", {
             let mut bytes = 10i32.to_be_bytes().to_vec();
@@ -264,17 +291,27 @@ fn bad_frames_close_only_their_connection_and_the_server_keeps_serving() {
     for (what, bytes) in cases {
         let mut bad = Client::connect(address);
         bad.send_raw(&bytes);
-        assert!(bad.closed_by_server(), "{what}: the connection should be closed");
+        assert!(
+            bad.closed_by_server(),
+            "{what}: the connection should be closed"
+        );
         // Everyone else is still served, on an old and on a new connection.
         assert_eq!(healthy.api_versions(3).error_code, 0, "after {what}");
-        assert_eq!(Client::connect(address).api_versions(0).error_code, 0, "after {what}");
+        assert_eq!(
+            Client::connect(address).api_versions(0).error_code,
+            0,
+            "after {what}"
+        );
     }
 
     // A truncated frame: the client stops halfway and closes its side.
     let mut truncated = Client::connect(address);
     truncated.send_raw(&100i32.to_be_bytes());
     truncated.send_raw(&[0u8; 50]);
-    truncated.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    truncated
+        .stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
     assert!(truncated.closed_by_server());
     assert_eq!(healthy.api_versions(3).error_code, 0);
 
@@ -291,12 +328,18 @@ fn connections_over_the_limit_are_closed_at_once() {
     assert_eq!(first.api_versions(3).error_code, 0);
     assert_eq!(second.api_versions(3).error_code, 0);
     let mut third = Client::connect(address);
-    assert!(third.closed_by_server(), "a third connection is over max_connections = 2");
+    assert!(
+        third.closed_by_server(),
+        "a third connection is over max_connections = 2"
+    );
     // Closing one makes room again.
     drop(first);
     common::wait_until(Duration::from_secs(10), "a slot to free up", || {
         let mut client = Client::connect(address);
-        client.stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
         client.correlation_id += 1;
         let mut body = BytesMut::new();
         RequestHeader::default()
@@ -325,14 +368,22 @@ fn produced_batches_are_validated_before_anything_is_stored() {
     let mut corrupt = plain(&["c"]).to_vec();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0x01;
-    assert_eq!(client.produce("events", 0, Bytes::from(corrupt)).0, 2, "CORRUPT_MESSAGE");
+    assert_eq!(
+        client.produce("events", 0, Bytes::from(corrupt)).0,
+        2,
+        "CORRUPT_MESSAGE"
+    );
 
     // Compressed (gzip bit set; CRC made valid so only the codec is wrong).
     let mut compressed = plain(&["d"]).to_vec();
     compressed[22] |= 0x01;
     let crc = crc32c::crc32c(&compressed[21..]);
     compressed[17..21].copy_from_slice(&crc.to_be_bytes());
-    assert_eq!(client.produce("events", 0, Bytes::from(compressed)).0, 76, "UNSUPPORTED_COMPRESSION_TYPE");
+    assert_eq!(
+        client.produce("events", 0, Bytes::from(compressed)).0,
+        76,
+        "UNSUPPORTED_COMPRESSION_TYPE"
+    );
 
     // A record count that the bytes do not hold.
     let mut lying = plain(&["e"]).to_vec();
@@ -344,18 +395,39 @@ fn produced_batches_are_validated_before_anything_is_stored() {
 
     // Truncated batch, unknown topic and partition, oversized batch.
     let whole = plain(&["f", "g"]);
-    assert_ne!(client.produce("events", 0, whole.slice(..whole.len() - 3)).0, 0);
-    assert_eq!(client.produce("nope", 0, plain(&["h"])).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
-    assert_eq!(client.produce("events", 9, plain(&["i"])).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    assert_ne!(
+        client
+            .produce("events", 0, whole.slice(..whole.len() - 3))
+            .0,
+        0
+    );
+    assert_eq!(
+        client.produce("nope", 0, plain(&["h"])).0,
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    assert_eq!(
+        client.produce("events", 9, plain(&["i"])).0,
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
     // Over the topic's max_batch_bytes (1 MiB by default) but under the
     // request limit: refused as too large.
     let big = "x".repeat(600 * 1024);
-    assert_eq!(client.produce("events", 0, plain(&[&big, &big])).0, 10, "MESSAGE_TOO_LARGE");
+    assert_eq!(
+        client.produce("events", 0, plain(&[&big, &big])).0,
+        10,
+        "MESSAGE_TOO_LARGE"
+    );
 
     // Two batches in one partition's records: Kafka takes exactly one.
     let mut two = plain(&["k"]).to_vec();
     two.extend_from_slice(&plain(&["l"]));
-    assert_eq!(client.produce("events", 0, Bytes::from(two)).0, 87, "INVALID_RECORD");
+    assert_eq!(
+        client.produce("events", 0, Bytes::from(two)).0,
+        87,
+        "INVALID_RECORD"
+    );
 
     // Only the valid batch was stored, and the connection still works.
     assert_eq!(stored_values(&runtime, 0), vec!["a", "b"]);
@@ -381,17 +453,33 @@ fn an_idempotent_retry_gets_its_first_offsets_and_a_gap_is_refused() {
         base_sequence,
     };
     assert_eq!(client.produce("events", 1, plain(&["noise"])), (0, 0));
-    assert_eq!(client.produce("events", 1, batch(&["a", "b", "c"], fields(0))), (0, 1));
+    assert_eq!(
+        client.produce("events", 1, batch(&["a", "b", "c"], fields(0))),
+        (0, 1)
+    );
     // The same batch again (a retry after a lost response): the same offsets, nothing stored.
-    assert_eq!(client.produce("events", 1, batch(&["a", "b", "c"], fields(0))), (0, 1));
-    assert_eq!(client.produce("events", 1, batch(&["d"], fields(3))), (0, 4));
+    assert_eq!(
+        client.produce("events", 1, batch(&["a", "b", "c"], fields(0))),
+        (0, 1)
+    );
+    assert_eq!(
+        client.produce("events", 1, batch(&["d"], fields(3))),
+        (0, 4)
+    );
     // A gap: sequence 5 where 4 is next.
-    assert_eq!(client.produce("events", 1, batch(&["f"], fields(5))).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(
+        client.produce("events", 1, batch(&["f"], fields(5))).0,
+        45,
+        "OUT_OF_ORDER_SEQUENCE_NUMBER"
+    );
     // A second producer id is independent.
     let mut other = client.request(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default());
     let other = InitProducerIdResponse::decode(&mut other, 4).expect("second id");
     assert_ne!(other.producer_id.0, producer_id);
-    assert_eq!(stored_values(&runtime, 1), vec!["noise", "a", "b", "c", "d"]);
+    assert_eq!(
+        stored_values(&runtime, 1),
+        vec!["noise", "a", "b", "c", "d"]
+    );
     runtime.shutdown().expect("shutdown");
 }
 
@@ -399,7 +487,10 @@ fn an_idempotent_retry_gets_its_first_offsets_and_a_gap_is_refused() {
 fn fetch_long_polls_and_serves_the_stored_batches_with_the_offsets() {
     let (_directory, runtime, address) = start(16);
     let mut producer_client = Client::connect(address);
-    assert_eq!(producer_client.produce("events", 0, plain(&["one", "two"])), (0, 0));
+    assert_eq!(
+        producer_client.produce("events", 0, plain(&["one", "two"])),
+        (0, 0)
+    );
     let mut consumer = Client::connect(address);
     let part = consumer.fetch(0, 0, 100);
     assert_eq!(part.error_code, 0);
@@ -407,8 +498,14 @@ fn fetch_long_polls_and_serves_the_stored_batches_with_the_offsets() {
     assert_eq!(part.log_start_offset, 0);
     let records = part.records.expect("records");
     // The stored batch as it is: base offset 0, two records, Kafka's CRC valid.
-    assert_eq!(i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")), 0);
-    assert_eq!(i32::from_be_bytes(records[57..61].try_into().expect("4 bytes")), 2);
+    assert_eq!(
+        i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")),
+        0
+    );
+    assert_eq!(
+        i32::from_be_bytes(records[57..61].try_into().expect("4 bytes")),
+        2
+    );
     assert_eq!(
         u32::from_be_bytes(records[17..21].try_into().expect("4 bytes")),
         crc32c::crc32c(&records[21..])
@@ -418,12 +515,21 @@ fn fetch_long_polls_and_serves_the_stored_batches_with_the_offsets() {
     // produce comes after, and the fetch's answer has the new batch
     // (without long polling it would have come back empty at once).
     consumer.send_fetch(0, 2, 20_000);
-    assert_eq!(producer_client.produce("events", 0, plain(&["three"])), (0, 2));
+    assert_eq!(
+        producer_client.produce("events", 0, plain(&["three"])),
+        (0, 2)
+    );
     let part = consumer.receive_fetch();
     assert_eq!(part.error_code, 0);
     let records = part.records.expect("records");
-    assert!(!records.is_empty(), "the waiting fetch returns the new batch");
-    assert_eq!(i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")), 2);
+    assert!(
+        !records.is_empty(),
+        "the waiting fetch returns the new batch"
+    );
+    assert_eq!(
+        i64::from_be_bytes(records[0..8].try_into().expect("8 bytes")),
+        2
+    );
     assert_eq!(part.high_watermark, 3);
 
     // Out of range offsets get OFFSET_OUT_OF_RANGE.
@@ -440,13 +546,14 @@ fn pipelined_produce_requests_keep_their_order_in_the_partition() {
     // in the order they were sent, and each answer must say so.
     let values: Vec<String> = (0..40).map(|index| format!("request {index}")).collect();
     for value in &values {
-        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-            TopicProduceData::default()
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_static_str("events")))
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(0)
-                    .with_records(Some(plain(&[value, value])))]),
-        ]);
+                    .with_records(Some(plain(&[value, value])))])]);
         client.send(ApiKey::Produce, 9, &request);
     }
     for (index, _) in values.iter().enumerate() {
@@ -454,9 +561,15 @@ fn pipelined_produce_requests_keep_their_order_in_the_partition() {
         let mut body = client.receive(ApiKey::Produce, 9);
         let response = ProduceResponse::decode(&mut body, 9).expect("produce response");
         let partition = &response.responses[0].partition_responses[0];
-        assert_eq!((partition.error_code, partition.base_offset), (0, 2 * index as i64));
+        assert_eq!(
+            (partition.error_code, partition.base_offset),
+            (0, 2 * index as i64)
+        );
     }
-    let expected: Vec<String> = values.iter().flat_map(|value| [value.clone(), value.clone()]).collect();
+    let expected: Vec<String> = values
+        .iter()
+        .flat_map(|value| [value.clone(), value.clone()])
+        .collect();
     assert_eq!(stored_values(&runtime, 0), expected);
     runtime.shutdown().expect("shutdown");
 }
@@ -474,21 +587,50 @@ fn an_idempotent_retry_after_a_restart_still_gets_its_first_offsets() {
         let runtime = Runtime::start(kafka_config(directory.path(), 16)).expect("start");
         let mut client = Client::connect(runtime.kafka_address().expect("listener"));
         let mut body = client.request(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default());
-        producer_id = InitProducerIdResponse::decode(&mut body, 4).expect("id").producer_id.0;
-        assert_eq!(client.produce("events", 0, batch(&["a", "b"], fields(producer_id, 0))), (0, 0));
-        assert_eq!(client.produce("events", 0, batch(&["c"], fields(producer_id, 2))), (0, 2));
+        producer_id = InitProducerIdResponse::decode(&mut body, 4)
+            .expect("id")
+            .producer_id
+            .0;
+        assert_eq!(
+            client.produce("events", 0, batch(&["a", "b"], fields(producer_id, 0))),
+            (0, 0)
+        );
+        assert_eq!(
+            client.produce("events", 0, batch(&["c"], fields(producer_id, 2))),
+            (0, 2)
+        );
         runtime.shutdown().expect("shutdown");
     }
     // The node restarts; the producer retries its last batch (its answer
     // was lost), then goes on.
     let runtime = Runtime::start(kafka_config(directory.path(), 16)).expect("restart");
     let mut client = Client::connect(runtime.kafka_address().expect("listener"));
-    assert_eq!(client.produce("events", 0, batch(&["c"], fields(producer_id, 2))), (0, 2));
-    assert_eq!(client.produce("events", 0, batch(&["a", "b"], fields(producer_id, 0))), (0, 0));
-    assert_eq!(client.produce("events", 0, batch(&["e"], fields(producer_id, 4))).0, 45, "a gap");
-    assert_eq!(client.produce("events", 0, batch(&["d"], fields(producer_id, 3))), (0, 3));
+    assert_eq!(
+        client.produce("events", 0, batch(&["c"], fields(producer_id, 2))),
+        (0, 2)
+    );
+    assert_eq!(
+        client.produce("events", 0, batch(&["a", "b"], fields(producer_id, 0))),
+        (0, 0)
+    );
+    assert_eq!(
+        client
+            .produce("events", 0, batch(&["e"], fields(producer_id, 4)))
+            .0,
+        45,
+        "a gap"
+    );
+    assert_eq!(
+        client.produce("events", 0, batch(&["d"], fields(producer_id, 3))),
+        (0, 3)
+    );
     // A producer id the partition has never seen may only start at 0.
-    assert_eq!(client.produce("events", 0, batch(&["x"], fields(producer_id + 1000, 7))).0, 59);
+    assert_eq!(
+        client
+            .produce("events", 0, batch(&["x"], fields(producer_id + 1000, 7)))
+            .0,
+        59
+    );
     assert_eq!(stored_values(&runtime, 0), vec!["a", "b", "c", "d"]);
     runtime.shutdown().expect("shutdown");
 }
@@ -497,24 +639,34 @@ fn an_idempotent_retry_after_a_restart_still_gets_its_first_offsets() {
 fn acks_zero_gets_no_response_but_is_stored() {
     let (_directory, runtime, address) = start(16);
     let mut client = Client::connect(address);
-    let request = ProduceRequest::default().with_acks(0).with_timeout_ms(5000).with_topic_data(vec![
-        TopicProduceData::default()
+    let request = ProduceRequest::default()
+        .with_acks(0)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_static_str("events")))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(1)
-                .with_records(Some(plain(&["fire", "forget"])))]),
-    ]);
+                .with_records(Some(plain(&["fire", "forget"])))])]);
     client.send(ApiKey::Produce, 9, &request);
     // The next frame on the connection answers the next request, not the produce.
     let mut body = client.request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
-    assert_eq!(ApiVersionsResponse::decode(&mut body, 3).expect("api versions").error_code, 0);
-    common::wait_until(Duration::from_secs(10), "the acks=0 batch to be stored", || {
-        runtime
-            .offsets_blocking("events", PartitionId(1))
-            .expect("offsets")
-            .high_watermark
-            == Offset(2)
-    });
+    assert_eq!(
+        ApiVersionsResponse::decode(&mut body, 3)
+            .expect("api versions")
+            .error_code,
+        0
+    );
+    common::wait_until(
+        Duration::from_secs(10),
+        "the acks=0 batch to be stored",
+        || {
+            runtime
+                .offsets_blocking("events", PartitionId(1))
+                .expect("offsets")
+                .high_watermark
+                == Offset(2)
+        },
+    );
     assert_eq!(stored_values(&runtime, 1), vec!["fire", "forget"]);
     runtime.shutdown().expect("shutdown");
 }

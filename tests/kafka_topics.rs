@@ -65,7 +65,9 @@ struct Client {
 impl Client {
     fn connect(address: SocketAddr) -> Client {
         let stream = TcpStream::connect(address).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
         Client {
             stream,
             correlation_id: 0,
@@ -98,13 +100,18 @@ impl Client {
     }
 
     /// Creates topics (CreateTopics v7); returns (name, error code, message) per topic.
-    fn create(&mut self, topics: Vec<CreatableTopic>, validate_only: bool) -> Vec<(String, i16, String)> {
+    fn create(
+        &mut self,
+        topics: Vec<CreatableTopic>,
+        validate_only: bool,
+    ) -> Vec<(String, i16, String)> {
         let request = CreateTopicsRequest::default()
             .with_topics(topics)
             .with_timeout_ms(10_000)
             .with_validate_only(validate_only);
         let mut response = self.request(ApiKey::CreateTopics, 7, &request);
-        let response = CreateTopicsResponse::decode(&mut response, 7).expect("create topics response");
+        let response =
+            CreateTopicsResponse::decode(&mut response, 7).expect("create topics response");
         response
             .topics
             .into_iter()
@@ -112,7 +119,10 @@ impl Client {
                 (
                     topic.name.0.to_string(),
                     topic.error_code,
-                    topic.error_message.map(|m| m.to_string()).unwrap_or_default(),
+                    topic
+                        .error_message
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
                 )
             })
             .collect()
@@ -132,18 +142,26 @@ impl Client {
                 .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))])
             .with_timeout_ms(10_000);
         let mut response = self.request(ApiKey::DeleteTopics, 6, &request);
-        let mut response = DeleteTopicsResponse::decode(&mut response, 6).expect("delete topics response");
+        let mut response =
+            DeleteTopicsResponse::decode(&mut response, 6).expect("delete topics response");
         assert_eq!(response.responses.len(), 1);
         let result = response.responses.remove(0);
         (
             result.error_code,
-            result.error_message.map(|m| m.to_string()).unwrap_or_default(),
+            result
+                .error_message
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
         )
     }
 
     /// Every topic Metadata lists (v9, all topics): name → partition count.
     fn listed_topics(&mut self) -> Vec<(String, usize)> {
-        let mut response = self.request(ApiKey::Metadata, 9, &MetadataRequest::default().with_topics(None));
+        let mut response = self.request(
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default().with_topics(None),
+        );
         let response = MetadataResponse::decode(&mut response, 9).expect("metadata");
         let mut topics: Vec<(String, usize)> = response
             .topics
@@ -162,8 +180,9 @@ impl Client {
 
     /// Metadata for one topic: its error code and partition count.
     fn topic_metadata(&mut self, name: &str) -> (i16, usize) {
-        let request = MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))]));
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))]));
         let mut response = self.request(ApiKey::Metadata, 9, &request);
         let mut response = MetadataResponse::decode(&mut response, 9).expect("metadata");
         let topic = response.topics.remove(0);
@@ -171,13 +190,14 @@ impl Client {
     }
 
     fn produce(&mut self, topic: &str, partition: i32, values: &[&str]) -> (i16, i64) {
-        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-            TopicProduceData::default()
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
-                    .with_records(Some(batch(values)))]),
-        ]);
+                    .with_records(Some(batch(values)))])]);
         let mut response = self.request(ApiKey::Produce, 9, &request);
         let response = ProduceResponse::decode(&mut response, 9).expect("produce response");
         let partition = &response.responses[0].partition_responses[0];
@@ -206,7 +226,11 @@ impl Client {
             let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records)
                 .expect("stored batches decode");
             for record in sets.iter().flat_map(|set| &set.records) {
-                let value = record.value.clone().map(|value| value.to_vec()).unwrap_or_default();
+                let value = record
+                    .value
+                    .clone()
+                    .map(|value| value.to_vec())
+                    .unwrap_or_default();
                 values.push(String::from_utf8(value).expect("utf8"));
             }
         }
@@ -215,12 +239,15 @@ impl Client {
 
     /// DescribeConfigs (v4) of one topic: its error code and (name, value) pairs.
     fn topic_configs(&mut self, name: &str) -> (i16, Vec<(String, String)>) {
-        let request = DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
-            .with_resource_type(2)
-            .with_resource_name(StrBytes::from_string(name.to_owned()))
-            .with_configuration_keys(None)]);
+        let request = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(name.to_owned()))
+                .with_configuration_keys(None),
+        ]);
         let mut response = self.request(ApiKey::DescribeConfigs, 4, &request);
-        let mut response = DescribeConfigsResponse::decode(&mut response, 4).expect("describe configs");
+        let mut response =
+            DescribeConfigsResponse::decode(&mut response, 4).expect("describe configs");
         let result = response.results.remove(0);
         let configs = result
             .configs
@@ -228,7 +255,10 @@ impl Client {
             .map(|entry| {
                 (
                     entry.name.to_string(),
-                    entry.value.map(|value| value.to_string()).unwrap_or_default(),
+                    entry
+                        .value
+                        .map(|value| value.to_string())
+                        .unwrap_or_default(),
                 )
             })
             .collect();
@@ -243,7 +273,14 @@ fn batch(values: &[&str]) -> Bytes {
         .map(|value| Record::new(value.as_bytes().to_vec()))
         .collect();
     let mut out = Vec::new();
-    encode_frame(&mut out, Offset(0), Term(0), ProducerFields::NONE, &records, 1_700_000_000_000);
+    encode_frame(
+        &mut out,
+        Offset(0),
+        Term(0),
+        ProducerFields::NONE,
+        &records,
+        1_700_000_000_000,
+    );
     Bytes::from(out.split_off(FRAME_HEADER_BYTES))
 }
 
@@ -269,7 +306,13 @@ fn partition_directories(data_dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(data_dir.join("topics"))
         .map(|entries| {
             entries
-                .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+                .map(|entry| {
+                    entry
+                        .expect("entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -297,7 +340,10 @@ fn topic_management_is_refused_unless_the_config_allows_it() {
     assert_eq!(code, UNKNOWN_TOPIC_OR_PARTITION);
     assert_eq!(client.listed_topics(), events_only());
     assert_eq!(runtime.topics(), vec!["events".to_owned()]);
-    assert_eq!(partition_directories(directory.path()), vec!["events-0", "events-1"]);
+    assert_eq!(
+        partition_directories(directory.path()),
+        vec!["events-0", "events-1"]
+    );
     runtime.shutdown().expect("shutdown");
 }
 
@@ -309,18 +355,31 @@ fn a_created_topic_serves_survives_restarts_and_stays_deleted() {
     let (code, message) = client.create_one(creatable(
         "orders",
         3,
-        &[("retention.ms", "3600000"), ("cleanup.policy", "compact,delete")],
+        &[
+            ("retention.ms", "3600000"),
+            ("cleanup.policy", "compact,delete"),
+        ],
     ));
     assert_eq!(code, NONE, "{message}");
     let (code, _) = client.create_one(creatable("orders", 3, &[]));
-    assert_eq!(code, TOPIC_ALREADY_EXISTS, "a second create of the same name");
+    assert_eq!(
+        code, TOPIC_ALREADY_EXISTS,
+        "a second create of the same name"
+    );
 
     let mut expected = vec![("events".to_owned(), 2), ("orders".to_owned(), 3)];
     assert_eq!(client.listed_topics(), expected);
-    assert_eq!(runtime.topics(), vec!["events".to_owned(), "orders".to_owned()]);
+    assert_eq!(
+        runtime.topics(),
+        vec!["events".to_owned(), "orders".to_owned()]
+    );
     assert_eq!(runtime.partition_count("orders"), Some(3));
     for partition in 0..3 {
-        let (code, base) = client.produce("orders", partition, &[&format!("p{partition}-a"), &format!("p{partition}-b")]);
+        let (code, base) = client.produce(
+            "orders",
+            partition,
+            &[&format!("p{partition}-a"), &format!("p{partition}-b")],
+        );
         assert_eq!((code, base), (NONE, 0), "partition {partition}");
     }
     let (code, high_watermark, values) = client.fetch("orders", 2, 0);
@@ -344,7 +403,14 @@ fn a_created_topic_serves_survives_restarts_and_stays_deleted() {
     assert_eq!(config("retention.bytes"), "-1");
     // Metrics and health cover its partitions.
     let health = runtime.health();
-    assert_eq!(health.partitions.iter().filter(|p| p.topic == "orders").count(), 3);
+    assert_eq!(
+        health
+            .partitions
+            .iter()
+            .filter(|p| p.topic == "orders")
+            .count(),
+        3
+    );
     assert!(runtime.metrics_text().contains("topic=\"orders\""));
     drop(client);
     runtime.shutdown().expect("shutdown");
@@ -358,18 +424,34 @@ fn a_created_topic_serves_survives_restarts_and_stays_deleted() {
     assert_eq!(values, vec!["p0-a", "p0-b"]);
     assert_eq!(client.produce("orders", 0, &["p0-c"]), (NONE, 2));
     let (_, configs) = client.topic_configs("orders");
-    assert!(configs.contains(&("retention.ms".to_owned(), "3600000".to_owned())), "{configs:?}");
+    assert!(
+        configs.contains(&("retention.ms".to_owned(), "3600000".to_owned())),
+        "{configs:?}"
+    );
 
     // Delete it: gone from Metadata, produce refused, directories removed.
     let (code, message) = client.delete("orders");
     assert_eq!(code, NONE, "{message}");
     expected.pop();
     assert_eq!(client.listed_topics(), expected);
-    assert_eq!(client.topic_metadata("orders"), (UNKNOWN_TOPIC_OR_PARTITION, 0));
-    assert_eq!(client.produce("orders", 0, &["late"]).0, UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(
+        client.topic_metadata("orders"),
+        (UNKNOWN_TOPIC_OR_PARTITION, 0)
+    );
+    assert_eq!(
+        client.produce("orders", 0, &["late"]).0,
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
     assert_eq!(client.fetch("orders", 0, 0).0, UNKNOWN_TOPIC_OR_PARTITION);
-    assert_eq!(partition_directories(directory.path()), vec!["events-0", "events-1"]);
-    assert_eq!(client.delete("orders").0, UNKNOWN_TOPIC_OR_PARTITION, "deleted twice");
+    assert_eq!(
+        partition_directories(directory.path()),
+        vec!["events-0", "events-1"]
+    );
+    assert_eq!(
+        client.delete("orders").0,
+        UNKNOWN_TOPIC_OR_PARTITION,
+        "deleted twice"
+    );
     assert_eq!(runtime.partition_count("orders"), None);
     assert!(runtime.producer("orders").is_err());
     drop(client);
@@ -384,7 +466,10 @@ fn a_created_topic_serves_survives_restarts_and_stays_deleted() {
     assert_eq!(code, NONE, "{message}");
     let (code, high_watermark, values) = client.fetch("orders", 0, 0);
     assert_eq!((code, high_watermark), (NONE, 0));
-    assert!(values.is_empty(), "a re-created topic starts empty: {values:?}");
+    assert!(
+        values.is_empty(),
+        "a re-created topic starts empty: {values:?}"
+    );
     drop(client);
     runtime.shutdown().expect("shutdown");
 }
@@ -395,33 +480,86 @@ fn bad_create_requests_get_their_code_and_create_nothing() {
     let (runtime, address) = start(directory.path(), true);
     let mut client = Client::connect(address);
     let cases: Vec<(&str, CreatableTopic, i16, &str)> = vec![
-        ("bad name", creatable("bad/name", 1, &[]), INVALID_TOPIC_EXCEPTION, "not allowed"),
-        ("empty name", creatable("", 1, &[]), INVALID_TOPIC_EXCEPTION, "empty"),
-        ("zero partitions", creatable("t1", 0, &[]), INVALID_PARTITIONS, "num_partitions"),
-        ("too many partitions", creatable("t2", 10_001, &[]), INVALID_PARTITIONS, "num_partitions"),
+        (
+            "bad name",
+            creatable("bad/name", 1, &[]),
+            INVALID_TOPIC_EXCEPTION,
+            "not allowed",
+        ),
+        (
+            "empty name",
+            creatable("", 1, &[]),
+            INVALID_TOPIC_EXCEPTION,
+            "empty",
+        ),
+        (
+            "zero partitions",
+            creatable("t1", 0, &[]),
+            INVALID_PARTITIONS,
+            "num_partitions",
+        ),
+        (
+            "too many partitions",
+            creatable("t2", 10_001, &[]),
+            INVALID_PARTITIONS,
+            "num_partitions",
+        ),
         (
             "replication factor 3",
             creatable("t3", 1, &[]).with_replication_factor(3),
             INVALID_REPLICATION_FACTOR,
             "replication_factor",
         ),
-        ("unknown config", creatable("t4", 1, &[("foo.bar", "1")]), INVALID_CONFIG, "foo.bar"),
-        ("bad retention.ms", creatable("t5", 1, &[("retention.ms", "soon")]), INVALID_CONFIG, "retention.ms"),
-        ("bad cleanup.policy", creatable("t6", 1, &[("cleanup.policy", "shred")]), INVALID_CONFIG, "cleanup.policy"),
-        ("segment.bytes too small", creatable("t7", 1, &[("segment.bytes", "10")]), INVALID_CONFIG, "segment.bytes"),
+        (
+            "unknown config",
+            creatable("t4", 1, &[("foo.bar", "1")]),
+            INVALID_CONFIG,
+            "foo.bar",
+        ),
+        (
+            "bad retention.ms",
+            creatable("t5", 1, &[("retention.ms", "soon")]),
+            INVALID_CONFIG,
+            "retention.ms",
+        ),
+        (
+            "bad cleanup.policy",
+            creatable("t6", 1, &[("cleanup.policy", "shred")]),
+            INVALID_CONFIG,
+            "cleanup.policy",
+        ),
+        (
+            "segment.bytes too small",
+            creatable("t7", 1, &[("segment.bytes", "10")]),
+            INVALID_CONFIG,
+            "segment.bytes",
+        ),
         (
             "dirty ratio above 1",
             creatable("t8", 1, &[("min.cleanable.dirty.ratio", "1.5")]),
             INVALID_CONFIG,
             "min.cleanable.dirty.ratio",
         ),
-        ("existing topic", creatable("events", 1, &[]), TOPIC_ALREADY_EXISTS, "already exists"),
-        ("same name but case", creatable("EVENTS", 1, &[]), TOPIC_ALREADY_EXISTS, "letter case"),
+        (
+            "existing topic",
+            creatable("events", 1, &[]),
+            TOPIC_ALREADY_EXISTS,
+            "already exists",
+        ),
+        (
+            "same name but case",
+            creatable("EVENTS", 1, &[]),
+            TOPIC_ALREADY_EXISTS,
+            "letter case",
+        ),
     ];
     for (what, topic, expected, needle) in cases {
         let (code, message) = client.create_one(topic);
         assert_eq!(code, expected, "{what}: {message}");
-        assert!(message.contains(needle), "{what}: {message:?} should mention {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{what}: {message:?} should mention {needle:?}"
+        );
     }
     // validate_only: a good request answers NONE and creates nothing; a bad one its code.
     let results = client.create(
@@ -433,11 +571,17 @@ fn bad_create_requests_get_their_code_and_create_nothing() {
     );
     assert_eq!(results[0].1, NONE, "{results:?}");
     assert_eq!(results[1].1, INVALID_CONFIG, "{results:?}");
-    assert_eq!(client.topic_metadata("checked"), (UNKNOWN_TOPIC_OR_PARTITION, 0));
+    assert_eq!(
+        client.topic_metadata("checked"),
+        (UNKNOWN_TOPIC_OR_PARTITION, 0)
+    );
 
     assert_eq!(client.listed_topics(), events_only());
     assert_eq!(runtime.topics(), vec!["events".to_owned()]);
-    assert_eq!(partition_directories(directory.path()), vec!["events-0", "events-1"]);
+    assert_eq!(
+        partition_directories(directory.path()),
+        vec!["events-0", "events-1"]
+    );
     drop(client);
     runtime.shutdown().expect("shutdown");
     // Nothing was stored either.
@@ -478,9 +622,15 @@ fn a_config_topic_wins_over_a_stored_one_of_the_same_name() {
     let mut client = Client::connect(runtime.kafka_address().expect("kafka"));
     assert_eq!(client.topic_metadata("audit"), (NONE, 3));
     let (_, configs) = client.topic_configs("audit");
-    assert!(configs.contains(&("retention.ms".to_owned(), "-1".to_owned())), "{configs:?}");
+    assert!(
+        configs.contains(&("retention.ms".to_owned(), "-1".to_owned())),
+        "{configs:?}"
+    );
     let (code, message) = client.delete("audit");
-    assert_eq!(code, POLICY_VIOLATION, "declared in the file now: {message}");
+    assert_eq!(
+        code, POLICY_VIOLATION,
+        "declared in the file now: {message}"
+    );
     drop(client);
     runtime.shutdown().expect("shutdown");
 }
@@ -527,7 +677,10 @@ admin.close()
         "{stdout}"
     );
     assert_eq!(runtime.topics(), vec!["events".to_owned()]);
-    assert_eq!(partition_directories(directory.path()), vec!["events-0", "events-1"]);
+    assert_eq!(
+        partition_directories(directory.path()),
+        vec!["events-0", "events-1"]
+    );
     runtime.shutdown().expect("shutdown");
 }
 
@@ -552,7 +705,15 @@ fn concurrent_creates_of_one_name_make_one_topic() {
         .map(|thread| thread.join().expect("client thread"))
         .collect();
     codes.sort_unstable();
-    assert_eq!(codes, vec![NONE, TOPIC_ALREADY_EXISTS, TOPIC_ALREADY_EXISTS, TOPIC_ALREADY_EXISTS]);
+    assert_eq!(
+        codes,
+        vec![
+            NONE,
+            TOPIC_ALREADY_EXISTS,
+            TOPIC_ALREADY_EXISTS,
+            TOPIC_ALREADY_EXISTS
+        ]
+    );
     let mut client = Client::connect(address);
     assert_eq!(client.topic_metadata("raced"), (NONE, 2));
     assert_eq!(client.produce("raced", 1, &["one"]), (NONE, 0));

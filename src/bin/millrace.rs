@@ -993,7 +993,13 @@ mod brokers {
             let failure = gathered.failure;
             // Sent and acknowledged before the next batch is gathered, so a
             // refused batch stops everything after it and acks print in order.
-            let placed = send(&mut client, topic, &mut placement, gathered.records, first_line)?;
+            let placed = send(
+                &mut client,
+                topic,
+                &mut placement,
+                gathered.records,
+                first_line,
+            )?;
             if arguments.print_acks {
                 for (partition, offset) in placed {
                     writeln!(out, "{partition} {offset}")

@@ -1164,9 +1164,12 @@ impl KafkaClient {
         partitions: &[u32],
         spec: OffsetSpec,
     ) -> Result<Vec<Offset>, ClientError> {
-        self.until_answered(topic, partitions, |partition| partition, |client, leader, group| {
-            client.list_offsets_on(leader, topic, group, spec)
-        })
+        self.until_answered(
+            topic,
+            partitions,
+            |partition| partition,
+            |client, leader, group| client.list_offsets_on(leader, topic, group, spec),
+        )
     }
 
     fn list_offsets_on(

@@ -14,6 +14,7 @@ use crate::actors::group::{
 };
 use crate::actors::partition::{AppendAck, ProduceBatch};
 use crate::actors::producers::Sequenced;
+use crate::config::TopicConfig;
 use crate::error::{FetchError, ProduceError};
 use crate::runtime::{
     cleanup_policy_from_name, cleanup_policy_name, plan_fetch, CreateTopicError, DeleteTopicError,
@@ -25,19 +26,18 @@ use crate::types::Offset;
 use actix::Addr;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use crate::config::TopicConfig;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
-use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -376,7 +376,8 @@ fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> M
     let topics = wanted
         .into_iter()
         .map(|name| {
-            let mut topic = MetadataResponseTopic::default().with_name(Some(TopicName(text(&name))));
+            let mut topic =
+                MetadataResponseTopic::default().with_name(Some(TopicName(text(&name))));
             match table.get(&name) {
                 None => {
                     let error = if crate::config::validate_topic_name(&name).is_ok() {
@@ -470,7 +471,10 @@ fn topic_configs(topic: &crate::config::TopicConfig) -> Vec<(&'static str, Strin
             "delete.retention.ms",
             (topic.delete_retention.as_millis() as i64).to_string(),
         ),
-        ("min.cleanable.dirty.ratio", topic.min_dirty_ratio.to_string()),
+        (
+            "min.cleanable.dirty.ratio",
+            topic.min_dirty_ratio.to_string(),
+        ),
         ("message.timestamp.type", "CreateTime".to_owned()),
         ("compression.type", "producer".to_owned()),
     ]
@@ -513,7 +517,10 @@ fn describe_configs(
                 BROKER => vec![
                     ("broker.id", context.node_id.to_string()),
                     ("auto.create.topics.enable", "false".to_owned()),
-                    ("socket.request.max.bytes", context.request_max_bytes.to_string()),
+                    (
+                        "socket.request.max.bytes",
+                        context.request_max_bytes.to_string(),
+                    ),
                 ],
                 other => {
                     result.error_code = code::INVALID_REQUEST;
@@ -551,7 +558,8 @@ fn describe_configs(
 fn creatable_topic_config(topic: &CreatableTopic) -> Result<TopicConfig, (i16, String)> {
     use crate::config::{PARTITIONS_MAX, REPLICATION_FACTOR_DEFAULT};
     let name = topic.name.0.to_string();
-    crate::config::validate_topic_name(&name).map_err(|reason| (code::INVALID_TOPIC_EXCEPTION, reason))?;
+    crate::config::validate_topic_name(&name)
+        .map_err(|reason| (code::INVALID_TOPIC_EXCEPTION, reason))?;
     if !topic.assignments.is_empty() {
         return Err((
             code::INVALID_REQUEST,
@@ -564,11 +572,15 @@ fn creatable_topic_config(topic: &CreatableTopic) -> Result<TopicConfig, (i16, S
         count => {
             return Err((
                 code::INVALID_PARTITIONS,
-                format!("num_partitions must be -1 (default 1) or 1 to {PARTITIONS_MAX}, got {count}"),
+                format!(
+                    "num_partitions must be -1 (default 1) or 1 to {PARTITIONS_MAX}, got {count}"
+                ),
             ))
         }
     };
-    if topic.replication_factor != -1 && i64::from(topic.replication_factor) != i64::from(REPLICATION_FACTOR_DEFAULT) {
+    if topic.replication_factor != -1
+        && i64::from(topic.replication_factor) != i64::from(REPLICATION_FACTOR_DEFAULT)
+    {
         return Err((
             code::INVALID_REPLICATION_FACTOR,
             format!(
@@ -646,7 +658,10 @@ fn creatable_topic_config(topic: &CreatableTopic) -> Result<TopicConfig, (i16, S
             "cleanup" => "cleanup.policy",
             other => return (code::INVALID_REQUEST, format!("{other}: {message}")),
         };
-        (code::INVALID_CONFIG, format!("config {kafka_key}: {message}"))
+        (
+            code::INVALID_CONFIG,
+            format!("config {kafka_key}: {message}"),
+        )
     })?;
     Ok(config)
 }
@@ -662,7 +677,10 @@ async fn create_topics(
         let mut created = None;
         let (error, message) = if !context.allow_topic_management {
             if context.shared.topic(&name).is_some() {
-                (code::TOPIC_ALREADY_EXISTS, format!("topic {name:?} already exists"))
+                (
+                    code::TOPIC_ALREADY_EXISTS,
+                    format!("topic {name:?} already exists"),
+                )
             } else if let Err(reason) = crate::config::validate_topic_name(&name) {
                 (code::INVALID_TOPIC_EXCEPTION, reason)
             } else {
@@ -682,21 +700,29 @@ async fn create_topics(
                     let admin = Arc::clone(&context.admin);
                     let validate_only = request.validate_only;
                     let partitions = config.partitions;
-                    let outcome = tokio::task::spawn_blocking(move || admin.create(config, validate_only))
-                        .await
-                        .unwrap_or_else(|error| Err(CreateTopicError::Failed(error.to_string())));
+                    let outcome =
+                        tokio::task::spawn_blocking(move || admin.create(config, validate_only))
+                            .await
+                            .unwrap_or_else(|error| {
+                                Err(CreateTopicError::Failed(error.to_string()))
+                            });
                     match outcome {
                         Ok(()) => {
                             created = Some(partitions);
                             (code::NONE, String::new())
                         }
-                        Err(CreateTopicError::AlreadyExists(message)) => (code::TOPIC_ALREADY_EXISTS, message),
+                        Err(CreateTopicError::AlreadyExists(message)) => {
+                            (code::TOPIC_ALREADY_EXISTS, message)
+                        }
                         Err(CreateTopicError::ShuttingDown) => {
                             (code::NOT_CONTROLLER, "the node is shutting down".to_owned())
                         }
                         Err(CreateTopicError::Failed(message)) => {
                             tracing::error!(topic = %name, %message, "kafka CreateTopics failed");
-                            (code::KAFKA_STORAGE_ERROR, format!("topic {name:?}: {message}"))
+                            (
+                                code::KAFKA_STORAGE_ERROR,
+                                format!("topic {name:?}: {message}"),
+                            )
                         }
                     }
                 }
@@ -777,7 +803,10 @@ async fn delete_topics(
                 }
                 Err(DeleteTopicError::Failed(message)) => {
                     tracing::error!(topic = %name, %message, "kafka DeleteTopics failed");
-                    (code::KAFKA_STORAGE_ERROR, format!("topic {name:?}: {message}"))
+                    (
+                        code::KAFKA_STORAGE_ERROR,
+                        format!("topic {name:?}: {message}"),
+                    )
                 }
             }
         };
@@ -887,7 +916,10 @@ async fn submit_partition(
             // Bytes after the batch (a second batch) end here too: Kafka
             // takes exactly one batch per partition (magic 2).
             tracing::debug!(topic, partition, %error, "kafka produce: batch refused");
-            return refused(batch_error_code(&error), format!("invalid record batch: {error}"));
+            return refused(
+                batch_error_code(&error),
+                format!("invalid record batch: {error}"),
+            );
         }
     };
     if u64::try_from(batch.len()).unwrap_or(u64::MAX) + 12 > handle.config().max_batch_bytes {
@@ -948,7 +980,10 @@ pub(crate) async fn submit_produce(
                     "transactions are not supported".to_owned(),
                 )
             } else if !(acks == -1 || acks == 0 || acks == 1) {
-                refused(code::INVALID_REQUEST, format!("acks = {acks} is not -1, 0 or 1"))
+                refused(
+                    code::INVALID_REQUEST,
+                    format!("acks = {acks} is not -1, 0 or 1"),
+                )
             } else {
                 // acks 1 and -1 both wait for durability under the topic's fsync policy.
                 submit_partition(context, &name, data.index, data.records).await
@@ -1273,7 +1308,10 @@ async fn list_offsets(
                 }
                 other => {
                     response.error_code = code::UNSUPPORTED_VERSION;
-                    tracing::debug!(timestamp = other, "kafka list offsets: special timestamp not supported");
+                    tracing::debug!(
+                        timestamp = other,
+                        "kafka list offsets: special timestamp not supported"
+                    );
                     partitions.push(response);
                     continue;
                 }
@@ -1298,7 +1336,10 @@ async fn list_offsets(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-fn init_producer_id(context: &KafkaContext, request: InitProducerIdRequest) -> InitProducerIdResponse {
+fn init_producer_id(
+    context: &KafkaContext,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     if request
         .transactional_id
         .as_ref()
@@ -1356,23 +1397,22 @@ async fn join_group(
     };
     let coordinator = context.coordinator.clone();
     let answer = ask(context, |reply| {
-        coordinator
-            .do_send(KafkaJoin {
-                group: request.group_id.0.to_string(),
-                member_id: request.member_id.to_string(),
-                group_instance_id: request.group_instance_id.map(|id| id.to_string()),
-                client_id,
-                session_timeout,
-                rebalance_timeout,
-                protocol_type: request.protocol_type.to_string(),
-                protocols: request
-                    .protocols
-                    .into_iter()
-                    .map(|protocol| (protocol.name.to_string(), protocol.metadata))
-                    .collect(),
-                require_known_member_id: version >= 4,
-                reply,
-            });
+        coordinator.do_send(KafkaJoin {
+            group: request.group_id.0.to_string(),
+            member_id: request.member_id.to_string(),
+            group_instance_id: request.group_instance_id.map(|id| id.to_string()),
+            client_id,
+            session_timeout,
+            rebalance_timeout,
+            protocol_type: request.protocol_type.to_string(),
+            protocols: request
+                .protocols
+                .into_iter()
+                .map(|protocol| (protocol.name.to_string(), protocol.metadata))
+                .collect(),
+            require_known_member_id: version >= 4,
+            reply,
+        });
         Ok(())
     })
     .await;
@@ -1419,20 +1459,19 @@ async fn sync_group(
 ) -> SyncGroupResponse {
     let coordinator = context.coordinator.clone();
     let answer = ask(context, |reply| {
-        coordinator
-            .do_send(KafkaSync {
-                group: request.group_id.0.to_string(),
-                generation_id: request.generation_id,
-                member_id: request.member_id.to_string(),
-                protocol_type: request.protocol_type.map(|value| value.to_string()),
-                protocol_name: request.protocol_name.map(|value| value.to_string()),
-                assignments: request
-                    .assignments
-                    .into_iter()
-                    .map(|assignment| (assignment.member_id.to_string(), assignment.assignment))
-                    .collect(),
-                reply,
-            });
+        coordinator.do_send(KafkaSync {
+            group: request.group_id.0.to_string(),
+            generation_id: request.generation_id,
+            member_id: request.member_id.to_string(),
+            protocol_type: request.protocol_type.map(|value| value.to_string()),
+            protocol_name: request.protocol_name.map(|value| value.to_string()),
+            assignments: request
+                .assignments
+                .into_iter()
+                .map(|assignment| (assignment.member_id.to_string(), assignment.assignment))
+                .collect(),
+            reply,
+        });
         Ok(())
     })
     .await;
@@ -1452,13 +1491,12 @@ async fn sync_group(
 async fn heartbeat(context: &KafkaContext, request: HeartbeatRequest) -> HeartbeatResponse {
     let coordinator = context.coordinator.clone();
     let answer = ask(context, |reply| {
-        coordinator
-            .do_send(KafkaHeartbeat {
-                group: request.group_id.0.to_string(),
-                generation_id: request.generation_id,
-                member_id: request.member_id.to_string(),
-                reply,
-            });
+        coordinator.do_send(KafkaHeartbeat {
+            group: request.group_id.0.to_string(),
+            generation_id: request.generation_id,
+            member_id: request.member_id.to_string(),
+            reply,
+        });
         Ok(())
     })
     .await;
@@ -1487,12 +1525,11 @@ async fn leave_group(
     let coordinator = context.coordinator.clone();
     let member_ids = members.iter().map(|(id, _)| id.clone()).collect();
     let answer = ask(context, |reply| {
-        coordinator
-            .do_send(KafkaLeave {
-                group: request.group_id.0.to_string(),
-                member_ids,
-                reply,
-            });
+        coordinator.do_send(KafkaLeave {
+            group: request.group_id.0.to_string(),
+            member_ids,
+            reply,
+        });
         Ok(())
     })
     .await;
@@ -1503,7 +1540,12 @@ async fn leave_group(
     if version >= 3 {
         response.members = members
             .into_iter()
-            .zip(per_member.iter().copied().chain(std::iter::repeat(code::NONE)))
+            .zip(
+                per_member
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(code::NONE)),
+            )
             .map(|((member_id, instance), error)| {
                 MemberResponse::default()
                     .with_member_id(text(&member_id))
@@ -1522,7 +1564,10 @@ async fn leave_group(
     response
 }
 
-async fn offset_commit(context: &KafkaContext, request: OffsetCommitRequest) -> OffsetCommitResponse {
+async fn offset_commit(
+    context: &KafkaContext,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
     let mut offsets = Vec::new();
     let mut shape: Vec<(TopicName, Vec<i32>)> = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
@@ -1560,14 +1605,13 @@ async fn offset_commit(context: &KafkaContext, request: OffsetCommitRequest) -> 
         Some(Vec::new())
     } else {
         ask(context, |reply| {
-            coordinator
-                .do_send(KafkaCommit {
-                    group: request.group_id.0.to_string(),
-                    generation_id: request.generation_id_or_member_epoch,
-                    member_id: request.member_id.to_string(),
-                    offsets: known,
-                    reply,
-                });
+            coordinator.do_send(KafkaCommit {
+                group: request.group_id.0.to_string(),
+                generation_id: request.generation_id_or_member_epoch,
+                member_id: request.member_id.to_string(),
+                offsets: known,
+                reply,
+            });
             Ok(())
         })
         .await
@@ -1577,7 +1621,9 @@ async fn offset_commit(context: &KafkaContext, request: OffsetCommitRequest) -> 
         if unknown {
             code::UNKNOWN_TOPIC_OR_PARTITION
         } else {
-            known_codes.next().unwrap_or(code::COORDINATOR_NOT_AVAILABLE)
+            known_codes
+                .next()
+                .unwrap_or(code::COORDINATOR_NOT_AVAILABLE)
         }
     });
     let topics = shape
@@ -1591,9 +1637,7 @@ async fn offset_commit(context: &KafkaContext, request: OffsetCommitRequest) -> 
                         .map(|index| {
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(index)
-                                .with_error_code(
-                                    codes.next().unwrap_or(code::UNKNOWN_SERVER_ERROR),
-                                )
+                                .with_error_code(codes.next().unwrap_or(code::UNKNOWN_SERVER_ERROR))
                         })
                         .collect(),
                 )
@@ -1622,12 +1666,11 @@ async fn offset_fetch(
     let coordinator = context.coordinator.clone();
     let group = request.group_id.0.to_string();
     let answer = ask(context, |reply| {
-        coordinator
-            .do_send(KafkaOffsetFetch {
-                group,
-                partitions,
-                reply,
-            });
+        coordinator.do_send(KafkaOffsetFetch {
+            group,
+            partitions,
+            reply,
+        });
         Ok(())
     })
     .await;
@@ -1660,7 +1703,6 @@ async fn offset_fetch(
     response
 }
 
-
 async fn list_groups(
     context: &KafkaContext,
     request: ListGroupsRequest,
@@ -1686,7 +1728,10 @@ async fn list_groups(
     let groups = groups
         .into_iter()
         .filter(|group| {
-            wanted.is_empty() || wanted.iter().any(|state| state.eq_ignore_ascii_case(group.state))
+            wanted.is_empty()
+                || wanted
+                    .iter()
+                    .any(|state| state.eq_ignore_ascii_case(group.state))
         })
         .map(|group| {
             let mut listed = ListedGroup::default()

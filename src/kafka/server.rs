@@ -122,7 +122,10 @@ async fn accept_loop(
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             tracing::warn!(%peer, limit = context.max_connections, "kafka listener: connection limit reached; closing the new connection");
-            context.counters.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            context
+                .counters
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             drop(stream);
             continue;
         };

@@ -168,9 +168,10 @@ impl SledTableSink {
     /// retryable.
     pub fn open(config: &SledSinkConfig) -> Result<SledTableSink, SinkError> {
         check_table_names(&config.tables)?;
-        let database = crate::runtime::open_sled_waiting_for_release(&config.path).map_err(|error| {
-            SinkError::retryable(format!("sled sink {}: {error}", config.path.display()))
-        })?;
+        let database =
+            crate::runtime::open_sled_waiting_for_release(&config.path).map_err(|error| {
+                SinkError::retryable(format!("sled sink {}: {error}", config.path.display()))
+            })?;
         let mut trees = Vec::with_capacity(config.tables.len() + 1);
         for table in &config.tables {
             trees.push(open_tree(&database, &table.name)?);

@@ -1,8 +1,8 @@
 //! [`PartitionLog`]: one partition's segments, offsets and recovery.
 
 use super::batch::{
-    decode_frame_checksummed, BatchHeader, encode_frame, encode_frame_from_batch, peek_frame_len, FrameError, FrameView, ProducerFields,
-    BATCH_HEADER_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
+    decode_frame_checksummed, encode_frame, encode_frame_from_batch, peek_frame_len, BatchHeader,
+    FrameError, FrameView, ProducerFields, BATCH_HEADER_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
 use super::compaction::{CompactedBlocks, CompactionBlock, CompactionInput, SwapError};
 use super::index::{SegmentIndex, INDEX_ENTRIES_MAX, INDEX_HEADER_BYTES, INDEX_MAGIC};
@@ -247,7 +247,13 @@ impl ReadPlan {
         };
         let mut previous_next_offset: Option<Offset> = None;
         for range in &self.ranges {
-            match self.read_range(range, max_bytes, raw, &mut result, &mut previous_next_offset) {
+            match self.read_range(
+                range,
+                max_bytes,
+                raw,
+                &mut result,
+                &mut previous_next_offset,
+            ) {
                 Ok(RangeEnd::Exhausted) => {}
                 Ok(RangeEnd::Complete) => return Ok(result),
                 Err(error) if result.records.is_empty() && result.batches.is_empty() => {

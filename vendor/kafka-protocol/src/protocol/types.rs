@@ -989,7 +989,10 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
                 // count over the bytes left is malformed; refuse it before
                 // allocating (upstream PRs #152, #161, #200).
                 if n as usize > buf.remaining() {
-                    bail!("Array length {n} is over the {} bytes left", buf.remaining());
+                    bail!(
+                        "Array length {n} is over the {} bytes left",
+                        buf.remaining()
+                    );
                 }
                 let mut result = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -1101,7 +1104,11 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
             n => {
                 // millrace patch: see Array::decode.
                 if (n - 1) as usize > buf.remaining() {
-                    bail!("CompactArray length {} is over the {} bytes left", n - 1, buf.remaining());
+                    bail!(
+                        "CompactArray length {} is over the {} bytes left",
+                        n - 1,
+                        buf.remaining()
+                    );
                 }
                 let mut result = Vec::with_capacity((n - 1) as usize);
                 for _ in 1..n {
