@@ -36,8 +36,8 @@
 //!    committed offset (and state). Free partitions are assigned at once.
 //!
 //! A member that leaves has committed first, so its partitions are free.
-//! Remote members that stop heartbeating are removed after their session
-//! timeout; in-process members leave explicitly.
+//! In-process members leave explicitly; Kafka members that stop
+//! heartbeating are removed after their session timeout (below).
 //!
 //! # The Kafka classic group protocol
 //!
@@ -275,8 +275,6 @@ pub(crate) struct Join {
     pub(crate) partitions: u32,
     pub(crate) member: String,
     pub(crate) notify: Recipient<AssignmentChange>,
-    /// Removed if it sends nothing for this long; `None` for in-process members.
-    pub(crate) session_timeout: Option<Duration>,
 }
 
 /// A member leaves, having committed what it finished.
@@ -294,14 +292,6 @@ pub(crate) struct Revoked {
     pub(crate) group: String,
     pub(crate) member: String,
     pub(crate) partitions: Vec<PartitionId>,
-}
-
-/// A remote member is alive.
-#[derive(Message)]
-#[rtype(result = "Result<(), GroupError>")]
-pub(crate) struct Heartbeat {
-    pub(crate) group: String,
-    pub(crate) member: String,
 }
 
 /// Commits an offset (and the keyed state consistent with it) for a
@@ -539,8 +529,6 @@ struct Member {
     /// Where assignment changes go; `None` for a Kafka member, which is told
     /// its partitions at SyncGroup.
     notify: Option<Recipient<AssignmentChange>>,
-    session_timeout: Option<Duration>,
-    last_seen: Instant,
 }
 
 /// Owner of one partition.
@@ -1395,14 +1383,7 @@ impl GroupCoordinator {
         };
         for (id, member) in &kafka.members {
             if member.topics.contains(&topic) && !state.members.contains_key(id) {
-                state.members.insert(
-                    id.clone(),
-                    Member {
-                        notify: None,
-                        session_timeout: None,
-                        last_seen: Instant::now(),
-                    },
-                );
+                state.members.insert(id.clone(), Member { notify: None });
             }
         }
     }
@@ -1544,25 +1525,10 @@ impl GroupCoordinator {
         })
     }
 
-    /// Pipeline sessions (remote pipeline members), then every Kafka
-    /// group's deadlines.
+    /// Every Kafka group's deadlines (pipeline members are in-process and
+    /// leave explicitly).
     fn check_deadlines(&mut self) {
         let now = Instant::now();
-        let expired: Vec<(String, String)> = self
-            .groups
-            .iter()
-            .flat_map(|(group, state)| {
-                state.members.iter().filter_map(move |(member, info)| {
-                    let timeout = info.session_timeout?;
-                    (now.duration_since(info.last_seen) > timeout)
-                        .then(|| (group.clone(), member.clone()))
-                })
-            })
-            .collect();
-        for (group, member) in expired {
-            tracing::warn!(%group, %member, "session timed out; removing the member");
-            self.remove_member(&group, &member);
-        }
         let groups: Vec<String> = self.kafka.keys().cloned().collect();
         for group in groups {
             self.kafka_deadlines(&group, now);
@@ -1688,8 +1654,6 @@ impl Handler<Join> for GroupCoordinator {
             join.member.clone(),
             Member {
                 notify: Some(join.notify),
-                session_timeout: join.session_timeout,
-                last_seen: Instant::now(),
             },
         );
         tracing::info!(group = %join.group, member = %join.member, "member joined");
@@ -1725,23 +1689,6 @@ impl Handler<Revoked> for GroupCoordinator {
     }
 }
 
-impl Handler<Heartbeat> for GroupCoordinator {
-    type Result = Result<(), GroupError>;
-
-    fn handle(&mut self, heartbeat: Heartbeat, _: &mut Self::Context) -> Self::Result {
-        let member = self
-            .groups
-            .get_mut(&heartbeat.group)
-            .and_then(|state| state.members.get_mut(&heartbeat.member))
-            .ok_or_else(|| GroupError::UnknownMember {
-                group: heartbeat.group.clone(),
-                member: heartbeat.member.clone(),
-            })?;
-        member.last_seen = Instant::now();
-        Ok(())
-    }
-}
-
 impl Handler<Commit> for GroupCoordinator {
     type Result = Result<Offset, GroupError>;
 
@@ -1762,9 +1709,6 @@ impl Handler<Commit> for GroupCoordinator {
                 topic: token.topic().to_owned(),
                 partition: token.partition(),
             });
-        }
-        if let Some(member) = state.members.get_mut(&commit.member) {
-            member.last_seen = Instant::now();
         }
         let changes = commit.state.as_ref().map(|(tree, changes)| StateChanges {
             tree,
@@ -2799,8 +2743,6 @@ mod tests {
         let address: Addr<Sink> = Addr::new(receiver.sender());
         Member {
             notify: Some(address.recipient()),
-            session_timeout: None,
-            last_seen: Instant::now(),
         }
     }
 
@@ -3754,7 +3696,6 @@ mod tests {
                     partitions: 4,
                     member: id.to_owned(),
                     notify: member.clone().recipient(),
-                    session_timeout: None,
                 })
                 .await
                 .unwrap()

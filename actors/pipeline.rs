@@ -1045,7 +1045,6 @@ impl Actor for PipelineMember {
             partitions: self.spec.source_partitions.len() as u32,
             member: self.id.clone(),
             notify: context.address().recipient(),
-            session_timeout: None,
         };
         self.spec.coordinator.do_send(join);
     }

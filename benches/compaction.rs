@@ -396,6 +396,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // Handlers are timed in their thread's CPU time too (off by default:
+    // it costs two system calls per handler). Nothing else runs yet.
+    std::env::set_var("MILLRACE_HANDLER_CPU_TIME", "1");
     let options = options();
     let store = bench_root().join("store");
     build_store(&store, &options);

@@ -334,6 +334,8 @@ pub struct MetricsSnapshot {
     /// The longest partition-actor handler so far, in seconds.
     pub partition_handler_max_seconds: f64,
     /// CPU time of partition-actor handlers (excludes time preempted).
+    /// Empty unless `MILLRACE_HANDLER_CPU_TIME=1` was set at start: reading
+    /// a thread's CPU clock is a system call per handler.
     pub partition_handler_cpu_seconds: HistogramSnapshot,
     /// The most CPU time one partition-actor handler took so far, in seconds.
     pub partition_handler_cpu_max_seconds: f64,

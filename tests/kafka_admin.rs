@@ -10,18 +10,17 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use millrace::config::Config;
 use millrace::runtime::Runtime;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
@@ -298,46 +297,25 @@ fn kafka_python_admin_lists_and_describes_pipeline_and_kafka_groups() {
 // ---------------------------------------------------------------------------
 // A raw client (the minimal part of tests/kafka_protocol.rs's).
 
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
+/// The shared raw client with this suite's requests.
+struct Client(common::kafka::RawClient);
+
+impl std::ops::Deref for Client {
+    type Target = common::kafka::RawClient;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Client {
     fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        Client {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    fn request<R: Encodable>(&mut self, api: ApiKey, version: i16, request: &R) -> Bytes {
-        self.correlation_id += 1;
-        let mut body = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("kafka-admin-test")))
-            .encode(&mut body, api.request_header_version(version))
-            .expect("header");
-        request.encode(&mut body, version).expect("request");
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        self.stream.write_all(&frame).expect("write");
-        let mut length = [0u8; 4];
-        self.stream.read_exact(&mut length).expect("a response");
-        let mut response = vec![0u8; i32::from_be_bytes(length) as usize];
-        self.stream.read_exact(&mut response).expect("a response");
-        let mut response = Bytes::from(response);
-        let header = ResponseHeader::decode(&mut response, api.response_header_version(version))
-            .expect("header");
-        assert_eq!(header.correlation_id, self.correlation_id);
-        response
+        Client(common::kafka::RawClient::connect(address))
     }
 
     fn list_groups(&mut self, version: i16, states: &[&'static str]) -> ListGroupsResponse {

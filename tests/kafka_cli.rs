@@ -4,7 +4,6 @@
 
 mod common;
 
-use millrace::config::KafkaConfig;
 use millrace::runtime::Runtime;
 use millrace::types::PartitionId;
 use std::io::Write;
@@ -13,13 +12,7 @@ use std::process::{Command, Output, Stdio};
 fn start() -> (tempfile::TempDir, Runtime, String) {
     let directory = tempfile::tempdir().expect("tempdir");
     let mut config = common::config(directory.path(), vec![common::topic("events", 3)]);
-    config.kafka = Some(KafkaConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        advertised: None,
-        max_connections: 64,
-        request_max_bytes: 100 << 20,
-        allow_topic_management: false,
-    });
+    config.kafka = Some(common::kafka::loopback());
     let runtime = Runtime::start(config).expect("start");
     let address = runtime.kafka_address().expect("listener").to_string();
     (directory, runtime, address)

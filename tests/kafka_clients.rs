@@ -126,11 +126,8 @@ fn start_broker(topics: Vec<TopicConfig>, advertised: Option<(String, u16)>) -> 
     let directory = tempfile::tempdir().expect("tempdir");
     let mut config = common::config(directory.path(), topics);
     config.kafka = Some(KafkaConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
         advertised,
-        max_connections: 256,
-        request_max_bytes: 100 << 20,
-        allow_topic_management: false,
+        ..common::kafka::loopback()
     });
     let runtime = Runtime::start(config).expect("start the runtime");
     let address = runtime.kafka_address().expect("the kafka listener is on");

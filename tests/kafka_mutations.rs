@@ -13,7 +13,6 @@
 
 mod common;
 
-use bytes::BytesMut;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -36,18 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn frame<R: Encodable>(api: ApiKey, version: i16, request: &R) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("mutations")))
-        .encode(&mut body, api.request_header_version(version))
-        .expect("header");
-    request.encode(&mut body, version).expect("request");
-    let mut out = (body.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
+    common::kafka::request_frame(api, version, 1, request)
 }
 
 fn topic_name(name: &'static str) -> TopicName {
@@ -240,11 +228,8 @@ fn mutated_requests_never_panic_and_the_listener_keeps_serving() {
     let directory = tempfile::tempdir().expect("tempdir");
     let mut config = common::config(directory.path(), vec![common::topic("events", 2)]);
     config.kafka = Some(KafkaConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        advertised: None,
-        max_connections: 64,
         request_max_bytes: 1 << 20,
-        allow_topic_management: false,
+        ..common::kafka::loopback()
     });
     let runtime = Runtime::start(config).expect("start");
     let address = runtime.kafka_address().expect("listener");

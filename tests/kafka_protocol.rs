@@ -15,20 +15,15 @@ use millrace::config::{Config, KafkaConfig};
 use millrace::runtime::Runtime;
 use millrace::storage::batch::{encode_frame, ProducerFields, FRAME_HEADER_BYTES};
 use millrace::types::{Offset, PartitionId, Record, Term};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
-
-const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn kafka_config(data_dir: &std::path::Path, max_connections: u32) -> Config {
     let mut config = common::config(data_dir, vec![common::topic("events", 2)]);
     config.kafka = Some(KafkaConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        advertised: None,
         max_connections,
         request_max_bytes: 4 * 1024 * 1024,
-        allow_topic_management: false,
+        ..common::kafka::loopback()
     });
     config
 }
@@ -40,81 +35,25 @@ fn start(max_connections: u32) -> (tempfile::TempDir, Runtime, SocketAddr) {
     (directory, runtime, address)
 }
 
-/// A blocking client speaking raw frames.
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
+/// The shared raw client with this suite's requests.
+struct Client(common::kafka::RawClient);
+
+impl std::ops::Deref for Client {
+    type Target = common::kafka::RawClient;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Client {
     fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).expect("connect");
-        stream
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .expect("timeout");
-        Client {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    /// Sends a request; returns the response body (after its header).
-    fn request<R: Encodable>(&mut self, api: ApiKey, version: i16, request: &R) -> Bytes {
-        self.send(api, version, request);
-        self.receive(api, version)
-    }
-
-    /// Sends a request without waiting for its answer.
-    fn send<R: Encodable>(&mut self, api: ApiKey, version: i16, request: &R) {
-        self.correlation_id += 1;
-        let mut body = BytesMut::new();
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("kafka-protocol-test")));
-        header
-            .encode(&mut body, api.request_header_version(version))
-            .expect("header");
-        request.encode(&mut body, version).expect("request");
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        self.send_raw(&frame);
-    }
-
-    /// The answer to the last request sent.
-    fn receive(&mut self, api: ApiKey, version: i16) -> Bytes {
-        let mut response = self.read_frame().expect("a response");
-        let header = ResponseHeader::decode(&mut response, api.response_header_version(version))
-            .expect("header");
-        assert_eq!(header.correlation_id, self.correlation_id);
-        response
-    }
-
-    /// The next frame, or `None` once the server closed the connection.
-    fn read_frame(&mut self) -> Option<Bytes> {
-        let mut length = [0u8; 4];
-        self.stream.read_exact(&mut length).ok()?;
-        let mut frame = vec![0u8; i32::from_be_bytes(length) as usize];
-        self.stream.read_exact(&mut frame).ok()?;
-        Some(Bytes::from(frame))
-    }
-
-    /// Whether the server closed the connection (EOF or reset) rather than answering.
-    fn closed_by_server(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        match self.stream.read(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(error) => matches!(
-                error.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-            ),
-        }
+        Client(common::kafka::RawClient::connect(address))
     }
 
     fn api_versions(&mut self, version: i16) -> ApiVersionsResponse {

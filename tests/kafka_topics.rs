@@ -9,25 +9,21 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use millrace::config::{Config, KafkaConfig};
 use millrace::runtime::Runtime;
 use millrace::storage::batch::{encode_frame, ProducerFields, FRAME_HEADER_BYTES};
 use millrace::types::{Offset, Record, Term};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
-
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 const NONE: i16 = 0;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -41,11 +37,9 @@ const POLICY_VIOLATION: i16 = 44;
 fn kafka_config(data_dir: &Path, allow_topic_management: bool) -> Config {
     let mut config = common::config(data_dir, vec![common::topic("events", 2)]);
     config.kafka = Some(KafkaConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        advertised: None,
-        max_connections: 64,
         request_max_bytes: 4 * 1024 * 1024,
         allow_topic_management,
+        ..common::kafka::loopback()
     });
     config
 }
@@ -57,46 +51,25 @@ fn start(data_dir: &Path, allow: bool) -> (Runtime, SocketAddr) {
 }
 
 /// A blocking client speaking raw frames.
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
+/// The shared raw client with this suite's requests.
+struct Client(common::kafka::RawClient);
+
+impl std::ops::Deref for Client {
+    type Target = common::kafka::RawClient;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Client {
     fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).expect("connect");
-        stream
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .expect("timeout");
-        Client {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    fn request<R: Encodable>(&mut self, api: ApiKey, version: i16, request: &R) -> Bytes {
-        self.correlation_id += 1;
-        let mut body = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("kafka-topics-test")))
-            .encode(&mut body, api.request_header_version(version))
-            .expect("header");
-        request.encode(&mut body, version).expect("request");
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        self.stream.write_all(&frame).expect("write");
-        let mut length = [0u8; 4];
-        self.stream.read_exact(&mut length).expect("a response");
-        let mut response = vec![0u8; i32::from_be_bytes(length) as usize];
-        self.stream.read_exact(&mut response).expect("a response");
-        let mut response = Bytes::from(response);
-        let header = ResponseHeader::decode(&mut response, api.response_header_version(version))
-            .expect("header");
-        assert_eq!(header.correlation_id, self.correlation_id);
-        response
+        Client(common::kafka::RawClient::connect(address))
     }
 
     /// Creates topics (CreateTopics v7); returns (name, error code, message) per topic.

@@ -1520,6 +1520,24 @@ impl KafkaClient {
         topic: &str,
         partitions: &[u32],
     ) -> Result<Vec<Option<Offset>>, ClientError> {
+        // (partition, committed offset, error) of `topic`'s partitions; v8+
+        // and older answers have different types with the same fields.
+        macro_rules! partition_answers {
+            ($topics:expr) => {
+                $topics
+                    .iter()
+                    .filter(|answer| answer.name.0.as_str() == topic)
+                    .flat_map(|answer| answer.partitions.iter())
+                    .map(|answer| {
+                        (
+                            answer.partition_index,
+                            answer.committed_offset,
+                            answer.error_code,
+                        )
+                    })
+                    .collect()
+            };
+        }
         let indexes: Vec<i32> = partitions
             .iter()
             .map(|&partition| partition as i32)
@@ -1556,35 +1574,9 @@ impl KafkaClient {
                         format!("OffsetFetch response has no answer for group {group}"),
                     )
                 })?;
-            let answers = answer
-                .topics
-                .iter()
-                .filter(|answer| answer.name.0.as_str() == topic)
-                .flat_map(|answer| answer.partitions.iter())
-                .map(|answer| {
-                    (
-                        answer.partition_index,
-                        answer.committed_offset,
-                        answer.error_code,
-                    )
-                })
-                .collect();
-            (answer.error_code, answers)
+            (answer.error_code, partition_answers!(answer.topics))
         } else {
-            let answers = response
-                .topics
-                .iter()
-                .filter(|answer| answer.name.0.as_str() == topic)
-                .flat_map(|answer| answer.partitions.iter())
-                .map(|answer| {
-                    (
-                        answer.partition_index,
-                        answer.committed_offset,
-                        answer.error_code,
-                    )
-                })
-                .collect();
-            (response.error_code, answers)
+            (response.error_code, partition_answers!(response.topics))
         };
         match group_error {
             code::NONE => {}

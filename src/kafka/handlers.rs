@@ -282,8 +282,8 @@ pub(crate) async fn handle(context: &KafkaContext, request: Request) -> Handled 
         };
     }
     match request.body {
-        Body::ApiVersions => respond!(api_versions(code::NONE, version)),
-        Body::ApiVersionsUnsupported => respond!(api_versions(code::UNSUPPORTED_VERSION, 0)),
+        Body::ApiVersions => respond!(api_versions(code::NONE)),
+        Body::ApiVersionsUnsupported => respond!(api_versions(code::UNSUPPORTED_VERSION)),
         Body::Metadata(body) => respond!(metadata(context, body, version)),
         // The connection submits produce requests itself, in order
         // (`submit_produce`); one never reaches here.
@@ -340,7 +340,7 @@ fn text(value: &str) -> StrBytes {
 // ---------------------------------------------------------------------------
 // ApiVersions, Metadata, FindCoordinator, DescribeConfigs, topics
 
-fn api_versions(error: i16, version: i16) -> ApiVersionsResponse {
+fn api_versions(error: i16) -> ApiVersionsResponse {
     let api_keys = SUPPORTED
         .iter()
         .map(|(api, min, max)| {
@@ -350,7 +350,6 @@ fn api_versions(error: i16, version: i16) -> ApiVersionsResponse {
                 .with_max_version(*max)
         })
         .collect();
-    let _ = version;
     ApiVersionsResponse::default()
         .with_error_code(error)
         .with_api_keys(api_keys)
@@ -1217,11 +1216,8 @@ async fn fetch(context: &KafkaContext, request: FetchRequest, version: i16) -> F
         if total >= min_bytes.max(1) || any_error || now >= deadline {
             return encode_fetch(topics, version);
         }
+        // Then one more pass (the last one if the deadline has passed).
         wait_for_data(context, &request, deadline - now).await;
-        if Instant::now() >= deadline {
-            // One last look, then answer whatever there is.
-            continue;
-        }
     }
 }
 
@@ -1369,13 +1365,17 @@ fn init_producer_id(
 // ---------------------------------------------------------------------------
 // Consumer groups: each request is one message to the GroupCoordinator.
 
-async fn ask<T>(
-    context: &KafkaContext,
-    send: impl FnOnce(oneshot::Sender<T>) -> Result<(), ()>,
-) -> Option<T> {
-    let _ = context;
+/// Sends the message `build` makes around a reply channel to the group
+/// coordinator and waits for the answer (`None` if the coordinator stopped).
+async fn ask<M, T>(context: &KafkaContext, build: impl FnOnce(oneshot::Sender<T>) -> M) -> Option<T>
+where
+    M: actix::Message<Result = ()> + Send + 'static,
+    GroupCoordinator: actix::Handler<M>,
+{
     let (reply, answer) = oneshot::channel();
-    send(reply).ok()?;
+    // `do_send`: the coordinator's mailbox is unbounded; each connection has
+    // a bounded number of requests in flight, which bounds it.
+    context.coordinator.do_send(build(reply));
     answer.await.ok()
 }
 
@@ -1395,25 +1395,21 @@ async fn join_group(
     } else {
         session_timeout
     };
-    let coordinator = context.coordinator.clone();
-    let answer = ask(context, |reply| {
-        coordinator.do_send(KafkaJoin {
-            group: request.group_id.0.to_string(),
-            member_id: request.member_id.to_string(),
-            group_instance_id: request.group_instance_id.map(|id| id.to_string()),
-            client_id,
-            session_timeout,
-            rebalance_timeout,
-            protocol_type: request.protocol_type.to_string(),
-            protocols: request
-                .protocols
-                .into_iter()
-                .map(|protocol| (protocol.name.to_string(), protocol.metadata))
-                .collect(),
-            require_known_member_id: version >= 4,
-            reply,
-        });
-        Ok(())
+    let answer = ask(context, |reply| KafkaJoin {
+        group: request.group_id.0.to_string(),
+        member_id: request.member_id.to_string(),
+        group_instance_id: request.group_instance_id.map(|id| id.to_string()),
+        client_id,
+        session_timeout,
+        rebalance_timeout,
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request
+            .protocols
+            .into_iter()
+            .map(|protocol| (protocol.name.to_string(), protocol.metadata))
+            .collect(),
+        require_known_member_id: version >= 4,
+        reply,
     })
     .await;
     let Some(result) = answer else {
@@ -1457,22 +1453,18 @@ async fn sync_group(
     request: SyncGroupRequest,
     version: i16,
 ) -> SyncGroupResponse {
-    let coordinator = context.coordinator.clone();
-    let answer = ask(context, |reply| {
-        coordinator.do_send(KafkaSync {
-            group: request.group_id.0.to_string(),
-            generation_id: request.generation_id,
-            member_id: request.member_id.to_string(),
-            protocol_type: request.protocol_type.map(|value| value.to_string()),
-            protocol_name: request.protocol_name.map(|value| value.to_string()),
-            assignments: request
-                .assignments
-                .into_iter()
-                .map(|assignment| (assignment.member_id.to_string(), assignment.assignment))
-                .collect(),
-            reply,
-        });
-        Ok(())
+    let answer = ask(context, |reply| KafkaSync {
+        group: request.group_id.0.to_string(),
+        generation_id: request.generation_id,
+        member_id: request.member_id.to_string(),
+        protocol_type: request.protocol_type.map(|value| value.to_string()),
+        protocol_name: request.protocol_name.map(|value| value.to_string()),
+        assignments: request
+            .assignments
+            .into_iter()
+            .map(|assignment| (assignment.member_id.to_string(), assignment.assignment))
+            .collect(),
+        reply,
     })
     .await;
     let Some(result) = answer else {
@@ -1489,15 +1481,11 @@ async fn sync_group(
 }
 
 async fn heartbeat(context: &KafkaContext, request: HeartbeatRequest) -> HeartbeatResponse {
-    let coordinator = context.coordinator.clone();
-    let answer = ask(context, |reply| {
-        coordinator.do_send(KafkaHeartbeat {
-            group: request.group_id.0.to_string(),
-            generation_id: request.generation_id,
-            member_id: request.member_id.to_string(),
-            reply,
-        });
-        Ok(())
+    let answer = ask(context, |reply| KafkaHeartbeat {
+        group: request.group_id.0.to_string(),
+        generation_id: request.generation_id,
+        member_id: request.member_id.to_string(),
+        reply,
     })
     .await;
     HeartbeatResponse::default().with_error_code(answer.unwrap_or(code::COORDINATOR_NOT_AVAILABLE))
@@ -1522,15 +1510,11 @@ async fn leave_group(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    let coordinator = context.coordinator.clone();
     let member_ids = members.iter().map(|(id, _)| id.clone()).collect();
-    let answer = ask(context, |reply| {
-        coordinator.do_send(KafkaLeave {
-            group: request.group_id.0.to_string(),
-            member_ids,
-            reply,
-        });
-        Ok(())
+    let answer = ask(context, |reply| KafkaLeave {
+        group: request.group_id.0.to_string(),
+        member_ids,
+        reply,
     })
     .await;
     let Some((error, per_member)) = answer else {
@@ -1600,19 +1584,15 @@ async fn offset_commit(
         .filter(|(_, unknown)| !**unknown)
         .map(|(entry, _)| entry.clone())
         .collect();
-    let coordinator = context.coordinator.clone();
     let codes = if known.is_empty() {
         Some(Vec::new())
     } else {
-        ask(context, |reply| {
-            coordinator.do_send(KafkaCommit {
-                group: request.group_id.0.to_string(),
-                generation_id: request.generation_id_or_member_epoch,
-                member_id: request.member_id.to_string(),
-                offsets: known,
-                reply,
-            });
-            Ok(())
+        ask(context, |reply| KafkaCommit {
+            group: request.group_id.0.to_string(),
+            generation_id: request.generation_id_or_member_epoch,
+            member_id: request.member_id.to_string(),
+            offsets: known,
+            reply,
         })
         .await
     };
@@ -1663,15 +1643,11 @@ async fn offset_fetch(
             })
             .collect()
     });
-    let coordinator = context.coordinator.clone();
     let group = request.group_id.0.to_string();
-    let answer = ask(context, |reply| {
-        coordinator.do_send(KafkaOffsetFetch {
-            group,
-            partitions,
-            reply,
-        });
-        Ok(())
+    let answer = ask(context, |reply| KafkaOffsetFetch {
+        group,
+        partitions,
+        reply,
     })
     .await;
     let (error, entries) = answer.unwrap_or((code::COORDINATOR_NOT_AVAILABLE, Vec::new()));
@@ -1708,12 +1684,7 @@ async fn list_groups(
     request: ListGroupsRequest,
     version: i16,
 ) -> ListGroupsResponse {
-    let coordinator = context.coordinator.clone();
-    let answer = ask(context, |reply| {
-        coordinator.do_send(KafkaListGroups { reply });
-        Ok(())
-    })
-    .await;
+    let answer = ask(context, |reply| KafkaListGroups { reply }).await;
     let (error, groups) = answer.unwrap_or((code::COORDINATOR_NOT_AVAILABLE, Vec::new()));
     // v4+: only the states asked for (Kafka compares them case-insensitively).
     let wanted: Vec<String> = if version >= 4 {
@@ -1758,13 +1729,9 @@ async fn describe_groups(
         .iter()
         .map(|group| group.0.to_string())
         .collect();
-    let coordinator = context.coordinator.clone();
-    let answer = ask(context, |reply| {
-        coordinator.do_send(KafkaDescribeGroups {
-            groups: names.clone(),
-            reply,
-        });
-        Ok(())
+    let answer = ask(context, |reply| KafkaDescribeGroups {
+        groups: names.clone(),
+        reply,
     })
     .await;
     let described = answer.unwrap_or_default();

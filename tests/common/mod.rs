@@ -10,6 +10,7 @@
 
 pub mod capture;
 pub mod history;
+pub mod kafka;
 pub mod keyed;
 pub mod timed;
 
