@@ -1546,14 +1546,25 @@ pub(crate) fn open_sled_waiting_for_release(path: &Path) -> Result<sled::Db, sle
     loop {
         match sled::Config::new().path(path).open() {
             Err(sled::Error::Io(error))
-                if error.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
+                if sled_lock_busy(&error) && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(5));
             }
             result => return result,
         }
     }
+}
+
+/// Whether opening sled failed because its file lock is held. sled 0.34
+/// wraps the `WouldBlock` of the lock in an error of kind `Other` ("could not
+/// acquire lock on …"), so the kind alone does not tell.
+fn sled_lock_busy(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock
+        || error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+            .is_some_and(|inner| inner.kind() == std::io::ErrorKind::WouldBlock)
+        || error.to_string().contains("could not acquire lock")
 }
 
 /// The directory of one partition.
@@ -2066,4 +2077,22 @@ fn pipeline_topics(pipeline: &PipelineConfig) -> impl Iterator<Item = String> + 
         .chain(sink)
         .chain(std::iter::once(pipeline.dlq_topic()))
         .chain(side_output_topics(pipeline).map(str::to_owned))
+}
+
+#[cfg(test)]
+mod sled_lock_tests {
+    use super::sled_lock_busy;
+
+    #[test]
+    fn a_held_sled_lock_is_recognised_as_busy() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("meta");
+        let _held = sled::Config::new().path(&path).open().unwrap();
+        match sled::Config::new().path(&path).open() {
+            Err(sled::Error::Io(error)) => assert!(sled_lock_busy(&error), "{error:?}"),
+            other => panic!("a second open of a held store: {other:?}"),
+        }
+        let unrelated = std::io::Error::other("disk on fire");
+        assert!(!sled_lock_busy(&unrelated));
+    }
 }

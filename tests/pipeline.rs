@@ -289,7 +289,8 @@ fn sled_rows(path: &Path, tree: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
     // sled's file lock for a little while (its background threads).
     let mut database = sled::open(path);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while matches!(&database, Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock)
+    // (sled reports it as an error of kind Other: "could not acquire lock".)
+    while matches!(&database, Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock"))
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(5));
