@@ -1067,6 +1067,7 @@ impl PartitionActor {
                 self.metrics.seal_failures_total.fetch_add(1, Relaxed);
                 self.log.seal_failed(base_offset);
             }
+            WriterEvent::RaftPersisted { .. } => {}
             WriterEvent::Failed { error } => self.fail_stop(error),
         }
     }

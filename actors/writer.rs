@@ -14,7 +14,7 @@
 
 use crate::config::FsyncPolicy;
 use crate::metrics::Metrics;
-use crate::storage::io::{self, AppendJob, IoJob, SealJob};
+use crate::storage::io::{self, AppendJob, IoJob, RaftReadyJob, SealJob, StateWrite};
 use crate::storage::SegmentFile;
 use crate::types::Offset;
 use actix::{Message, Recipient};
@@ -61,6 +61,9 @@ pub(crate) enum WriterEvent {
     },
     /// A seal failed; the log retries it later.
     SealFailed { base_offset: Offset, error: String },
+    /// Replicated partitions: everything queued up to and including this
+    /// Raft ready is written and fsynced (its Raft state last).
+    RaftPersisted { number: u64 },
     /// A write or fsync failed: the partition must fail-stop.
     Failed { error: String },
 }
@@ -148,6 +151,11 @@ struct Writer {
     unsynced_files: Vec<Arc<SegmentFile>>,
     /// Directories whose entries changed since their last fsync.
     unsynced_directories: Vec<PathBuf>,
+    /// Raft state written this round, synced after everything else.
+    unsynced_state: Option<StateWrite>,
+    /// The last Raft ready queued this round: the round syncs whatever the
+    /// policy and reports it.
+    raft_ready: Option<u64>,
     /// Offsets below this are written (not necessarily synced).
     written_next_offset: Option<Offset>,
     /// Offsets below this were reported durable.
@@ -165,6 +173,8 @@ impl Writer {
             pending_write: None,
             unsynced_files: Vec::new(),
             unsynced_directories: Vec::new(),
+            unsynced_state: None,
+            raft_ready: None,
             written_next_offset: None,
             reported_next_offset: None,
             failed: false,
@@ -233,6 +243,7 @@ impl Writer {
         match job {
             IoJob::Append(append) => self.append(append),
             IoJob::Seal(seal) => self.seal(seal),
+            IoJob::RaftReady(ready) => self.raft_ready(ready),
             // Deletions go to the deletion thread; never planned here.
             IoJob::Delete(delete) => debug_assert!(false, "delete job sent to writer: {delete:?}"),
         }
@@ -304,8 +315,31 @@ impl Writer {
         self.events.do_send(event);
     }
 
+    /// Raft needs the ready on disk before its messages go out, so the
+    /// round is synced whatever the policy; the state file is written now
+    /// and synced last, so a durable state never names entries that are not.
+    fn raft_ready(&mut self, job: RaftReadyJob) {
+        self.flush_write();
+        if let Some(state) = job.state {
+            if let Err(error) = state.write() {
+                self.fail(error.to_string());
+                return;
+            }
+            self.unsynced_state = Some(state);
+        }
+        self.raft_ready = Some(job.number);
+    }
+
     fn finish_round(&mut self) {
         self.flush_write();
+        if let Some(number) = self.raft_ready.take() {
+            self.sync_all();
+            self.report_durable();
+            if !self.failed {
+                self.events.do_send(WriterEvent::RaftPersisted { number });
+            }
+            return;
+        }
         match self.policy {
             FsyncPolicy::Always => self.sync_all(),
             FsyncPolicy::Interval(interval) => {
@@ -340,6 +374,13 @@ impl Writer {
             }
             if let Err(error) = io::sync_directory(&directory) {
                 self.fail(error.to_string());
+            }
+        }
+        if let Some(state) = self.unsynced_state.take() {
+            if !self.failed {
+                if let Err(error) = state.sync() {
+                    self.fail(error.to_string());
+                }
             }
         }
     }

@@ -41,6 +41,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod offsets;
 pub mod partitioner;
+pub mod replication;
 pub mod pipeline;
 pub mod runtime;
 pub mod storage;

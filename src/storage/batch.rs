@@ -99,6 +99,11 @@ impl BatchHeader {
     pub fn next_offset(&self) -> Offset {
         self.last_offset().next()
     }
+    /// A control batch ([`encode_control_frame`]): it takes an offset but
+    /// holds no application record; readers skip it, as Kafka clients do.
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTRIBUTES_CONTROL != 0
+    }
 }
 
 /// Idempotent-producer fields of a batch (all -1 for a plain producer).
@@ -193,6 +198,11 @@ impl FrameView {
         out: &mut Vec<FetchedRecord>,
         from_offset: Offset,
     ) -> Result<(), FrameError> {
+        if self.header.is_control() {
+            // Raft's own entries (leader changes, configuration changes):
+            // no application record in them.
+            return Ok(());
+        }
         let batch = self.frame.get(FRAME_HEADER_BYTES..).unwrap_or_default();
         check_record_count(&self.header, batch.len())?;
         // Bounded: the count was checked against the bytes it needs.
@@ -278,6 +288,76 @@ pub fn encode_frame(
 
     finish_frame(out, frame_start);
     header
+}
+
+/// Control type of the frame a Raft leader writes for the empty entry it
+/// appends on election (the type KRaft gives its LeaderChange record).
+pub const CONTROL_LEADER_CHANGE: i16 = 2;
+/// Control type of a Raft configuration change (millrace's own type; the
+/// payload is the raft-rs `ConfChangeV2`, protobuf-encoded).
+pub const CONTROL_RAFT_CONF_CHANGE: i16 = 0x4d52;
+
+/// Encodes a control batch of one record, as Kafka writes transaction
+/// markers: attributes bit 5 set, key = version 0 (i16) and `control_type`
+/// (i16), value = `payload`. It takes one offset; readers of this crate and
+/// Kafka clients skip it. Replicated partitions store Raft's own entries
+/// this way, so every Raft entry is exactly one frame.
+pub fn encode_control_frame(
+    out: &mut Vec<u8>,
+    base_offset: Offset,
+    leader_epoch: Term,
+    control_type: i16,
+    payload: &[u8],
+    now_ms: i64,
+) -> BatchHeader {
+    let mut key = [0u8; 4];
+    key[2..4].copy_from_slice(&control_type.to_be_bytes());
+    let record = Record {
+        key: Some(Bytes::copy_from_slice(&key)),
+        value: Some(Bytes::copy_from_slice(payload)),
+        headers: Vec::new(),
+        timestamp_ms: Some(now_ms),
+    };
+    let frame_start = out.len();
+    let mut header = encode_frame(
+        out,
+        base_offset,
+        leader_epoch,
+        ProducerFields::NONE,
+        std::slice::from_ref(&record),
+        now_ms,
+    );
+    header.attributes |= ATTRIBUTES_CONTROL;
+    let attributes_at = frame_start + FRAME_HEADER_BYTES + BATCH_ATTRIBUTES_POSITION;
+    out[attributes_at..attributes_at + 2].copy_from_slice(&header.attributes.to_be_bytes());
+    finish_frame(out, frame_start);
+    header
+}
+
+/// The type and payload of a control batch's record, `None` for a batch
+/// that is not a control batch.
+pub fn control_record(view: &FrameView) -> Result<Option<(i16, Bytes)>, FrameError> {
+    if !view.header.is_control() {
+        return Ok(None);
+    }
+    let mut plain = view.clone();
+    plain.header.attributes &= !ATTRIBUTES_CONTROL;
+    let records = plain.records()?;
+    let [record] = records.as_slice() else {
+        return Err(malformed(format!(
+            "a control batch holds one record, not {}",
+            records.len()
+        )));
+    };
+    let key = record.key.as_deref().unwrap_or_default();
+    let &[0, 0, high, low] = key else {
+        return Err(malformed(format!(
+            "control record key of {} bytes, expected version 0 and a type",
+            key.len()
+        )));
+    };
+    let payload = record.value.clone().unwrap_or_default();
+    Ok(Some((i16::from_be_bytes([high, low]), payload)))
 }
 
 /// Fills in the lengths and both CRCs of the frame that starts at

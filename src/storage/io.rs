@@ -21,6 +21,56 @@ pub enum IoJob {
     Seal(SealJob),
     /// Delete the files of a block removed by retention.
     Delete(DeleteJob),
+    /// The end of one Raft ready's I/O (replicated partitions): write the
+    /// Raft state if it changed, fsync everything the round wrote whatever
+    /// the fsync policy, then report the ready persisted.
+    RaftReady(RaftReadyJob),
+}
+
+/// See [`IoJob::RaftReady`].
+#[derive(Debug)]
+pub struct RaftReadyJob {
+    /// raft-rs's number of the ready.
+    pub number: u64,
+    /// The Raft state to write, if it changed.
+    pub state: Option<StateWrite>,
+}
+
+/// Bytes to write at a position of a small metadata file, then fsync.
+#[derive(Debug)]
+pub struct StateWrite {
+    /// The open file.
+    pub file: Arc<File>,
+    /// Its path (for errors).
+    pub path: PathBuf,
+    /// Byte position.
+    pub position: u64,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl StateWrite {
+    /// Writes the bytes (pwrite), without syncing.
+    pub fn write(&self) -> Result<(), IoError> {
+        fail::fail_point!("storage::write", |_| Err(injected("write", &self.path)));
+        self.file
+            .write_all_at(&self.bytes, self.position)
+            .map_err(|source| IoError {
+                operation: "write",
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// fdatasync of the file.
+    pub fn sync(&self) -> Result<(), IoError> {
+        fail::fail_point!("storage::fsync", |_| Err(injected("fsync", &self.path)));
+        self.file.sync_data().map_err(|source| IoError {
+            operation: "fsync",
+            path: self.path.clone(),
+            source,
+        })
+    }
 }
 
 /// Write `bytes` at `position` of `file`. Once written and fsynced, every

@@ -175,6 +175,43 @@ pub struct AppendOutcome {
     /// I/O to run in order: a seal of the previous segment if this append
     /// rolled, then the append itself.
     pub jobs: Vec<IoJob>,
+    /// Where the frame will be once the jobs ran.
+    pub location: FrameLocation,
+}
+
+/// Where one frame is: its file, byte position and length (frame header
+/// included). A Raft layer keeps these to read its entries back.
+#[derive(Clone, Debug)]
+pub struct FrameLocation {
+    /// The segment file (active or sealed; it stays valid across a seal,
+    /// which renames the file but keeps it open).
+    pub file: Arc<SegmentFile>,
+    /// Byte position of the frame header.
+    pub position: u64,
+    /// Frame bytes.
+    pub len: u32,
+}
+
+impl FrameLocation {
+    /// Reads and verifies the frame (both CRCs; records are checked when read).
+    pub fn read(&self) -> Result<FrameView, ReadError> {
+        let mut buffer = vec![0u8; self.len as usize];
+        self.file
+            .file
+            .read_exact_at(&mut buffer, self.position)
+            .map_err(|error| ReadError::Io {
+                file: self.file.directory.clone(),
+                message: error.to_string(),
+            })?;
+        decode_frame_checksummed(&Bytes::from(buffer)).map_err(|error| {
+            ReadError::Corrupt(format!(
+                "segment {} of {}, byte {}: {error}",
+                self.file.base_offset,
+                self.file.directory.display(),
+                self.position
+            ))
+        })
+    }
 }
 
 /// A byte range of one segment file to read.
@@ -1039,6 +1076,11 @@ pub struct PartitionLog {
     active: ActiveSegment,
     log_end_offset: Offset,
     high_watermark: Offset,
+    /// Offsets below this are durable (under the fsync policy).
+    durable_offset: Offset,
+    /// Replicated partitions: offsets below this are committed by Raft; the
+    /// high watermark never passes it. `None` for a partition of one.
+    commit_limit: Option<Offset>,
     log_start_offset: Offset,
     /// Appends planned and not yet reported durable, oldest first.
     unsynced_appends: VecDeque<UnsyncedAppend>,
@@ -1205,6 +1247,8 @@ impl PartitionLog {
             active,
             log_end_offset,
             high_watermark: log_end_offset,
+            durable_offset: log_end_offset,
+            commit_limit: None,
             log_start_offset,
             unsynced_appends: VecDeque::new(),
             failed_deletions: Vec::new(),
@@ -1350,6 +1394,11 @@ impl PartitionLog {
             base_offset: batch.base_offset,
             last_offset: batch.last_offset(),
             jobs,
+            location: FrameLocation {
+                file: Arc::clone(&self.active.file),
+                position: frame_position,
+                len: frame_bytes as u32,
+            },
         })
     }
 
@@ -1407,7 +1456,8 @@ impl PartitionLog {
             "durable offset {next_offset} is past the log end offset {}",
             self.log_end_offset
         );
-        self.high_watermark = self.high_watermark.max(next_offset);
+        self.durable_offset = self.durable_offset.max(next_offset);
+        self.advance_high_watermark();
         while let Some(append) = self.unsynced_appends.front() {
             if append.next_offset > next_offset {
                 break;
@@ -1420,6 +1470,117 @@ impl PartitionLog {
             }
             self.unsynced_appends.pop_front();
         }
+    }
+
+    /// Replicated partitions: Raft has committed every offset below
+    /// `committed`. The high watermark is the lower of that and the durable
+    /// end. The first call may lower it (at open, entries past the last
+    /// known commit are not exposed); later calls only raise it.
+    pub fn set_commit_limit(&mut self, committed: Offset) {
+        match self.commit_limit {
+            None => self.high_watermark = self.high_watermark.min(committed),
+            Some(limit) if limit >= committed => return,
+            Some(_) => {}
+        }
+        self.commit_limit = Some(committed);
+        self.advance_high_watermark();
+    }
+
+    fn advance_high_watermark(&mut self) {
+        let exposed = match self.commit_limit {
+            Some(committed) => committed.min(self.durable_offset),
+            None => self.durable_offset,
+        };
+        self.high_watermark = self.high_watermark.max(exposed);
+    }
+
+    /// Appends a control batch (one offset, no application record,
+    /// timestamp 0; see
+    /// [`encode_control_frame`](super::batch::encode_control_frame)): how a
+    /// replicated partition stores Raft's own entries.
+    pub fn append_control(
+        &mut self,
+        term: Term,
+        control_type: i16,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<AppendOutcome, AppendError> {
+        let header_bytes = if self.active.write_position == 0 {
+            SEGMENT_HEADER_BYTES as usize
+        } else {
+            0
+        };
+        let mut bytes = Vec::with_capacity(header_bytes + FRAME_HEADER_BYTES + BATCH_HEADER_BYTES + 32 + payload.len());
+        if header_bytes > 0 {
+            bytes.extend_from_slice(&encode_header());
+        }
+        let header = super::batch::encode_control_frame(
+            &mut bytes,
+            self.log_end_offset,
+            term,
+            control_type,
+            payload,
+            // Timestamp 0, not the clock: every replica writes the same
+            // bytes for the same entry (and retention and time lookups
+            // pass over it).
+            0,
+        );
+        self.append_frame(bytes, header_bytes, header, now_ms)
+    }
+
+    /// The location and header of every frame from the one holding `from`
+    /// to the log end, reading the loaded blocks and the active segment
+    /// (every frame's CRC checked). A Raft layer rebuilds its entry list
+    /// from this at open. Blocks not loaded yet are an error.
+    pub fn frame_locations(&self, from: Offset) -> Result<Vec<(BatchHeader, FrameLocation)>, ReadError> {
+        if let Some(base_offset) = self.unloaded.keys().next() {
+            return Err(ReadError::NotLoaded {
+                requested: from,
+                block_base_offset: *base_offset,
+            });
+        }
+        let mut segments: Vec<(&Arc<SegmentFile>, u64, u64)> = Vec::new();
+        for (base_offset, block) in self.blocks.iter() {
+            if block.index.next_offset <= from && *base_offset < self.active.base_offset {
+                continue;
+            }
+            segments.push((&block.file, SEGMENT_HEADER_BYTES, block.durable_bytes.max(block.size_bytes)));
+        }
+        segments.push((&self.active.file, SEGMENT_HEADER_BYTES, self.active.write_position));
+        let mut out = Vec::new();
+        for (file, start, end) in segments {
+            let mut reader = FrameReader::new(&file.file, start, end, SCAN_CHUNK_BYTES);
+            loop {
+                match reader.next_frame() {
+                    Ok(Some((position, view))) => {
+                        if view.header.next_offset() <= from {
+                            continue;
+                        }
+                        let location = FrameLocation {
+                            file: Arc::clone(file),
+                            position,
+                            len: view.frame.len() as u32,
+                        };
+                        out.push((view.header, location));
+                    }
+                    Ok(None) => break,
+                    Err(FrameReadError::Io(error)) => {
+                        return Err(ReadError::Io {
+                            file: file.directory.clone(),
+                            message: error.to_string(),
+                        })
+                    }
+                    Err(FrameReadError::Frame { position, error }) => {
+                        return Err(ReadError::Corrupt(format!(
+                            "segment {} of {}, byte {position}: {error}",
+                            file.base_offset,
+                            file.directory.display()
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A seal job finished: the segment is now a sealed block.
@@ -1797,6 +1958,7 @@ impl PartitionLog {
         }
         self.log_end_offset = from;
         self.high_watermark = self.high_watermark.min(from);
+        self.durable_offset = self.durable_offset.min(from);
         self.unsynced_appends
             .retain(|append| append.next_offset <= from);
         Ok(())

@@ -16,7 +16,10 @@
 //!   value at one (partition, offset);
 //! - **gaps**: offsets missing inside a partition between the lowest and
 //!   highest offset polled there (a reader that scans a partition never
-//!   skips one).
+//!   skips one), except offsets the reader reported as skipped (Raft's
+//!   control batches take an offset and hold no record);
+//! - **read failed**: a value polled whose send failed;
+//! - **watermark regressions**: a consumer saw the high watermark go down.
 //!
 //! Values must be unique across the history: they are the records' identity.
 
@@ -30,6 +33,8 @@ pub enum SendOutcome {
     Ok { partition: u32, offset: u64 },
     /// No answer: it may or may not be stored.
     Unknown,
+    /// Refused or failed: it must never be read.
+    Failed,
 }
 
 /// One recorded send.
@@ -52,6 +57,10 @@ pub struct Poll {
 pub struct History {
     sends: Vec<Send>,
     polls: Vec<Poll>,
+    skipped: Vec<(u32, u64)>,
+    /// Per consumer and partition, the last high watermark it saw.
+    watermarks: HashMap<(u64, u32), u64>,
+    watermark_regressions: Vec<String>,
 }
 
 /// Anomalies found by [`History::check`], with a few examples of each.
@@ -67,6 +76,9 @@ pub struct Report {
     pub duplicated: usize,
     pub inconsistent_offsets: usize,
     pub gaps: usize,
+    pub failed: usize,
+    pub read_failed: usize,
+    pub watermark_regressions: usize,
     pub examples: Vec<String>,
 }
 
@@ -76,7 +88,13 @@ const EXAMPLES_MAX: usize = 20;
 impl Report {
     /// Total anomalies of every kind.
     pub fn anomalies(&self) -> usize {
-        self.lost + self.unexpected + self.duplicated + self.inconsistent_offsets + self.gaps
+        self.lost
+            + self.unexpected
+            + self.duplicated
+            + self.inconsistent_offsets
+            + self.gaps
+            + self.read_failed
+            + self.watermark_regressions
     }
 
     fn example(&mut self, text: String) {
@@ -95,17 +113,21 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "acknowledged {}, unknown {} ({} present), polled {}; lost {}, unexpected {}, \
-             duplicated {}, inconsistent offsets {}, gaps {}",
+            "acknowledged {}, unknown {} ({} present), failed {}, polled {}; lost {}, unexpected {}, \
+             duplicated {}, inconsistent offsets {}, gaps {}, reads of failed sends {}, \
+             watermark regressions {}",
             self.acknowledged,
             self.unknown,
             self.unknown_present,
+            self.failed,
             self.polled,
             self.lost,
             self.unexpected,
             self.duplicated,
             self.inconsistent_offsets,
-            self.gaps
+            self.gaps,
+            self.read_failed,
+            self.watermark_regressions
         )?;
         for example in &self.examples {
             write!(f, "\n  {example}")?;
@@ -138,6 +160,24 @@ impl History {
         });
     }
 
+    /// An offset a reader passed over because it holds no record (a
+    /// control batch): not a gap.
+    pub fn skipped(&mut self, partition: u32, offset: u64) {
+        self.skipped.push((partition, offset));
+    }
+
+    /// Consumer `consumer` saw `high_watermark` for `partition`; it must
+    /// never see a lower one later.
+    pub fn watermark(&mut self, consumer: u64, partition: u32, high_watermark: u64) {
+        let last = self.watermarks.entry((consumer, partition)).or_insert(0);
+        if high_watermark < *last {
+            self.watermark_regressions.push(format!(
+                "consumer {consumer} saw partition {partition}'s high watermark go from {last} to {high_watermark}"
+            ));
+        }
+        *last = (*last).max(high_watermark);
+    }
+
     /// Forgets every poll (sends are kept), to check a fresh read of the log.
     pub fn clear_polls(&mut self) {
         self.polls.clear();
@@ -154,6 +194,7 @@ impl History {
             match send.outcome {
                 SendOutcome::Ok { .. } => report.acknowledged += 1,
                 SendOutcome::Unknown => report.unknown += 1,
+                SendOutcome::Failed => report.failed += 1,
             }
             let previous = sent.insert(&send.value, send.outcome);
             assert!(
@@ -204,6 +245,13 @@ impl History {
                     ));
                 }
                 Some(SendOutcome::Unknown) => report.unknown_present += 1,
+                Some(SendOutcome::Failed) => {
+                    report.read_failed += 1;
+                    report.example(format!(
+                        "{} polled at {places:?}, but its send failed",
+                        shown(value)
+                    ));
+                }
                 Some(SendOutcome::Ok { partition, offset }) => {
                     if places.iter().any(|place| *place != (*partition, *offset)) {
                         report.inconsistent_offsets += 1;
@@ -229,7 +277,13 @@ impl History {
         }
 
         let mut range_of: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
-        for &(partition, offset) in value_at.keys() {
+        let skipped: std::collections::BTreeSet<(u32, u64)> = self
+            .skipped
+            .iter()
+            .copied()
+            .filter(|place| !value_at.contains_key(place))
+            .collect();
+        for &(partition, offset) in value_at.keys().chain(skipped.iter()) {
             let (low, high, count) = range_of.entry(partition).or_insert((offset, offset, 0));
             *low = (*low).min(offset);
             *high = (*high).max(offset);
@@ -243,6 +297,10 @@ impl History {
                     "partition {partition}: {missing} offsets missing between {low} and {high}"
                 ));
             }
+        }
+        report.watermark_regressions = self.watermark_regressions.len();
+        for regression in &self.watermark_regressions {
+            report.example(regression.clone());
         }
         report
     }
@@ -292,5 +350,17 @@ mod tests {
         assert_eq!(report.duplicated, 1, "{report}");
         assert_eq!(report.inconsistent_offsets, 2, "{report}");
         assert_eq!(report.gaps, 1, "{report}");
+
+        // A skipped (control) offset is not a gap; reading a failed send
+        // and a falling high watermark are anomalies.
+        history.skipped(0, 4);
+        history.send("failed", SendOutcome::Failed);
+        history.poll(0, 6, "failed");
+        history.watermark(1, 0, 7);
+        history.watermark(1, 0, 6);
+        let report = history.check();
+        assert_eq!(report.gaps, 0, "{report}");
+        assert_eq!(report.read_failed, 1, "{report}");
+        assert_eq!(report.watermark_regressions, 1, "{report}");
     }
 }
