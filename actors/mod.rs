@@ -4,6 +4,7 @@
 //! - [`partition`]: `PartitionActor`, one per partition, on the core arbiters.
 //! - [`writer`]: the group-commit thread each partition actor owns.
 //! - [`deleter`]: the runtime's file-deletion thread.
+//! - [`raft_node`]: `RaftNode`, the node's Raft router: peer messages in and out.
 
 pub(crate) mod compactor;
 pub(crate) mod deleter;
@@ -13,4 +14,5 @@ pub(crate) mod mailbox;
 pub(crate) mod partition;
 pub(crate) mod pipeline;
 pub(crate) mod producers;
+pub(crate) mod raft_node;
 pub(crate) mod writer;

@@ -27,11 +27,14 @@
 use super::deleter::{DeleteRequest, DeleterCommand, DeletionOutcome};
 use super::loader::{BlockLoaded, BlockLoader, PartitionWork};
 use super::producers::{ProducerStates, Sequenced, Verdict};
+use super::raft_node::{RaftInbound, RaftOutbound};
 use super::writer::{WriterEvent, WriterHandle, WriterReport};
 use crate::config::{StartupConfig, TopicConfig};
 use crate::error::{FetchError, ProduceError};
-use crate::health::{LoadProgress, LoadState, PartitionHealth, Phase};
+use crate::health::{LoadProgress, LoadState, PartitionHealth, Phase, ReplicaHealth, ReplicaLag};
 use crate::metrics::{Metrics, PartitionGauges};
+use crate::replication::replica::{ProposeError, ReplicaConfig, ReplicaCore};
+use crate::replication::transport::GroupId;
 use crate::storage::compaction::{CompactedBlocks, CompactionInput, SwapError};
 use crate::storage::log::{
     block_timestamp_hint, load_block, LoadedBlock, UnloadedBlock, Verification,
@@ -235,12 +238,33 @@ impl PartitionSettings {
         &self,
     ) -> Result<(PartitionLog, crate::storage::RecoveryReport), OpenError> {
         let options = crate::runtime::log_options(&self.topic);
-        if self.startup.hot_window.is_zero() {
+        // A replica indexes every frame as a Raft entry at open, so its
+        // blocks load at once (see ARCHITECTURE.md, "Replication").
+        if self.startup.hot_window.is_zero() || self.topic.replication_factor > 1 {
             PartitionLog::open(&self.directory, options)
         } else {
             PartitionLog::open_deferred(&self.directory, options)
         }
     }
+}
+
+/// A replicated partition's Raft side, owned by its actor.
+pub(crate) struct ReplicaHandle {
+    pub(crate) core: ReplicaCore<ReplicaWaiter>,
+    pub(crate) config: ReplicaConfig,
+    pub(crate) group: GroupId,
+    /// The RaftNode, which sends to peers.
+    pub(crate) router: Recipient<RaftOutbound>,
+    /// raft-rs's logical clock ticks this often.
+    pub(crate) tick: Duration,
+}
+
+/// A proposal's producer, waiting for the commit.
+pub(crate) struct ReplicaWaiter {
+    reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
+    record_count: u64,
+    bytes: u64,
+    producer: Option<Sequenced>,
 }
 
 struct PendingAck {
@@ -304,6 +328,8 @@ pub(crate) struct PartitionActor {
     /// Set by `Retire`: the topic was deleted; the actor only waits for its
     /// last address to drop.
     retired: bool,
+    /// Replicated partitions: the Raft group's replica on this node.
+    replica: Option<ReplicaHandle>,
 }
 
 impl PartitionActor {
@@ -314,6 +340,7 @@ impl PartitionActor {
         loader: Addr<BlockLoader>,
         metrics: Arc<Metrics>,
         gauges: Arc<PartitionGauges>,
+        replica: Option<ReplicaHandle>,
     ) -> PartitionActor {
         let producers = ProducerStates::rebuilt(&log.take_recovered_producer_batches());
         PartitionActor {
@@ -340,6 +367,7 @@ impl PartitionActor {
             gauges,
             maintenance: None,
             retired: false,
+            replica,
         }
     }
 
@@ -358,6 +386,16 @@ impl PartitionActor {
             u64::from(self.serving && self.restarting.is_none()),
             Relaxed,
         );
+        if let Some(replica) = &self.replica {
+            let status = replica.core.status();
+            let raft = &self.gauges.raft;
+            raft.replicated.store(1, Relaxed);
+            raft.leader.store(status.leader, Relaxed);
+            raft.term.store(status.term, Relaxed);
+            raft.commit_index.store(status.commit_index, Relaxed);
+            raft.applied_index.store(status.applied_index, Relaxed);
+            raft.last_index.store(status.last_index, Relaxed);
+        }
     }
 
     /// Runs a handler body; a panic in it stops the actor so its supervisor
@@ -778,6 +816,27 @@ impl PartitionActor {
             log_start_offset: self.log.log_start_offset().0,
             log_end_offset: self.log.log_end_offset().0,
             high_watermark: self.log.high_watermark().0,
+            replica: self.replica.as_ref().map(|replica| {
+                let status = replica.core.status();
+                ReplicaHealth {
+                    node_id: status.id,
+                    leader: status.leader,
+                    term: status.term,
+                    commit_index: status.commit_index,
+                    applied_index: status.applied_index,
+                    last_index: status.last_index,
+                    voters: status.voters,
+                    replicas: status
+                        .matched
+                        .iter()
+                        .map(|&(node_id, matched_index)| ReplicaLag {
+                            node_id,
+                            matched_index,
+                            lag: status.last_index.saturating_sub(matched_index),
+                        })
+                        .collect(),
+                }
+            }),
         }
     }
 
@@ -798,6 +857,23 @@ impl PartitionActor {
                     &report,
                 );
                 self.log = log;
+                if let Some(replica) = self.replica.as_mut() {
+                    match ReplicaCore::open(
+                        &mut self.log,
+                        &self.settings.directory,
+                        &replica.config,
+                    ) {
+                        // The old core's waiting producers see Unavailable.
+                        Ok(core) => replica.core = core,
+                        Err(error) => {
+                            let reason = format!("reopen of the replica failed: {error}");
+                            tracing::warn!(partition = %self.name, %reason, "partition restart failed; retrying");
+                            self.restarting = Some(reason);
+                            context.notify_later(Reopen, self.restart_backoff());
+                            return;
+                        }
+                    }
+                }
                 // The reopened log may lack an unacknowledged tail that the
                 // old states still describe: rebuild them from what is stored.
                 self.producers =
@@ -814,6 +890,58 @@ impl PartitionActor {
             }
         }
         self.publish_gauges();
+    }
+}
+
+/// What a producer hears when its proposal fails.
+fn produce_error(error: ProposeError) -> ProduceError {
+    match error {
+        ProposeError::NotLeader { leader } => ProduceError::NotLeader { leader },
+        ProposeError::Superseded => ProduceError::NotCommitted(error.to_string()),
+        // Refused before it entered the log: nothing was stored.
+        ProposeError::Dropped(_) => ProduceError::Unavailable,
+    }
+}
+
+impl ReplicaHandle {
+    /// Hands messages to the RaftNode for the peers.
+    fn send(&self, messages: Vec<raft::prelude::Message>) {
+        if !messages.is_empty() {
+            self.router.do_send(RaftOutbound {
+                group: self.group.clone(),
+                messages,
+            });
+        }
+    }
+}
+
+impl Handler<RaftInbound> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, message: RaftInbound, context: &mut Context<Self>) {
+        self.guarded(context, "raft messages", |actor, context| {
+            if actor.fail_stopped.is_some() || actor.restarting.is_some() {
+                return;
+            }
+            if let Some(replica) = actor.replica.as_mut() {
+                for raft_message in message.messages {
+                    replica.core.step(raft_message);
+                }
+            }
+            actor.drive_replica(context);
+        });
+    }
+}
+
+impl PartitionActor {
+    fn tick(&mut self, context: &mut Context<Self>) {
+        if self.fail_stopped.is_some() || self.restarting.is_some() || !self.accepting {
+            return;
+        }
+        if let Some(replica) = self.replica.as_mut() {
+            replica.core.tick();
+        }
+        self.drive_replica(context);
     }
 }
 
@@ -853,6 +981,11 @@ impl Actor for PartitionActor {
                 })
             }),
         );
+        if let Some(tick) = self.replica.as_ref().map(|replica| replica.tick) {
+            context.run_interval(tick, |actor, context| {
+                actor.guarded(context, "raft tick", |actor, context| actor.tick(context))
+            });
+        }
         if self.restarts == 0 {
             // The first chunk loads here, before any message is handled.
             self.guarded(context, "startup load", |actor, context| {
@@ -910,8 +1043,109 @@ impl PartitionActor {
             return;
         }
         let record_count = message.records.len() as u64;
+        if self.replica.is_some() {
+            let mut frame = Vec::new();
+            crate::storage::batch::encode_frame(
+                &mut frame,
+                Offset(0),
+                Term(0),
+                crate::storage::batch::ProducerFields::NONE,
+                &message.records,
+                now_ms(),
+            );
+            let max = self.log.options().batch_bytes_max;
+            if frame.len() > max {
+                let _ = message.reply.send(Err(ProduceError::TooLarge {
+                    bytes: frame.len(),
+                    max,
+                }));
+                return;
+            }
+            let batch =
+                bytes::Bytes::from(frame).slice(crate::storage::batch::FRAME_HEADER_BYTES..);
+            let waiter = ReplicaWaiter {
+                reply: message.reply,
+                record_count,
+                bytes: batch.len() as u64,
+                producer: None,
+            };
+            self.propose(batch, waiter, context);
+            return;
+        }
         let outcome = self.log.append(&message.records, Term(0), now_ms());
         self.queue_append(outcome, record_count, message.reply, context);
+    }
+
+    /// Replicated partitions: proposes a batch to the Raft group; the
+    /// producer is answered when it is committed (or not).
+    fn propose(&mut self, batch: bytes::Bytes, waiter: ReplicaWaiter, context: &mut Context<Self>) {
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        if let Err((waiter, error)) = replica.core.propose(batch, waiter) {
+            let _ = waiter.reply.send(Err(produce_error(error)));
+            return;
+        }
+        self.drive_replica(context);
+    }
+
+    /// Runs the replica's rounds until one is in flight or there is no
+    /// work: sends what may go now, hands the I/O to the writer, answers
+    /// the proposals that completed, and wakes fetches.
+    fn drive_replica(&mut self, context: &mut Context<Self>) {
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        let mut jobs = Vec::new();
+        let failure = loop {
+            match replica.core.poll(&mut self.log, now_ms()) {
+                Ok(Some(round)) => {
+                    replica.send(round.messages);
+                    jobs.extend(round.jobs);
+                }
+                Ok(None) => break None,
+                Err(error) => break Some(error.to_string()),
+            }
+        };
+        let completed = replica.core.take_completed();
+        if !jobs.is_empty() {
+            self.submit(jobs, context);
+        }
+        for (waiter, outcome) in completed {
+            self.answer_proposal(waiter, outcome);
+        }
+        if let Some(reason) = failure {
+            self.fail_stop(reason);
+        }
+        self.publish_gauges();
+        self.wake_fetches();
+    }
+
+    fn answer_proposal(
+        &mut self,
+        waiter: ReplicaWaiter,
+        outcome: Result<(Offset, Offset), ProposeError>,
+    ) {
+        let answer = match outcome {
+            Ok((base_offset, last_offset)) => {
+                if let Some(producer) = &waiter.producer {
+                    self.producers.record(producer, base_offset, last_offset);
+                }
+                self.metrics
+                    .records_produced_total
+                    .fetch_add(waiter.record_count, Relaxed);
+                self.metrics
+                    .bytes_produced_total
+                    .fetch_add(waiter.bytes, Relaxed);
+                Ok(AppendAck {
+                    partition: self.settings.partition,
+                    base_offset,
+                    last_offset,
+                })
+            }
+            Err(error) => Err(produce_error(error)),
+        };
+        let _ = waiter.reply.send(answer);
     }
 
     /// Why produce is refused right now, if it is.
@@ -965,6 +1199,16 @@ impl PartitionActor {
             }
         }
         let record_count = u64::from(message.header.record_count);
+        if self.replica.is_some() {
+            let waiter = ReplicaWaiter {
+                reply: message.reply,
+                record_count,
+                bytes: message.batch.len() as u64,
+                producer: message.producer,
+            };
+            self.propose(message.batch, waiter, context);
+            return;
+        }
         let outcome = self
             .log
             .append_batch(&message.batch, &message.header, Term(0), now_ms());
@@ -1020,7 +1264,7 @@ impl PartitionActor {
         self.submit(outcome.jobs, context);
     }
 
-    fn on_writer_event(&mut self, event: WriterEvent) {
+    fn on_writer_event(&mut self, event: WriterEvent, context: &mut Context<Self>) {
         match event {
             WriterEvent::Durable { next_offset } => {
                 if self.fail_stopped.is_some() {
@@ -1067,7 +1311,16 @@ impl PartitionActor {
                 self.metrics.seal_failures_total.fetch_add(1, Relaxed);
                 self.log.seal_failed(base_offset);
             }
-            WriterEvent::RaftPersisted { .. } => {}
+            WriterEvent::RaftPersisted { number } => {
+                if self.fail_stopped.is_some() {
+                    return;
+                }
+                if let Some(replica) = self.replica.as_mut() {
+                    let messages = replica.core.persisted(number);
+                    replica.send(messages);
+                }
+                self.drive_replica(context);
+            }
             WriterEvent::Failed { error } => self.fail_stop(error),
         }
     }
@@ -1090,8 +1343,8 @@ impl Handler<WriterReport> for PartitionActor {
         if report.generation != self.writer_generation {
             return; // from the writer of a previous incarnation
         }
-        self.guarded(context, "writer event", |actor, _| {
-            actor.on_writer_event(report.event)
+        self.guarded(context, "writer event", |actor, context| {
+            actor.on_writer_event(report.event, context)
         });
     }
 }
@@ -1132,6 +1385,13 @@ impl PartitionActor {
         if self.restarting.is_some() {
             let _ = message.reply.send(Err(FetchError::Unavailable));
             return;
+        }
+        if let Some(replica) = &self.replica {
+            if !replica.core.serves_reads() {
+                let leader = replica.core.leader();
+                let _ = message.reply.send(Err(FetchError::NotLeader { leader }));
+                return;
+            }
         }
         let can_wait = !message.max_wait.is_zero()
             && self.accepting
@@ -1266,6 +1526,14 @@ impl Handler<Drain> for PartitionActor {
 impl PartitionActor {
     fn drain(&mut self, message: Drain) {
         self.accepting = false;
+        if let Some(replica) = self.replica.as_mut() {
+            replica.core.fail_waiting(ProposeError::Dropped(
+                "the runtime is shutting down".to_string(),
+            ));
+            for (waiter, _) in replica.core.take_completed() {
+                let _ = waiter.reply.send(Err(ProduceError::ShuttingDown));
+            }
+        }
         // A consumer waiting at the end gets "no more records" now.
         for fetch in std::mem::take(&mut self.waiting_fetches)
             .into_iter()

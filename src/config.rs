@@ -175,8 +175,22 @@ pub const FSYNC_INTERVAL_MAX: Duration = Duration::from_secs(10);
 /// arithmetic on these values far from overflow.
 pub const AGE_MAX: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
-/// The only `replication_factor` accepted until replication is implemented.
+/// Default `replication_factor`: one copy, no Raft.
 pub const REPLICATION_FACTOR_DEFAULT: u32 = 1;
+/// Largest `replication_factor` (and cluster size): Raft's quorum costs grow
+/// with it, and 7 already survives the loss of 3 nodes.
+pub const REPLICATION_FACTOR_MAX: u32 = 7;
+/// Default `[node] cluster_id`.
+pub const CLUSTER_ID_DEFAULT: &str = "millrace";
+/// Default `[node] tick`.
+pub const TICK_DEFAULT: Duration = Duration::from_millis(50);
+/// Longest `[node] tick`.
+pub const TICK_MAX: Duration = Duration::from_secs(10);
+/// Default `[node] election_ticks`: with the default tick, an election
+/// timeout of 0.5 to 1 s (raft-rs randomises it up to twice this).
+pub const ELECTION_TICKS_DEFAULT: usize = 10;
+/// Default `[node] heartbeat_ticks`.
+pub const HEARTBEAT_TICKS_DEFAULT: usize = 2;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -201,6 +215,9 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// `[kafka]`: the Kafka-protocol listener; `None` (the default) = off.
     pub kafka: Option<KafkaConfig>,
+    /// `[node]`: this node's place in a Raft cluster; `None` (the default)
+    /// = a single node, and every topic has `replication_factor = 1`.
+    pub node: Option<NodeConfig>,
     /// `[compactor]`: the key compactor's budget and schedule.
     pub compactor: CompactorConfig,
     /// `shutdown_timeout` (default "30s"): how long `Runtime::shutdown` waits
@@ -295,6 +312,62 @@ pub struct KafkaConfig {
     pub allow_topic_management: bool,
 }
 
+/// The `[node]` table: this node of a Raft cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `id` (required): this node's id, at least 1, unique in the cluster.
+    pub id: u64,
+    /// `listen` (required): address of peer (Raft) traffic, an IP address
+    /// and port (`"127.0.0.1:7001"`).
+    pub listen: std::net::SocketAddr,
+    /// `peers` (required): every other node, as `"ID@IP:PORT"`.
+    pub peers: Vec<PeerConfig>,
+    /// `cluster_id` (default "millrace"): peers with another id are
+    /// refused, so two clusters on one network never mix. 1 to 64
+    /// characters of `[A-Za-z0-9._-]`.
+    pub cluster_id: String,
+    /// `tick` (default "50ms", at most 10 s): Raft's logical clock.
+    pub tick: Duration,
+    /// `election_ticks` (default 10): ticks without a leader before an
+    /// election (raft-rs randomises it up to twice this). More than
+    /// `heartbeat_ticks`.
+    pub election_ticks: usize,
+    /// `heartbeat_ticks` (default 2): ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+}
+
+impl NodeConfig {
+    /// Every node id in the cluster, sorted (this node's and its peers').
+    pub fn members(&self) -> Vec<u64> {
+        let mut members: Vec<u64> = std::iter::once(self.id)
+            .chain(self.peers.iter().map(|peer| peer.id))
+            .collect();
+        members.sort_unstable();
+        members
+    }
+}
+
+/// One entry of `[node] peers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's node id.
+    pub id: u64,
+    /// Its `[node] listen` address.
+    pub address: std::net::SocketAddr,
+}
+
+/// A topic's `acks`: when a produce to a replicated partition is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Acks {
+    /// `"all"` (default): once a majority of the replicas has the batch
+    /// fsynced and it is committed. Survives the loss of any minority.
+    #[default]
+    All,
+    /// `"leader"`: once the leader has it fsynced. Faster; a leader that
+    /// dies before its followers have the batch loses it.
+    Leader,
+}
+
 /// Default `[kafka] max_connections`.
 pub const KAFKA_MAX_CONNECTIONS_DEFAULT: u32 = 256;
 /// Largest `[kafka] max_connections`.
@@ -346,8 +419,13 @@ pub struct TopicConfig {
     /// A TOML float, or the integer 0 or 1; finite, within 0.0..=1.0.
     /// Accepted, and ignored, when `cleanup` is "delete", like `delete_retention`.
     pub min_dirty_ratio: f64,
-    /// `replication_factor` (default 1; only 1 until replication is implemented).
+    /// `replication_factor` (default 1, at most [`REPLICATION_FACTOR_MAX`]):
+    /// copies of each partition, one per node. Above 1 it needs a `[node]`
+    /// section, and may not exceed the cluster's size.
     pub replication_factor: u32,
+    /// `acks` (default "all"): when a produce to a replicated partition is
+    /// answered, see [`Acks`]. Ignored with `replication_factor = 1`.
+    pub acks: Acks,
 }
 
 /// When a produce is acknowledged.
@@ -477,6 +555,7 @@ impl Config {
             startup: StartupConfig::default(),
             http: None,
             kafka: None,
+            node: None,
             compactor: CompactorConfig::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
             pipelines: Vec::new(),
@@ -532,6 +611,11 @@ impl Config {
             check_unique_name(&self.topics, index)
                 .map_err(|message| error(format!("topic[{index}].name"), message))?;
         }
+        if let Some(node) = &self.node {
+            check_node(node)
+                .map_err(|broken| error(format!("node.{}", broken.key), broken.message))?;
+        }
+        check_cluster_links(self).map_err(|(path, message)| error(path, message))?;
         let pipeline_path = |index: usize, path: &str| {
             let name = self
                 .pipelines
@@ -575,6 +659,7 @@ impl TopicConfig {
             delete_retention: DELETE_RETENTION_DEFAULT,
             min_dirty_ratio: MIN_DIRTY_RATIO_DEFAULT,
             replication_factor: REPLICATION_FACTOR_DEFAULT,
+            acks: Acks::All,
         }
     }
 }
@@ -941,17 +1026,176 @@ fn check_fsync(fsync: FsyncPolicy) -> Result<(), String> {
 }
 
 fn check_replication_factor(replication_factor: i64) -> Result<(), String> {
-    if replication_factor == i64::from(REPLICATION_FACTOR_DEFAULT) {
-        return Ok(());
-    }
-    if replication_factor < 1 {
+    if !(1..=i64::from(REPLICATION_FACTOR_MAX)).contains(&replication_factor) {
         return Err(format!(
-            "replication_factor must be at least 1, got {replication_factor}"
+            "replication_factor = {replication_factor} is out of range: it must be between 1 and {REPLICATION_FACTOR_MAX}"
         ));
     }
-    Err(format!(
-        "replication_factor = {replication_factor}: replication is not implemented yet; only 1 is accepted"
-    ))
+    Ok(())
+}
+
+/// The `[node]` rules that need no other section.
+fn check_node(node: &NodeConfig) -> Result<(), BrokenRule> {
+    let broken = |key: &'static str, message: String| Err(BrokenRule { key, message });
+    if node.id == 0 {
+        return broken(
+            "id",
+            "id = 0: node ids start at 1 (Raft reserves 0 for \"none\")".to_owned(),
+        );
+    }
+    if node.cluster_id.is_empty()
+        || node.cluster_id.len() > 64
+        || !node
+            .cluster_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return broken(
+            "cluster_id",
+            format!(
+                "invalid cluster_id {:?}: it is 1 to 64 characters of [A-Za-z0-9._-]",
+                node.cluster_id
+            ),
+        );
+    }
+    if node.tick.is_zero() || node.tick > TICK_MAX {
+        return broken(
+            "tick",
+            format!(
+                "tick = {} is out of range: more than 0 and at most {}",
+                humantime::format_duration(node.tick),
+                humantime::format_duration(TICK_MAX)
+            ),
+        );
+    }
+    if node.heartbeat_ticks == 0 {
+        return broken(
+            "heartbeat_ticks",
+            "heartbeat_ticks must be at least 1".to_owned(),
+        );
+    }
+    if node.election_ticks <= node.heartbeat_ticks {
+        return broken(
+            "election_ticks",
+            format!(
+                "election_ticks = {} must be more than heartbeat_ticks = {} (a follower would \
+                 start elections between a leader's heartbeats)",
+                node.election_ticks, node.heartbeat_ticks
+            ),
+        );
+    }
+    if node.peers.len() + 1 > REPLICATION_FACTOR_MAX as usize {
+        return broken(
+            "peers",
+            format!(
+                "a cluster of {} nodes is over the limit of {REPLICATION_FACTOR_MAX}",
+                node.peers.len() + 1
+            ),
+        );
+    }
+    for (index, peer) in node.peers.iter().enumerate() {
+        if peer.id == 0 {
+            return broken("peers", format!("peers[{index}]: node ids start at 1"));
+        }
+        if peer.id == node.id {
+            return broken(
+                "peers",
+                format!(
+                    "peers[{index}] has id {}, which is this node's own id",
+                    peer.id
+                ),
+            );
+        }
+        if peer.address == node.listen {
+            return broken(
+                "peers",
+                format!(
+                    "peers[{index}] has address {}, which is this node's listen address",
+                    peer.address
+                ),
+            );
+        }
+        if let Some(earlier) = node.peers[..index]
+            .iter()
+            .position(|other| other.id == peer.id || other.address == peer.address)
+        {
+            return broken(
+                "peers",
+                format!(
+                    "peers[{index}] ({}@{}) repeats the id or address of peers[{earlier}]",
+                    peer.id, peer.address
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Rules across sections: replicated topics need a cluster large enough,
+/// and the node's listen address must not clash with the other listeners.
+/// Returns the key path and the message.
+fn check_cluster_links(config: &Config) -> Result<(), (String, String)> {
+    let members = config.node.as_ref().map_or(1, |node| node.peers.len() + 1);
+    for (index, topic) in config.topics.iter().enumerate() {
+        if topic.replication_factor as usize > members {
+            let message = if config.node.is_none() {
+                format!(
+                    "replication_factor = {} needs a [node] section with at least {} peers \
+                     (one copy per node)",
+                    topic.replication_factor,
+                    topic.replication_factor - 1
+                )
+            } else {
+                format!(
+                    "replication_factor = {} is more than the cluster's {members} nodes \
+                     (this node and its peers; one copy per node)",
+                    topic.replication_factor
+                )
+            };
+            return Err((format!("topic[{index}].replication_factor"), message));
+        }
+    }
+    if let Some(node) = &config.node {
+        let others = [
+            ("http.listen", config.http.as_ref().map(|http| http.listen)),
+            (
+                "kafka.listen",
+                config.kafka.as_ref().map(|kafka| kafka.listen),
+            ),
+        ];
+        for (key, address) in others {
+            if address.is_some_and(|address| address == node.listen && address.port() != 0) {
+                return Err((
+                    "node.listen".to_owned(),
+                    format!(
+                        "listen {} is also {key}: peer traffic needs its own port",
+                        node.listen
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses one `[node] peers` entry, `"ID@IP:PORT"`.
+fn peer_value(text: &str) -> Result<PeerConfig, String> {
+    let bad = |why: String| {
+        format!("invalid peer {text:?}: {why}; expected \"ID@IP:PORT\" like \"2@127.0.0.1:7002\"")
+    };
+    let (id, address) = text
+        .trim()
+        .split_once('@')
+        .ok_or_else(|| bad("no '@' between the node id and the address".to_owned()))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| bad(format!("{id:?} is not a node id")))?;
+    let address = address.parse().map_err(|error| {
+        bad(format!(
+            "{address:?} is not an IP address and port ({error})"
+        ))
+    })?;
+    Ok(PeerConfig { id, address })
 }
 
 /// Topic names must differ ignoring ASCII case: each topic gets directories
@@ -986,9 +1230,22 @@ struct RawConfig {
     startup: Option<Spanned<RawStartup>>,
     http: Option<Spanned<RawHttp>>,
     kafka: Option<Spanned<RawKafka>>,
+    node: Option<Spanned<RawNode>>,
     compactor: Option<Spanned<RawCompactor>>,
     #[serde(default)]
     pipeline: Vec<Located<RawPipeline>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Option<Spanned<i64>>,
+    listen: Option<Spanned<String>>,
+    peers: Option<Spanned<Vec<Spanned<String>>>>,
+    cluster_id: Option<Spanned<String>>,
+    tick: Option<Spanned<String>>,
+    election_ticks: Option<Spanned<i64>>,
+    heartbeat_ticks: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1040,6 +1297,7 @@ struct RawTopic {
     delete_retention: Option<Spanned<String>>,
     min_dirty_ratio: Option<Spanned<RawRatio>>,
     replication_factor: Option<Spanned<i64>>,
+    acks: Option<Spanned<String>>,
 }
 
 /// A size as written: a TOML integer (bytes) or a string for [`parse_size`].
@@ -1243,6 +1501,7 @@ struct SectionValueSpans {
     startup: Option<SpannedValues>,
     http: Option<SpannedValues>,
     kafka: Option<SpannedValues>,
+    node: Option<SpannedValues>,
     compactor: Option<SpannedValues>,
 }
 
@@ -1252,6 +1511,7 @@ impl SectionValueSpans {
             "startup" => self.startup,
             "http" => self.http,
             "kafka" => self.kafka,
+            "node" => self.node,
             "compactor" => self.compactor,
             _ => None,
         }
@@ -1264,6 +1524,7 @@ struct SectionTables {
     startup: Option<toml::Table>,
     http: Option<toml::Table>,
     kafka: Option<toml::Table>,
+    node: Option<toml::Table>,
     compactor: Option<toml::Table>,
 }
 
@@ -1273,6 +1534,7 @@ impl SectionTables {
             "startup" => self.startup,
             "http" => self.http,
             "kafka" => self.kafka,
+            "node" => self.node,
             "compactor" => self.compactor,
             _ => None,
         }
@@ -1322,8 +1584,10 @@ impl RawConfig {
             .map_err(|message| source.error(Some(data_dir_span), Some("data_dir"), message))?;
         let mut topics = Vec::with_capacity(self.topic.len());
         let mut name_spans = Vec::with_capacity(self.topic.len());
+        let mut factor_spans = Vec::with_capacity(self.topic.len());
         for (index, raw) in self.topic.into_iter().enumerate() {
             let table_span = raw.span();
+            factor_spans.push(raw.get_ref().replication_factor.as_ref().map(Spanned::span));
             let (topic, name_span) = raw.into_inner().into_topic(index, table_span, source)?;
             topics.push(topic);
             name_spans.push(name_span);
@@ -1341,6 +1605,7 @@ impl RawConfig {
             startup: StartupConfig::default(),
             http: None,
             kafka: None,
+            node: None,
             compactor: CompactorConfig::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT_DEFAULT,
             pipelines: Vec::new(),
@@ -1365,6 +1630,18 @@ impl RawConfig {
             let table_span = kafka.span();
             config.kafka = Some(kafka.into_inner().into_kafka(table_span, source)?);
         }
+        if let Some(node) = self.node {
+            let table_span = node.span();
+            config.node = Some(node.into_inner().into_node(table_span, source)?);
+        }
+        check_cluster_links(&config).map_err(|(path, message)| {
+            let span = factor_spans
+                .iter()
+                .enumerate()
+                .find(|(index, _)| path == format!("topic[{index}].replication_factor"))
+                .and_then(|(_, span)| span.clone());
+            source.error(span, Some(&path), message)
+        })?;
         if let Some(compactor) = self.compactor {
             let table_span = compactor.span();
             config.compactor = compactor.into_inner().into_compactor(table_span, source)?;
@@ -1460,6 +1737,107 @@ impl RawCompactor {
         }
         check_compactor(&compactor).map_err(|broken| fail(broken.key, broken.message))?;
         Ok(compactor)
+    }
+}
+
+impl RawNode {
+    /// Converts the `[node]` table (at `table_span`).
+    fn into_node(
+        self,
+        table_span: Range<usize>,
+        source: &Source<'_>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let mut spans = KeySpans::default();
+        spans.record("id", &self.id);
+        spans.record("listen", &self.listen);
+        spans.record("peers", &self.peers);
+        spans.record("cluster_id", &self.cluster_id);
+        spans.record("tick", &self.tick);
+        spans.record("election_ticks", &self.election_ticks);
+        spans.record("heartbeat_ticks", &self.heartbeat_ticks);
+        let fail_at = |key: &str, span: Option<Range<usize>>, message: String| {
+            source.error(
+                Some(
+                    span.or_else(|| spans.get(key))
+                        .unwrap_or_else(|| table_span.clone()),
+                ),
+                Some(&format!("node.{key}")),
+                message,
+            )
+        };
+        let fail = |key: &str, message: String| fail_at(key, None, message);
+        let missing = |key: &str, example: &str| {
+            fail(
+                key,
+                format!(
+                    "missing required key `{key}` in [node] (e.g. {example}; leave [node] out \
+                     to run a single node)"
+                ),
+            )
+        };
+        let id = self.id.ok_or_else(|| missing("id", "id = 1"))?;
+        let id = u64::try_from(*id.get_ref()).map_err(|_| {
+            fail(
+                "id",
+                format!("id = {} is not a node id (1 or more)", id.get_ref()),
+            )
+        })?;
+        let listen = self
+            .listen
+            .ok_or_else(|| missing("listen", "listen = \"127.0.0.1:7001\""))?;
+        let listen = listen_value(listen.get_ref()).map_err(|m| fail("listen", m))?;
+        let peers = self.peers.ok_or_else(|| {
+            missing(
+                "peers",
+                "peers = [\"2@127.0.0.1:7002\", \"3@127.0.0.1:7003\"]",
+            )
+        })?;
+        let peers = peers
+            .into_inner()
+            .into_iter()
+            .map(|peer| {
+                let span = peer.span();
+                peer_value(peer.get_ref()).map_err(|m| fail_at("peers", Some(span), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = |key: &str, value: Option<Spanned<i64>>, default: usize| match value {
+            None => Ok(default),
+            Some(value) => usize::try_from(*value.get_ref())
+                .ok()
+                .filter(|&ticks| ticks <= 1_000_000)
+                .ok_or_else(|| {
+                    fail(
+                        key,
+                        format!("{key} = {} is out of range: 0 to 1000000", value.get_ref()),
+                    )
+                }),
+        };
+        let node = NodeConfig {
+            id,
+            listen,
+            peers,
+            cluster_id: self
+                .cluster_id
+                .map_or_else(|| CLUSTER_ID_DEFAULT.to_owned(), |id| id.into_inner()),
+            tick: match self.tick {
+                None => TICK_DEFAULT,
+                Some(tick) => {
+                    duration_value("tick", tick.get_ref()).map_err(|m| fail("tick", m))?
+                }
+            },
+            election_ticks: count(
+                "election_ticks",
+                self.election_ticks,
+                ELECTION_TICKS_DEFAULT,
+            )?,
+            heartbeat_ticks: count(
+                "heartbeat_ticks",
+                self.heartbeat_ticks,
+                HEARTBEAT_TICKS_DEFAULT,
+            )?,
+        };
+        check_node(&node).map_err(|broken| fail(broken.key, broken.message))?;
+        Ok(node)
     }
 }
 
@@ -1621,6 +1999,7 @@ impl RawTopic {
         spans.record("delete_retention", &self.delete_retention);
         spans.record("min_dirty_ratio", &self.min_dirty_ratio);
         spans.record("replication_factor", &self.replication_factor);
+        spans.record("acks", &self.acks);
         // A key that is not set (a missing `name`) is located at its table.
         let fail = |key: &str, message: String| {
             source.error(
@@ -1685,6 +2064,20 @@ impl RawTopic {
         if let Some(factor) = self.replication_factor {
             topic.replication_factor = to_u32(*factor.get_ref(), check_replication_factor)
                 .map_err(|m| fail("replication_factor", m))?;
+        }
+        if let Some(acks) = self.acks {
+            topic.acks = match acks.get_ref().trim() {
+                "all" => Acks::All,
+                "leader" => Acks::Leader,
+                other => {
+                    return Err(fail(
+                        "acks",
+                        format!(
+                            "invalid acks {other:?}: expected \"all\" (a majority) or \"leader\""
+                        ),
+                    ))
+                }
+            };
         }
         check_topic(&topic).map_err(|broken| fail(broken.key, broken.message))?;
         Ok((topic, name_span))

@@ -56,6 +56,14 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The cluster (`[node]`) cannot start as configured: a replicated
+    /// topic this node cannot hold, a Raft state that does not name this
+    /// node, a damaged Raft state. Final for this config and data.
+    #[error("cluster: {message}")]
+    Cluster {
+        /// What was wrong, naming the topic and partition.
+        message: String,
+    },
     /// The metadata store failed or holds something this config contradicts.
     #[error("metadata store {path}: {message}")]
     Metadata {
@@ -121,6 +129,19 @@ pub enum ProduceError {
     /// Retryable. The batch may or may not be stored.
     #[error("partition unavailable")]
     Unavailable,
+    /// A replicated partition: this node's replica does not lead. Nothing
+    /// was stored; send to `leader` (a node id), or retry once one is
+    /// elected if it is `None`. Retryable (Kafka's NOT_LEADER_OR_FOLLOWER).
+    #[error("this node does not lead the partition (leader: {})", leader.map_or("unknown".to_string(), |id| format!("node {id}")))]
+    NotLeader {
+        /// The leader this node knows, if any.
+        leader: Option<u64>,
+    },
+    /// A replicated partition: the batch was not committed by a majority
+    /// (the leader changed, or the node lost its majority). It may or may
+    /// not be stored; an idempotent producer's retry is safe. Retryable.
+    #[error("the batch was not committed: {0}")]
+    NotCommitted(String),
     /// An idempotent producer's batch does not follow its previous one
     /// (a gap: an earlier batch was lost). Final for that batch.
     #[error("producer {producer_id}: sequence {received} received, {expected} expected")]
@@ -206,6 +227,14 @@ pub enum FetchError {
     /// The partition actor is not running. Retryable.
     #[error("partition unavailable")]
     Unavailable,
+    /// A replicated partition: reads are served by the leader once it has
+    /// committed an entry of its term; this node's replica is not that.
+    /// Retryable at `leader` (a node id), if known.
+    #[error("this node does not serve reads of the partition (leader: {})", leader.map_or("unknown".to_string(), |id| format!("node {id}")))]
+    NotLeader {
+        /// The leader this node knows, if any.
+        leader: Option<u64>,
+    },
 }
 
 impl From<ReadError> for FetchError {

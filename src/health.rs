@@ -55,6 +55,42 @@ pub struct PartitionHealth {
     pub log_end_offset: u64,
     /// Offsets below this are durable and readable.
     pub high_watermark: u64,
+    /// Replicated partitions: this node's replica of the Raft group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaHealth>,
+}
+
+/// One node's replica of a replicated partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplicaHealth {
+    /// This node's id.
+    pub node_id: u64,
+    /// The leader it knows (node id; 0: none).
+    pub leader: u64,
+    /// Its Raft term.
+    pub term: u64,
+    /// Highest Raft index known committed.
+    pub commit_index: u64,
+    /// Highest Raft index applied (the high watermark follows it).
+    pub applied_index: u64,
+    /// Last Raft index in its log.
+    pub last_index: u64,
+    /// The group's voters.
+    pub voters: Vec<u64>,
+    /// On the leader: each replica's matched index and its lag behind the
+    /// leader's last index, in entries.
+    pub replicas: Vec<ReplicaLag>,
+}
+
+/// How far one replica is behind the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplicaLag {
+    /// The replica's node id.
+    pub node_id: u64,
+    /// Highest index known to match the leader's log.
+    pub matched_index: u64,
+    /// Leader's last index minus `matched_index`.
+    pub lag: u64,
 }
 
 /// What a partition is doing.

@@ -530,6 +530,7 @@ mod tests {
                     log_start_offset: 0,
                     log_end_offset: 42,
                     high_watermark: 42,
+                    replica: None,
                 }],
                 pipelines: Vec::new(),
             }

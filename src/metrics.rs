@@ -73,6 +73,8 @@ pub(crate) struct Metrics {
     pub(crate) blocks_quarantined_total: AtomicU64,
     pub(crate) background_load_bytes_total: AtomicU64,
     pub(crate) partition_restarts_total: AtomicU64,
+    /// Raft messages from peers dropped (undecodable, unknown group, wrong sender).
+    pub(crate) raft_messages_dropped_total: AtomicU64,
     pub(crate) compaction_runs_total: AtomicU64,
     pub(crate) compaction_bytes_before_total: AtomicU64,
     pub(crate) compaction_bytes_after_total: AtomicU64,
@@ -121,6 +123,22 @@ pub(crate) struct PartitionGauges {
     pub(crate) fail_stopped: AtomicU64,
     /// 1 once the partition serves (its first hot chunk is loaded).
     pub(crate) serving: AtomicU64,
+    /// Replicated partitions: Raft figures of this node's replica (all 0
+    /// for a partition of one).
+    pub(crate) raft: RaftGauges,
+}
+
+/// One replica's Raft figures, published by its partition actor.
+#[derive(Debug, Default)]
+pub(crate) struct RaftGauges {
+    /// 1 for a replicated partition.
+    pub(crate) replicated: AtomicU64,
+    /// The leader this replica knows (node id; 0: none).
+    pub(crate) leader: AtomicU64,
+    pub(crate) term: AtomicU64,
+    pub(crate) commit_index: AtomicU64,
+    pub(crate) applied_index: AtomicU64,
+    pub(crate) last_index: AtomicU64,
 }
 
 impl PartitionGauges {
@@ -134,6 +152,7 @@ impl PartitionGauges {
             size_bytes: AtomicU64::new(0),
             fail_stopped: AtomicU64::new(0),
             serving: AtomicU64::new(0),
+            raft: RaftGauges::default(),
         })
     }
 }
@@ -280,6 +299,17 @@ pub struct PartitionMetrics {
     pub size_bytes: u64,
     /// The partition refuses writes after an I/O failure, until reopened.
     pub fail_stopped: bool,
+    /// Replicated partitions: the leader this node's replica knows (node
+    /// id, 0 when none or not replicated).
+    pub raft_leader: u64,
+    /// Replicated partitions: the replica's term.
+    pub raft_term: u64,
+    /// Replicated partitions: the highest Raft index known committed.
+    pub raft_commit_index: u64,
+    /// Replicated partitions: the highest Raft index applied.
+    pub raft_applied_index: u64,
+    /// Replicated partitions: the last Raft index in this replica's log.
+    pub raft_last_index: u64,
 }
 
 /// A point-in-time copy of every metric.
@@ -315,6 +345,8 @@ pub struct MetricsSnapshot {
     pub background_load_bytes_total: u64,
     /// Partition actors restarted after a failure.
     pub partition_restarts_total: u64,
+    /// Raft messages from peers dropped (undecodable, unknown group, wrong sender).
+    pub raft_messages_dropped_total: u64,
     /// Compaction runs that swapped new blocks in.
     pub compaction_runs_total: u64,
     /// Bytes of blocks replaced by compaction.
@@ -373,6 +405,7 @@ impl Metrics {
             blocks_quarantined_total: self.blocks_quarantined_total.load(Relaxed),
             background_load_bytes_total: self.background_load_bytes_total.load(Relaxed),
             partition_restarts_total: self.partition_restarts_total.load(Relaxed),
+            raft_messages_dropped_total: self.raft_messages_dropped_total.load(Relaxed),
             compaction_runs_total: self.compaction_runs_total.load(Relaxed),
             compaction_bytes_before_total: self.compaction_bytes_before_total.load(Relaxed),
             compaction_bytes_after_total: self.compaction_bytes_after_total.load(Relaxed),
@@ -399,6 +432,11 @@ impl Metrics {
                     high_watermark: gauges.high_watermark.load(Relaxed),
                     size_bytes: gauges.size_bytes.load(Relaxed),
                     fail_stopped: gauges.fail_stopped.load(Relaxed) != 0,
+                    raft_leader: gauges.raft.leader.load(Relaxed),
+                    raft_term: gauges.raft.term.load(Relaxed),
+                    raft_commit_index: gauges.raft.commit_index.load(Relaxed),
+                    raft_applied_index: gauges.raft.applied_index.load(Relaxed),
+                    raft_last_index: gauges.raft.last_index.load(Relaxed),
                 })
                 .collect(),
             pipelines: pipelines
@@ -486,6 +524,11 @@ impl MetricsSnapshot {
                 "millrace_partition_restarts_total",
                 "Partition actors restarted after a failure.",
                 self.partition_restarts_total,
+            ),
+            (
+                "millrace_raft_messages_dropped_total",
+                "Raft messages from peers dropped (undecodable, unknown group, wrong sender).",
+                self.raft_messages_dropped_total,
             ),
             (
                 "millrace_kafka_requests_total",
@@ -591,7 +634,7 @@ impl MetricsSnapshot {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
-        let gauges: [(&str, &str, PartitionValue); 5] = [
+        let gauges: [(&str, &str, PartitionValue); 10] = [
             ("millrace_log_start_offset", "First readable offset.", |p| {
                 p.log_start_offset
             }),
@@ -612,6 +655,31 @@ impl MetricsSnapshot {
                 "millrace_partition_fail_stopped",
                 "1 when the partition refuses writes after an I/O failure.",
                 |p| u64::from(p.fail_stopped),
+            ),
+            (
+                "millrace_raft_leader",
+                "Replicated partitions: the leader this node's replica knows (node id, 0: none).",
+                |p| p.raft_leader,
+            ),
+            (
+                "millrace_raft_term",
+                "Replicated partitions: the replica's Raft term.",
+                |p| p.raft_term,
+            ),
+            (
+                "millrace_raft_commit_index",
+                "Replicated partitions: the highest Raft index known committed.",
+                |p| p.raft_commit_index,
+            ),
+            (
+                "millrace_raft_applied_index",
+                "Replicated partitions: the highest Raft index applied.",
+                |p| p.raft_applied_index,
+            ),
+            (
+                "millrace_raft_last_index",
+                "Replicated partitions: the last Raft index in this replica's log.",
+                |p| p.raft_last_index,
             ),
         ];
         for (name, help, value) in gauges {

@@ -16,9 +16,10 @@ use crate::actors::loader::{BlockLoader, StopLoader};
 use crate::actors::mailbox::Gated;
 use crate::actors::partition::{
     Describe, Drain, Fetch, FetchReply, GetHealth, PartitionActor, PartitionSettings, Produce,
-    Retire, FETCH_WAIT_MAX, MAILBOX_CAPACITY,
+    ReplicaHandle, ReplicaWaiter, Retire, FETCH_WAIT_MAX, MAILBOX_CAPACITY,
 };
 use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
+use crate::actors::raft_node::{AttachTransport, PeerFrames, RaftNode, Register};
 use crate::config::{Config, TopicConfig};
 use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
 use crate::health::{Health, LoadState, PartitionHealth, Phase};
@@ -30,6 +31,8 @@ use crate::offsets::{OffsetError, OffsetStore};
 use crate::partitioner::partition_for_key;
 use crate::pipeline::config::PipelineConfig;
 use crate::pipeline::registry::Registry;
+use crate::replication::replica::{ReplicaConfig, ReplicaCore};
+use crate::replication::transport::{GroupId, Transport, TransportConfig, DEFAULT_MAX_FRAME_BYTES};
 use crate::storage::{LogOptions, PartitionLog, RecoveryReport};
 use crate::types::{FetchedRecord, Offset, PartitionId, Record};
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
@@ -217,6 +220,8 @@ struct Inner {
     compactor_arbiter: Option<Arbiter>,
     coordinator: Addr<GroupCoordinator>,
     coordinator_arbiter: Option<Arbiter>,
+    /// Cluster nodes: the Raft router (it owns the peer transport).
+    raft_node_arbiter: Option<Arbiter>,
     pipelines: Vec<PipelineHandle>,
     admin: Arc<TopicAdmin>,
     deleter: DeleterHandle,
@@ -256,6 +261,7 @@ struct Started {
     coordinator: Addr<GroupCoordinator>,
     coordinator_arbiter: Arbiter,
     addresses: Vec<(String, Addr<PartitionActor>)>,
+    raft_node: Option<(Addr<RaftNode>, Arbiter)>,
 }
 
 /// How long `health()` waits for each partition to answer.
@@ -330,6 +336,7 @@ impl Shared {
                         log_start_offset: 0,
                         log_end_offset: 0,
                         high_watermark: 0,
+                        replica: None,
                     })
             })
             .collect();
@@ -428,11 +435,13 @@ impl Runtime {
 
         let mut gauges = Vec::new();
         let mut actor_specs = Vec::new();
-        for (settings, log) in logs {
+        for (settings, mut log) in logs {
             let partition_gauges = PartitionGauges::new(&settings.topic.name, settings.partition.0);
             gauges.push(partition_gauges.clone());
-            actor_specs.push((settings, log, partition_gauges));
+            let replica = open_replica(&config, &settings, &mut log)?;
+            actor_specs.push((settings, log, partition_gauges, replica));
         }
+        let cluster = config.node.clone();
         let arbiter_count = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, actor_specs.len().max(1));
@@ -460,11 +469,33 @@ impl Runtime {
                         });
                     let arbiters: Vec<Arbiter> =
                         (0..arbiter_count).map(|_| Arbiter::new()).collect();
+                    // The node's Raft router, alone on its thread (cluster only).
+                    let raft_node_arbiter = cluster.as_ref().map(|_| Arbiter::new());
+                    let raft_node = raft_node_arbiter.as_ref().map(|arbiter| {
+                        let metrics = actor_metrics.clone();
+                        RaftNode::start_in_arbiter(&arbiter.handle(), move |_| {
+                            RaftNode::new(metrics)
+                        })
+                    });
+                    let tick = cluster
+                        .as_ref()
+                        .map_or(Duration::from_millis(50), |node| node.tick);
                     let mut addresses: Vec<(String, PartitionSettings, Addr<PartitionActor>)> =
                         Vec::new();
-                    for (index, (settings, log, partition_gauges)) in
+                    for (index, (settings, log, partition_gauges, replica)) in
                         actor_specs.into_iter().enumerate()
                     {
+                        let replica = replica.and_then(|(core, config, group)| {
+                            let router = raft_node.as_ref()?.clone().recipient();
+                            Some(ReplicaHandle {
+                                core,
+                                config,
+                                group,
+                                router,
+                                tick,
+                            })
+                        });
+                        let group = replica.as_ref().map(|replica| replica.group.clone());
                         let deleter = deleter_sender.clone();
                         let metrics = actor_metrics.clone();
                         let loader = loader.clone();
@@ -482,9 +513,16 @@ impl Runtime {
                                     loader,
                                     metrics,
                                     partition_gauges,
+                                    replica,
                                 )
                             },
                         );
+                        if let (Some(group), Some(raft_node)) = (group, &raft_node) {
+                            raft_node.do_send(Register {
+                                group,
+                                recipient: address.clone().recipient(),
+                            });
+                        }
                         addresses.push((name, kept_settings, address));
                     }
                     // The compactor gets its own arbiter too: building new
@@ -523,6 +561,7 @@ impl Runtime {
                         coordinator,
                         coordinator_arbiter,
                         addresses,
+                        raft_node: raft_node.zip(raft_node_arbiter),
                     });
                 });
                 system.run().ok();
@@ -542,6 +581,7 @@ impl Runtime {
             coordinator,
             coordinator_arbiter,
             addresses,
+            raft_node,
         } = started_receiver.recv().map_err(|_| StartError::Io {
             operation: "start actor system",
             path: config.data_dir.clone(),
@@ -615,6 +655,7 @@ impl Runtime {
                 compactor_arbiter: Some(compactor_arbiter),
                 coordinator,
                 coordinator_arbiter: Some(coordinator_arbiter),
+                raft_node_arbiter: None,
                 pipelines: Vec::new(),
                 admin,
                 deleter,
@@ -625,6 +666,13 @@ impl Runtime {
                 _lock: lock,
             }),
         };
+        if let Some((raft_node, arbiter)) = raft_node {
+            if let Some(inner) = runtime.inner.as_mut() {
+                inner.raft_node_arbiter = Some(arbiter);
+            }
+            // On failure, dropping `runtime` stops what was started.
+            start_transport(&shared.config, raft_node)?;
+        }
         if let Some(registry) = registry {
             // On failure, dropping `runtime` stops what was started.
             runtime.start_pipelines(&registry)?;
@@ -1073,6 +1121,11 @@ impl Inner {
                 partition,
                 reason,
             });
+        }
+        // The peers lose this node now: its Raft router and transport stop.
+        if let Some(arbiter) = self.raft_node_arbiter.take() {
+            arbiter.stop();
+            let _ = arbiter.join();
         }
         // 4: the background loader (between blocks), the compactor and the deletion thread.
         stop_background_actor(self.loader_arbiter.take(), |reply| {
@@ -1590,6 +1643,107 @@ type OpenedLogs = Vec<(PartitionSettings, PartitionLog)>;
 
 /// Recovers every partition's active segment (and, with the startup load
 /// off, registers its blocks), several partitions at a time.
+/// A replicated partition's Raft core, its settings and its group id.
+type OpenedReplica = (ReplicaCore<ReplicaWaiter>, ReplicaConfig, GroupId);
+
+/// Opens the replica of a partition whose topic has `replication_factor`
+/// above 1 (the config's validation made sure there is a `[node]`).
+fn open_replica(
+    config: &Config,
+    settings: &PartitionSettings,
+    log: &mut PartitionLog,
+) -> Result<Option<OpenedReplica>, StartError> {
+    let topic = &settings.topic;
+    if topic.replication_factor <= 1 {
+        return Ok(None);
+    }
+    let cluster_error = |message: String| StartError::Cluster { message };
+    let Some(node) = &config.node else {
+        return Err(cluster_error(format!(
+            "topic {}: replication_factor = {} needs a [node] section",
+            topic.name, topic.replication_factor
+        )));
+    };
+    let members = node.members();
+    if topic.replication_factor as usize != members.len() {
+        return Err(cluster_error(format!(
+            "topic {}: replication_factor = {} on a cluster of {} nodes: every node must hold \
+             every replica until partial placement is implemented; use {} (or 1)",
+            topic.name,
+            topic.replication_factor,
+            members.len(),
+            members.len()
+        )));
+    }
+    let replica_config = ReplicaConfig {
+        id: node.id,
+        voters: members,
+        election_ticks: node.election_ticks,
+        heartbeat_ticks: node.heartbeat_ticks,
+        election_ticks_max: None,
+        acks: topic.acks,
+    };
+    let core: ReplicaCore<ReplicaWaiter> =
+        ReplicaCore::open(log, &settings.directory, &replica_config).map_err(|error| {
+            cluster_error(format!(
+                "topic {} partition {}: {error}",
+                topic.name, settings.partition
+            ))
+        })?;
+    let voters = core.status().voters;
+    if !voters.contains(&node.id) {
+        return Err(cluster_error(format!(
+            "node {} is not a member of topic {} partition {}'s Raft group (its voters are {voters:?}): \
+             check [node] id, or add the node to the cluster",
+            node.id, topic.name, settings.partition
+        )));
+    }
+    let group = GroupId {
+        topic: topic.name.clone(),
+        partition: settings.partition.0,
+    };
+    Ok(Some((core, replica_config, group)))
+}
+
+/// Binds `[node] listen` and starts the peer transport, delivering to the
+/// RaftNode (a full mailbox drops the frame; Raft retransmits).
+fn start_transport(config: &Config, raft_node: Addr<RaftNode>) -> Result<(), StartError> {
+    let Some(node) = &config.node else {
+        return Ok(());
+    };
+    let listener =
+        std::net::TcpListener::bind(node.listen).map_err(|source| StartError::Listen {
+            address: node.listen,
+            source,
+        })?;
+    let transport_config = TransportConfig {
+        node_id: node.id,
+        cluster_id: node.cluster_id.clone(),
+        peers: node
+            .peers
+            .iter()
+            .map(|peer| (peer.id, peer.address))
+            .collect(),
+        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+    };
+    let deliver = {
+        let raft_node = raft_node.clone();
+        move |from: u64, envelopes| {
+            let _ = raft_node.try_send(PeerFrames { from, envelopes });
+        }
+    };
+    let transport =
+        Transport::start(transport_config, listener, Box::new(deliver)).map_err(|source| {
+            StartError::Listen {
+                address: node.listen,
+                source,
+            }
+        })?;
+    tracing::info!(node = node.id, address = %transport.local_addr(), peers = node.peers.len(), "raft transport listening");
+    raft_node.do_send(AttachTransport { transport });
+    Ok(())
+}
+
 fn open_partition_logs(
     config: &Config,
     topics: &[TopicConfig],
@@ -1904,7 +2058,17 @@ impl TopicAdmin {
             let metrics = Arc::clone(&self.shared.metrics);
             let kept_settings = settings.clone();
             let address = actix::Supervisor::start_in_arbiter(&self.arbiters[index], move |_| {
-                PartitionActor::new(settings, log, deleter, loader, metrics, partition_gauges)
+                // Topics created at run time are not replicated (refused
+                // before this: that needs the cluster's metadata group).
+                PartitionActor::new(
+                    settings,
+                    log,
+                    deleter,
+                    loader,
+                    metrics,
+                    partition_gauges,
+                    None,
+                )
             });
             if topic.cleanup.compacts() {
                 targets.push(CompactionTarget {

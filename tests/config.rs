@@ -647,16 +647,16 @@ fn bad_min_dirty_ratio() {
 }
 
 #[test]
-fn replication_factor_other_than_one_is_not_implemented() {
+fn replication_factor_above_one_needs_a_cluster_that_large() {
     assert_error(
         &with_topic("name = \"a\"\nreplication_factor = 3\n"),
         "test.toml:4:22 (topic[0].replication_factor): ",
-        &["replication is not implemented yet"],
+        &["needs a [node] section with at least 2 peers"],
     );
     assert_error(
         &with_topic("name = \"a\"\nreplication_factor = 0\n"),
         "test.toml:4:22 (topic[0].replication_factor): ",
-        &["replication_factor must be at least 1"],
+        &["must be between 1 and 7"],
     );
 }
 
@@ -745,7 +745,7 @@ fn validate_checks_configs_built_in_code() {
         ),
         (
             |t| t.replication_factor = 2,
-            "<config> (topic[1].replication_factor): replication_factor = 2: replication is not implemented yet",
+            "<config> (topic[1].replication_factor): replication_factor = 2 needs a [node] section",
         ),
     ];
     for (edit, prefix) in cases {
@@ -1301,4 +1301,142 @@ fn kafka_allow_topic_management_defaults_off_and_must_be_a_boolean() {
         "test.toml:4:26 (kafka.allow_topic_management): ",
         &["invalid type: string \"yes\", expected a boolean"],
     );
+}
+
+// ---------------------------------------------------------------------------
+// [node]: the cluster
+
+/// A config with `[node]` lines and one topic of `replication_factor`.
+fn with_node(node_lines: &str, replication_factor: u32) -> String {
+    format!(
+        "data_dir = \"/var/lib/millrace\"\n[[topic]]\nname = \"a\"\nreplication_factor = {replication_factor}\n[node]\n{node_lines}"
+    )
+}
+
+const THREE_NODES: &str =
+    "id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"2@127.0.0.1:7002\", \"3@127.0.0.1:7003\"]\n";
+
+#[test]
+fn a_three_node_cluster_parses_with_defaults() {
+    let config = parse(&with_node(THREE_NODES, 3));
+    let node = config.node.expect("[node]");
+    assert_eq!(node.id, 1);
+    assert_eq!(node.listen, "127.0.0.1:7001".parse().unwrap());
+    assert_eq!(
+        node.peers,
+        vec![
+            PeerConfig {
+                id: 2,
+                address: "127.0.0.1:7002".parse().unwrap()
+            },
+            PeerConfig {
+                id: 3,
+                address: "127.0.0.1:7003".parse().unwrap()
+            },
+        ]
+    );
+    assert_eq!(node.members(), vec![1, 2, 3]);
+    assert_eq!(node.cluster_id, CLUSTER_ID_DEFAULT);
+    assert_eq!(node.tick, TICK_DEFAULT);
+    assert_eq!(node.election_ticks, ELECTION_TICKS_DEFAULT);
+    assert_eq!(node.heartbeat_ticks, HEARTBEAT_TICKS_DEFAULT);
+    assert_eq!(config.topics[0].replication_factor, 3);
+    assert_eq!(config.topics[0].acks, Acks::All);
+    assert_eq!(parse(&with_topic("name = \"a\"\n")).node, None);
+}
+
+#[test]
+fn node_keys_and_acks_are_read() {
+    let config = parse(&format!(
+        "data_dir = \"d\"\n[[topic]]\nname = \"a\"\nreplication_factor = 2\nacks = \"leader\"\n[node]\n{THREE_NODES}cluster_id = \"prod-eu.1\"\ntick = \"20ms\"\nelection_ticks = 20\nheartbeat_ticks = 3\n"
+    ));
+    let node = config.node.expect("[node]");
+    assert_eq!(node.cluster_id, "prod-eu.1");
+    assert_eq!(node.tick, Duration::from_millis(20));
+    assert_eq!((node.election_ticks, node.heartbeat_ticks), (20, 3));
+    assert_eq!(config.topics[0].acks, Acks::Leader);
+}
+
+#[test]
+fn each_node_rule_names_its_key_and_line() {
+    let cases: [(&str, &str, &str); 12] = [
+        ("listen = \"127.0.0.1:7001\"\npeers = []\n", "(node.id)", "missing required key `id`"),
+        ("id = 0\nlisten = \"127.0.0.1:7001\"\npeers = []\n", ":6:6 (node.id)", "node ids start at 1"),
+        ("id = 1\nlisten = \"localhost\"\npeers = []\n", ":7:10 (node.listen)", "not a host name"),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"2-127.0.0.1:7002\"]\n", ":8:10 (node.peers)", "expected \"ID@IP:PORT\""),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"x@127.0.0.1:7002\"]\n", ":8:10 (node.peers)", "\"x\" is not a node id"),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"1@127.0.0.1:7002\"]\n", "(node.peers)", "this node's own id"),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"2@127.0.0.1:7001\"]\n", "(node.peers)", "this node's listen address"),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"2@127.0.0.1:7002\", \"2@127.0.0.1:7003\"]\n", "(node.peers)", "repeats the id or address of peers[0]"),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\ncluster_id = \"a b\"\n", "(node.cluster_id)", "1 to 64 characters of [A-Za-z0-9._-]"),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\ntick = \"0s\"\n", "(node.tick)", "tick = 0s is out of range"),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\nheartbeat_ticks = 0\n", "(node.heartbeat_ticks)", "at least 1"),
+        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\nelection_ticks = 2\n", "(node.election_ticks)", "must be more than heartbeat_ticks = 2"),
+    ];
+    for (lines, location, rule) in cases {
+        let error = Config::from_toml_str(&with_node(lines, 1), ORIGIN)
+            .expect_err(lines)
+            .to_string();
+        assert!(
+            error.starts_with("test.toml") && error.contains(location) && error.contains(rule),
+            "{lines:?}: {error:?} should name {location} and {rule:?}"
+        );
+    }
+    assert_error(
+        &with_node(
+            "id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\nvotes = 3\n",
+            1,
+        ),
+        "test.toml:",
+        &["votes"],
+    );
+}
+
+#[test]
+fn replication_factor_fits_the_cluster() {
+    parse(&with_node(THREE_NODES, 3));
+    parse(&with_node(THREE_NODES, 1));
+    assert_error(
+        &with_node(THREE_NODES, 4),
+        "test.toml:4:22 (topic[0].replication_factor): ",
+        &["more than the cluster's 3 nodes"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nreplication_factor = 2\n"),
+        "test.toml:4:22 (topic[0].replication_factor): ",
+        &["needs a [node] section with at least 1 peers"],
+    );
+    assert_error(
+        &with_topic("name = \"a\"\nacks = \"some\"\n"),
+        "test.toml:4:8 (topic[0].acks): ",
+        &["expected \"all\" (a majority) or \"leader\""],
+    );
+}
+
+#[test]
+fn the_node_listen_address_is_its_own() {
+    assert_error(
+        &format!(
+            "{}[kafka]\nlisten = \"127.0.0.1:7001\"\n",
+            with_node(THREE_NODES, 3)
+        ),
+        "test.toml (node.listen): ",
+        &["also kafka.listen"],
+    );
+}
+
+#[test]
+fn the_example_cluster_configs_parse() {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster");
+    for id in 1..=3u64 {
+        let config = Config::from_file(&directory.join(format!("node{id}.toml")))
+            .unwrap_or_else(|error| panic!("node{id}.toml: {error}"));
+        let node = config.node.expect("[node]");
+        assert_eq!(node.id, id);
+        assert_eq!(node.members(), vec![1, 2, 3]);
+        assert!(config
+            .topics
+            .iter()
+            .all(|topic| topic.replication_factor == 3));
+    }
 }

@@ -168,7 +168,11 @@ impl Sim {
         };
         let core = ReplicaCore::open(&mut log, &directory, &config)
             .unwrap_or_else(|error| panic!("seed {}: open replica {id}: {error}", self.seed));
-        Node { log, core, io: None }
+        Node {
+            log,
+            core,
+            io: None,
+        }
     }
 
     fn index(&self, id: u64) -> usize {
@@ -446,7 +450,11 @@ impl Sim {
             for skipped in expected..result.next_offset.0 {
                 self.history.skipped(0, skipped);
             }
-            assert!(result.next_offset.0 > self.consumer_offset, "seed {}: no progress", self.seed);
+            assert!(
+                result.next_offset.0 > self.consumer_offset,
+                "seed {}: no progress",
+                self.seed
+            );
             self.consumer_offset = result.next_offset.0;
         }
     }
@@ -648,7 +656,13 @@ fn double_failover_keeps_the_replicas_identical() {
     let acknowledged_before = sim.history.check().acknowledged;
 
     // Batch A: committed by the leader; the followers never hear so.
-    let next_index = sim.nodes[position].as_ref().unwrap().core.status().last_index + 1;
+    let next_index = sim.nodes[position]
+        .as_ref()
+        .unwrap()
+        .core
+        .status()
+        .last_index
+        + 1;
     sim.hide_commit = Some((old_leader, next_index));
     sim.produce();
     for _ in 0..100 {
@@ -657,7 +671,11 @@ fn double_failover_keeps_the_replicas_identical() {
             break;
         }
     }
-    assert_eq!(sim.history.check().acknowledged, acknowledged_before + 1, "A was acknowledged");
+    assert_eq!(
+        sim.history.check().acknowledged,
+        acknowledged_before + 1,
+        "A was acknowledged"
+    );
     let followers_commit: Vec<u64> = sim
         .nodes
         .iter()
@@ -676,7 +694,12 @@ fn double_failover_keeps_the_replicas_identical() {
     for _ in 0..3 {
         sim.step(false);
     }
-    let old_last = sim.nodes[position].as_ref().unwrap().core.status().last_index;
+    let old_last = sim.nodes[position]
+        .as_ref()
+        .unwrap()
+        .core
+        .status()
+        .last_index;
     assert!(old_last > next_index, "B is in the old leader's log");
     sim.nodes[position] = None;
     sim.forget_crashed_waiters();
@@ -697,10 +720,17 @@ fn double_failover_keeps_the_replicas_identical() {
     sim.consume();
     let report = sim.history.check();
     assert_eq!(report.anomalies(), 0, "{report}");
-    assert_eq!(report.acknowledged, acknowledged_before + 2, "A and C: {report}");
+    assert_eq!(
+        report.acknowledged,
+        acknowledged_before + 2,
+        "A and C: {report}"
+    );
     let b_value = format!("s7-v{}", sim.values.len() - 2).into_bytes();
     assert!(
-        sim.history.sends().iter().any(|send| send.value == b_value && send.outcome != SendOutcome::Failed),
+        sim.history
+            .sends()
+            .iter()
+            .any(|send| send.value == b_value && send.outcome != SendOutcome::Failed),
         "B's outcome was unknown to its client"
     );
     sim.assert_replicas_identical();

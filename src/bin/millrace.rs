@@ -40,6 +40,22 @@ enum Command {
         #[arg(long = "until-caught-up")]
         until_caught_up: bool,
     },
+    /// Run CONFIG as a member of a Raft cluster (its `[node]` section):
+    /// like `run`, and it refuses a config without `[node]`.
+    Node {
+        /// The TOML config, with a `[node]` section.
+        config: PathBuf,
+    },
+    /// The cluster as this node sees it: per partition, the leader, term,
+    /// commit and applied indexes, and (on the leader) each replica's lag.
+    /// Read from the running node's `/health` (its `[http] listen`).
+    Cluster {
+        /// `status`.
+        action: ClusterAction,
+        /// The node's TOML config.
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
     /// A pipeline's dead-letter queue: list its entries, or replay them
     /// into the pipeline's source topic (idempotent; see the README).
     Dlq {
@@ -73,6 +89,12 @@ enum Command {
     Produce(ProduceArgs),
     /// Print records, one per line.
     Consume(ConsumeArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ClusterAction {
+    /// Leaders, replicas, commit and applied indexes, lag per replica.
+    Status,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -154,7 +176,7 @@ fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Run { .. }) {
+    let default_level = if matches!(cli.command, Command::Run { .. } | Command::Node { .. }) {
         "info"
     } else {
         "warn"
@@ -173,6 +195,10 @@ fn main() -> ExitCode {
             config,
             until_caught_up,
         } => run(config, until_caught_up),
+        Command::Node { config } => node(config),
+        Command::Cluster { action, config } => match action {
+            ClusterAction::Status => cluster_status(config),
+        },
         Command::Dlq {
             action,
             pipeline,
@@ -304,6 +330,128 @@ fn run(config: PathBuf, until_caught_up: bool) -> CliResult {
     });
     tracing::info!("shutting down");
     runtime.shutdown().map_err(|error| error.to_string())
+}
+
+fn node(path: PathBuf) -> CliResult {
+    let config = Config::from_file(&path).map_err(|error| error.to_string())?;
+    if config.node.is_none() {
+        return Err(format!(
+            "{}: millrace node needs a [node] section (id, listen, peers)",
+            path.display()
+        ));
+    }
+    run(path, false)
+}
+
+/// Prints the replicas of a running node, from its `/health`.
+fn cluster_status(path: PathBuf) -> CliResult {
+    let config = Config::from_file(&path).map_err(|error| error.to_string())?;
+    let Some(node) = &config.node else {
+        return Err(format!(
+            "{}: no [node] section: this is a single node, not a cluster member",
+            path.display()
+        ));
+    };
+    let Some(http) = &config.http else {
+        return Err(format!(
+            "{}: cluster status reads the running node's /health; the config needs [http] listen",
+            path.display()
+        ));
+    };
+    let body = http_get(http.listen, "/health").map_err(|error| {
+        format!(
+            "node {} at {}: {error} (is it running?)",
+            node.id, http.listen
+        )
+    })?;
+    let health: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|error| format!("node {}: /health is not JSON: {error}", node.id))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<24} {:>9} {:>5} {:>8} {:>6} {:>8} {:>10} {:>10} {:>10}  REPLICAS (node:matched/lag)",
+        "TOPIC", "PARTITION", "NODE", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "LAST"
+    );
+    let partitions = health["partitions"].as_array().cloned().unwrap_or_default();
+    for partition in partitions {
+        let replica = &partition["replica"];
+        if replica.is_null() {
+            continue;
+        }
+        let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
+        let node_id = number(&replica["node_id"]);
+        let leader = number(&replica["leader"]);
+        let role = if leader == node_id {
+            "leader"
+        } else if leader == 0 {
+            "no-lead"
+        } else {
+            "follower"
+        };
+        let replicas: Vec<String> = replica["replicas"]
+            .as_array()
+            .map(|replicas| {
+                replicas
+                    .iter()
+                    .map(|entry| {
+                        format!(
+                            "{}:{}/{}",
+                            number(&entry["node_id"]),
+                            number(&entry["matched_index"]),
+                            number(&entry["lag"])
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<24} {:>9} {:>5} {:>8} {:>6} {:>8} {:>10} {:>10} {:>10}  {}",
+            partition["topic"].as_str().unwrap_or("?"),
+            number(&partition["partition"]),
+            node_id,
+            role,
+            leader,
+            number(&replica["term"]),
+            number(&replica["commit_index"]),
+            number(&replica["applied_index"]),
+            number(&replica["last_index"]),
+            if replicas.is_empty() {
+                "-".to_owned()
+            } else {
+                replicas.join(" ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.0 GET on loopback, for `cluster status`.
+fn http_get(address: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let timeout = Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+        .map_err(|error| error.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|error| error.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")
+        .map_err(|error| error.to_string())?;
+    let mut response = String::new();
+    stream
+        .take(64 * 1024 * 1024)
+        .read_to_string(&mut response)
+        .map_err(|error| error.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "malformed HTTP response".to_owned())?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(format!(
+            "GET {path}: {}",
+            head.lines().next().unwrap_or("no status line")
+        ));
+    }
+    Ok(body.to_owned())
 }
 
 fn topics(config: PathBuf) -> CliResult {

@@ -68,6 +68,7 @@ pub(crate) mod code {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_REQUEST: i16 = 42;
@@ -831,7 +832,12 @@ fn produce_error_code(error: &ProduceError) -> i16 {
         ProduceError::Empty => code::INVALID_RECORD,
         ProduceError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
         ProduceError::FailStopped { .. } => code::KAFKA_STORAGE_ERROR,
-        ProduceError::ShuttingDown | ProduceError::Unavailable => code::NOT_LEADER_OR_FOLLOWER,
+        ProduceError::ShuttingDown | ProduceError::Unavailable | ProduceError::NotLeader { .. } => {
+            code::NOT_LEADER_OR_FOLLOWER
+        }
+        // Kafka's answer when a batch was appended but the replicas did not
+        // all take it: retriable, and an idempotent retry is deduplicated.
+        ProduceError::NotCommitted(_) => code::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
         ProduceError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ProduceError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
         ProduceError::UnknownProducerId { .. } => code::UNKNOWN_PRODUCER_ID,
@@ -1062,9 +1068,10 @@ fn fetch_error_code(error: &FetchError) -> i16 {
         FetchError::OffsetOutOfRange { .. } => code::OFFSET_OUT_OF_RANGE,
         FetchError::Corrupt(_) => code::CORRUPT_MESSAGE,
         FetchError::Io(_) => code::KAFKA_STORAGE_ERROR,
-        FetchError::Loading { .. } | FetchError::Unavailable | FetchError::ShuttingDown => {
-            code::NOT_LEADER_OR_FOLLOWER
-        }
+        FetchError::Loading { .. }
+        | FetchError::Unavailable
+        | FetchError::ShuttingDown
+        | FetchError::NotLeader { .. } => code::NOT_LEADER_OR_FOLLOWER,
     }
 }
 

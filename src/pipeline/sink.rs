@@ -812,7 +812,9 @@ fn produce_error(topic: &str, error: ProduceError) -> SinkError {
         | ProduceError::UnknownProducerId { .. } => SinkError::permanent(message),
         ProduceError::FailStopped { .. }
         | ProduceError::ShuttingDown
-        | ProduceError::Unavailable => SinkError::retryable(message),
+        | ProduceError::Unavailable
+        | ProduceError::NotLeader { .. }
+        | ProduceError::NotCommitted(_) => SinkError::retryable(message),
     }
 }
 

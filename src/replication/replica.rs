@@ -21,14 +21,7 @@
 use super::state::{PersistedState, StateFile};
 use super::store::EntryStore;
 use super::ReplicaError;
-/// TEMPORARY until config::Acks lands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Acks {
-    /// majority
-    All,
-    /// leader
-    Leader,
-}
+pub use crate::config::Acks;
 use crate::storage::io::RaftReadyJob;
 use crate::storage::{IoJob, PartitionLog};
 use crate::types::Offset;
@@ -168,8 +161,8 @@ impl<T> ReplicaCore<T> {
                 super::state::STATE_FILE
             )));
         }
-        let (state_file, found) =
-            StateFile::open(directory, &initial).map_err(|error| ReplicaError::Storage(error.to_string()))?;
+        let (state_file, found) = StateFile::open(directory, &initial)
+            .map_err(|error| ReplicaError::Storage(error.to_string()))?;
         let state = found.unwrap_or(initial);
         let conf_state = ConfState::parse_from_bytes(&state.conf_state)
             .map_err(|error| ReplicaError::Storage(format!("Raft configuration: {error}")))?;
@@ -180,7 +173,11 @@ impl<T> ReplicaCore<T> {
             log,
             hard_state.clone(),
             conf_state,
-            (state.anchor_index, state.anchor_term, Offset(state.anchor_offset)),
+            (
+                state.anchor_index,
+                state.anchor_term,
+                Offset(state.anchor_offset),
+            ),
         )?;
         // A commit index past the log's end cannot be (the state is synced
         // after the entries), but a restart must never trust one.
@@ -236,7 +233,12 @@ impl<T> ReplicaCore<T> {
     /// committed (or with an error if another leader replaced it).
     pub fn propose(&mut self, batch: Bytes, token: T) -> Result<(), (T, ProposeError)> {
         if self.node.raft.state != StateRole::Leader {
-            return Err((token, ProposeError::NotLeader { leader: self.leader() }));
+            return Err((
+                token,
+                ProposeError::NotLeader {
+                    leader: self.leader(),
+                },
+            ));
         }
         if let Err(error) = self.node.propose(Vec::new(), batch.to_vec()) {
             return Err((token, ProposeError::Dropped(error.to_string())));
@@ -246,9 +248,14 @@ impl<T> ReplicaCore<T> {
         // their entries were cut from this log by another leader's: such an
         // entry can never be committed (a leader never overwrites a
         // committed one). Answering them now keeps the queue in index order.
-        while self.waiting.back().is_some_and(|waiter| waiter.index >= index) {
+        while self
+            .waiting
+            .back()
+            .is_some_and(|waiter| waiter.index >= index)
+        {
             let waiter = self.waiting.pop_back().expect("checked");
-            self.completed.push((waiter.token, Err(ProposeError::Superseded)));
+            self.completed
+                .push((waiter.token, Err(ProposeError::Superseded)));
         }
         self.waiting.push_back(Waiter {
             index,
@@ -261,7 +268,9 @@ impl<T> ReplicaCore<T> {
     /// Proposes a configuration change (leader only).
     pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<(), ProposeError> {
         if self.node.raft.state != StateRole::Leader {
-            return Err(ProposeError::NotLeader { leader: self.leader() });
+            return Err(ProposeError::NotLeader {
+                leader: self.leader(),
+            });
         }
         self.node
             .propose_conf_change(Vec::new(), change)
@@ -311,10 +320,7 @@ impl<T> ReplicaCore<T> {
             ));
         }
         self.apply(log, ready.take_committed_entries())?;
-        let mut jobs = self
-            .node
-            .mut_store()
-            .append(log, ready.entries(), now_ms)?;
+        let mut jobs = self.node.mut_store().append(log, ready.entries(), now_ms)?;
         if let Some(hard_state) = ready.hs() {
             self.node.mut_store().set_hard_state(hard_state.clone());
         }
@@ -405,11 +411,14 @@ impl<T> ReplicaCore<T> {
                 entry.index
             )));
         }
-        let change = ConfChangeV2::parse_from_bytes(&entry.data)
-        .map_err(|error| ReplicaError::Storage(format!("configuration change {}: {error}", entry.index)))?;
+        let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|error| {
+            ReplicaError::Storage(format!("configuration change {}: {error}", entry.index))
+        })?;
         match self.node.apply_conf_change(&change) {
             Ok(conf_state) => self.node.mut_store().set_conf_state(conf_state),
-            Err(error) => tracing::warn!(index = entry.index, %error, "configuration change not applied"),
+            Err(error) => {
+                tracing::warn!(index = entry.index, %error, "configuration change not applied")
+            }
         }
         Ok(())
     }
@@ -443,9 +452,9 @@ impl<T> ReplicaCore<T> {
             let waiter = self.waiting.pop_front().expect("checked");
             let store = self.node.store();
             let outcome = match raft::Storage::term(store, waiter.index) {
-                Ok(term) if term == waiter.term => {
-                    store.offsets_of(waiter.index).ok_or(ProposeError::Superseded)
-                }
+                Ok(term) if term == waiter.term => store
+                    .offsets_of(waiter.index)
+                    .ok_or(ProposeError::Superseded),
                 _ => Err(ProposeError::Superseded),
             };
             self.completed.push((waiter.token, outcome));
@@ -457,7 +466,9 @@ impl<T> ReplicaCore<T> {
         let hard_state = store.hard_state();
         let (anchor_index, anchor_term, anchor_offset) = store.anchor();
         let conf_state = if self.written.conf_state.is_empty()
-            || ConfState::parse_from_bytes(&self.written.conf_state).ok().as_ref()
+            || ConfState::parse_from_bytes(&self.written.conf_state)
+                .ok()
+                .as_ref()
                 != Some(store.conf_state())
         {
             store
@@ -525,48 +536,4 @@ impl<T> ReplicaCore<T> {
     }
 }
 
-/// Runs `jobs` on the calling thread, reporting progress to `log`; returns
-/// the Raft ready they persisted, if any. For tests and tools that drive a
-/// [`ReplicaCore`] without a writer thread. With `fsync` false nothing is
-/// synced: for simulations where a "crash" loses only the I/O not run yet.
-pub fn run_jobs_inline(
-    log: &mut PartitionLog,
-    jobs: Vec<IoJob>,
-    fsync: bool,
-) -> Result<Option<u64>, crate::storage::IoError> {
-    use crate::storage::io;
-    let mut persisted = None;
-    for job in jobs {
-        match job {
-            IoJob::Append(append) => {
-                io::write_at(&append.file, append.position, &append.bytes)?;
-                if fsync {
-                    io::sync_data(&append.file)?;
-                }
-                if fsync && append.sync_directory {
-                    io::sync_directory(&append.file.directory)?;
-                }
-                log.mark_durable(append.next_offset);
-            }
-            IoJob::Seal(seal) => {
-                io::run_seal(&seal)?;
-                log.seal_completed(seal.base_offset);
-            }
-            IoJob::Delete(delete) => {
-                for path in &delete.paths {
-                    io::delete_file(path)?;
-                }
-            }
-            IoJob::RaftReady(ready) => {
-                if let Some(state) = ready.state {
-                    state.write()?;
-                    if fsync {
-                        state.sync()?;
-                    }
-                }
-                persisted = Some(ready.number);
-            }
-        }
-    }
-    Ok(persisted)
-}
+pub use crate::storage::log::run_jobs_inline;

@@ -237,9 +237,6 @@ mod tests {
         bytes[SLOT_BYTES + 20] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let error = StateFile::open(dir.path(), &state(0)).unwrap_err();
-        assert!(
-            error.to_string().contains("checksum mismatch"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("checksum mismatch"), "{error}");
     }
 }

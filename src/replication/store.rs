@@ -220,8 +220,9 @@ impl EntryStore {
         let offset = self
             .next_offset_of(from - 1)
             .expect("from - 1 is between the anchor and the last index");
-        log.truncate_suffix(offset)
-            .map_err(|error| ReplicaError::Storage(format!("truncating from entry {from}: {error}")))?;
+        log.truncate_suffix(offset).map_err(|error| {
+            ReplicaError::Storage(format!("truncating from entry {from}: {error}"))
+        })?;
         let keep = (from - self.anchor_index - 1) as usize;
         self.metas.truncate(keep);
         while self.cache.back().is_some_and(|entry| entry.index >= from) {
@@ -345,6 +346,8 @@ impl raft::Storage for EntryStore {
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // Followers behind the anchor catch up from sealed blocks; until
         // that transfer exists, the log keeps every entry since the anchor.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }

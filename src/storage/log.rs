@@ -1510,7 +1510,9 @@ impl PartitionLog {
         } else {
             0
         };
-        let mut bytes = Vec::with_capacity(header_bytes + FRAME_HEADER_BYTES + BATCH_HEADER_BYTES + 32 + payload.len());
+        let mut bytes = Vec::with_capacity(
+            header_bytes + FRAME_HEADER_BYTES + BATCH_HEADER_BYTES + 32 + payload.len(),
+        );
         if header_bytes > 0 {
             bytes.extend_from_slice(&encode_header());
         }
@@ -1532,7 +1534,10 @@ impl PartitionLog {
     /// to the log end, reading the loaded blocks and the active segment
     /// (every frame's CRC checked). A Raft layer rebuilds its entry list
     /// from this at open. Blocks not loaded yet are an error.
-    pub fn frame_locations(&self, from: Offset) -> Result<Vec<(BatchHeader, FrameLocation)>, ReadError> {
+    pub fn frame_locations(
+        &self,
+        from: Offset,
+    ) -> Result<Vec<(BatchHeader, FrameLocation)>, ReadError> {
         if let Some(base_offset) = self.unloaded.keys().next() {
             return Err(ReadError::NotLoaded {
                 requested: from,
@@ -1544,9 +1549,17 @@ impl PartitionLog {
             if block.index.next_offset <= from && *base_offset < self.active.base_offset {
                 continue;
             }
-            segments.push((&block.file, SEGMENT_HEADER_BYTES, block.durable_bytes.max(block.size_bytes)));
+            segments.push((
+                &block.file,
+                SEGMENT_HEADER_BYTES,
+                block.durable_bytes.max(block.size_bytes),
+            ));
         }
-        segments.push((&self.active.file, SEGMENT_HEADER_BYTES, self.active.write_position));
+        segments.push((
+            &self.active.file,
+            SEGMENT_HEADER_BYTES,
+            self.active.write_position,
+        ));
         let mut out = Vec::new();
         for (file, start, end) in segments {
             let mut reader = FrameReader::new(&file.file, start, end, SCAN_CHUNK_BYTES);
@@ -2796,33 +2809,59 @@ impl Recovery<'_> {
     }
 }
 
+/// Runs `jobs` on the calling thread, reporting progress to `log`; returns
+/// the Raft ready they persisted, if any. For tests and tools that drive a
+/// log (or a `ReplicaCore`) without a writer thread. With `fsync` false
+/// nothing is synced: for simulations where a "crash" loses only the I/O
+/// not run yet.
+pub fn run_jobs_inline(
+    log: &mut PartitionLog,
+    jobs: Vec<IoJob>,
+    fsync: bool,
+) -> Result<Option<u64>, IoError> {
+    let mut persisted = None;
+    for job in jobs {
+        match job {
+            IoJob::Append(append) => {
+                io::write_at(&append.file, append.position, &append.bytes)?;
+                if fsync {
+                    io::sync_data(&append.file)?;
+                }
+                if fsync && append.sync_directory {
+                    io::sync_directory(&append.file.directory)?;
+                }
+                log.mark_durable(append.next_offset);
+            }
+            IoJob::Seal(seal) => {
+                io::run_seal(&seal)?;
+                log.seal_completed(seal.base_offset);
+            }
+            IoJob::Delete(delete) => {
+                for path in &delete.paths {
+                    io::delete_file(path)?;
+                }
+            }
+            IoJob::RaftReady(ready) => {
+                if let Some(state) = ready.state {
+                    state.write()?;
+                    if fsync {
+                        state.sync()?;
+                    }
+                }
+                persisted = Some(ready.number);
+            }
+        }
+    }
+    Ok(persisted)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
     /// Runs jobs the way a writer thread would, reporting back to the log.
     pub(crate) fn run_jobs(log: &mut PartitionLog, jobs: Vec<IoJob>) {
-        for job in jobs {
-            match job {
-                IoJob::Append(append) => {
-                    io::write_at(&append.file, append.position, &append.bytes).unwrap();
-                    io::sync_data(&append.file).unwrap();
-                    if append.sync_directory {
-                        io::sync_directory(&append.file.directory).unwrap();
-                    }
-                    log.mark_durable(append.next_offset);
-                }
-                IoJob::Seal(seal) => {
-                    io::run_seal(&seal).unwrap();
-                    log.seal_completed(seal.base_offset);
-                }
-                IoJob::Delete(delete) => {
-                    for path in &delete.paths {
-                        io::delete_file(path).unwrap();
-                    }
-                }
-            }
-        }
+        super::run_jobs_inline(log, jobs, true).unwrap();
     }
 
     /// Writes the appends of `jobs` without reporting them durable.

@@ -39,7 +39,7 @@ pub use compaction::{
 };
 pub use io::{IoError, IoJob, SealJob};
 pub use log::{
-    AppendError, AppendOutcome, Corruption, FrameLocation, LogOptions, OpenError, PartitionLog, ReadError,
-    ReadPlan, ReadRange, ReadResult, RecoveryReport, TimeLookup, TimeScanPlan,
+    AppendError, AppendOutcome, Corruption, FrameLocation, LogOptions, OpenError, PartitionLog,
+    ReadError, ReadPlan, ReadRange, ReadResult, RecoveryReport, TimeLookup, TimeScanPlan,
 };
 pub use segment::SegmentFile;

@@ -1,0 +1,201 @@
+//! RaftNode: this node's end of the cluster. It owns the peer
+//! [`Transport`] and the routing table from Raft group to partition actor.
+//!
+//! - Out: a partition actor's round sends [`RaftOutbound`] here; the
+//!   messages are encoded (protobuf, raft-rs's own codec) and queued on the
+//!   transport's per-peer queues, whose sender threads write everything
+//!   queued as one frame: peer messages are batched per peer across groups.
+//! - In: the transport's reader threads hand each received frame here as
+//!   [`PeerFrames`] (`try_send`: a full mailbox drops it, as a lossy
+//!   network would, and Raft retransmits); messages are decoded and
+//!   forwarded to their group's actor, one [`RaftInbound`] per group per
+//!   frame. A message for an unknown group, or one that fails to decode,
+//!   is dropped with a counter.
+//!
+//! Each partition actor owns its group's `RawNode` outright; this actor
+//! never touches Raft state, so no Raft node sits behind a lock.
+
+use crate::metrics::Metrics;
+use crate::replication::transport::{Envelope, GroupId, Transport};
+use actix::prelude::*;
+use protobuf::Message as _;
+use raft::prelude::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Frames from peers waiting in this actor's mailbox before more are dropped.
+pub(crate) const INBOUND_FRAMES_MAX: usize = 4096;
+
+/// Raft messages of one group, for peers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RaftOutbound {
+    pub(crate) group: GroupId,
+    pub(crate) messages: Vec<Message>,
+}
+
+/// Raft messages from peers, for one group's partition actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RaftInbound {
+    pub(crate) messages: Vec<Message>,
+}
+
+/// One frame a peer sent.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct PeerFrames {
+    pub(crate) from: u64,
+    pub(crate) envelopes: Vec<Envelope>,
+}
+
+/// Route a group's messages to its actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Register {
+    pub(crate) group: GroupId,
+    pub(crate) recipient: Recipient<RaftInbound>,
+}
+
+/// Stop routing a group (its topic was deleted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Unregister {
+    pub(crate) group: GroupId,
+}
+
+/// The transport, once it is listening.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AttachTransport {
+    pub(crate) transport: Transport,
+}
+
+pub(crate) struct RaftNode {
+    routes: HashMap<GroupId, Recipient<RaftInbound>>,
+    transport: Option<Transport>,
+    metrics: Arc<Metrics>,
+}
+
+impl RaftNode {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> RaftNode {
+        RaftNode {
+            routes: HashMap::new(),
+            transport: None,
+            metrics,
+        }
+    }
+}
+
+impl Actor for RaftNode {
+    type Context = Context<Self>;
+
+    fn started(&mut self, context: &mut Context<Self>) {
+        context.set_mailbox_capacity(INBOUND_FRAMES_MAX);
+    }
+
+    fn stopped(&mut self, _context: &mut Context<Self>) {
+        if let Some(mut transport) = self.transport.take() {
+            transport.shutdown();
+        }
+    }
+}
+
+impl Handler<Register> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, message: Register, _context: &mut Context<Self>) {
+        self.routes.insert(message.group, message.recipient);
+    }
+}
+
+impl Handler<Unregister> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, message: Unregister, _context: &mut Context<Self>) {
+        self.routes.remove(&message.group);
+    }
+}
+
+impl Handler<AttachTransport> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, message: AttachTransport, _context: &mut Context<Self>) {
+        self.transport = Some(message.transport);
+    }
+}
+
+impl Handler<RaftOutbound> for RaftNode {
+    type Result = ();
+
+    fn handle(&mut self, message: RaftOutbound, _context: &mut Context<Self>) {
+        let Some(transport) = &self.transport else {
+            // Not listening yet (or stopping): lost, as on a network.
+            return;
+        };
+        let mut by_peer: BTreeMap<u64, Vec<Envelope>> = BTreeMap::new();
+        for raft_message in message.messages {
+            let to = raft_message.to;
+            match raft_message.write_to_bytes() {
+                Ok(body) => by_peer.entry(to).or_default().push(Envelope {
+                    group: message.group.clone(),
+                    body,
+                }),
+                Err(error) => {
+                    tracing::warn!(group = ?message.group, %error, "raft message not encodable; dropped")
+                }
+            }
+        }
+        for (peer, envelopes) in by_peer {
+            transport.send(peer, envelopes);
+        }
+    }
+}
+
+impl Handler<PeerFrames> for RaftNode {
+    type Result = ();
+
+    fn handle(&mut self, frames: PeerFrames, _context: &mut Context<Self>) {
+        let mut by_group: HashMap<GroupId, Vec<Message>> = HashMap::new();
+        for envelope in frames.envelopes {
+            match Message::parse_from_bytes(&envelope.body) {
+                Ok(message) if message.from == frames.from => {
+                    by_group.entry(envelope.group).or_default().push(message)
+                }
+                Ok(message) => {
+                    self.metrics
+                        .raft_messages_dropped_total
+                        .fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        peer = frames.from,
+                        claimed = message.from,
+                        "raft message claims another sender; dropped"
+                    );
+                }
+                Err(error) => {
+                    self.metrics
+                        .raft_messages_dropped_total
+                        .fetch_add(1, Relaxed);
+                    tracing::warn!(peer = frames.from, %error, "raft message does not decode; dropped");
+                }
+            }
+        }
+        for (group, messages) in by_group {
+            match self.routes.get(&group) {
+                Some(recipient) => {
+                    // Partition mailboxes are unbounded; the frames that
+                    // feed this are bounded by this actor's mailbox.
+                    recipient.do_send(RaftInbound { messages });
+                }
+                None => {
+                    self.metrics
+                        .raft_messages_dropped_total
+                        .fetch_add(messages.len() as u64, Relaxed);
+                    tracing::debug!(
+                        peer = frames.from,
+                        ?group,
+                        "raft messages for a group this node does not host; dropped"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Three embedded runtimes form a Raft cluster over real TCP on 127.0.0.1:
+//! produce is acknowledged once a majority has it, a follower answers
+//! `NotLeader` naming the leader, reads are served by the leader only, a
+//! stopped leader is replaced and, when it comes back, catches up. The
+//! history checker sees every acknowledged record, once, in place.
+
+mod common;
+
+use common::history::{History, SendOutcome};
+use common::wait_until;
+use millrace::config::Config;
+use millrace::{FetchError, Offset, PartitionId, ProduceError, Record, Runtime};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const TOPIC: &str = "events";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Free loopback ports, found by binding port 0 (then released for the node).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("address").port())
+        .collect()
+}
+
+struct Cluster {
+    root: tempfile::TempDir,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Runtime>>,
+}
+
+impl Cluster {
+    fn start(members: usize) -> Cluster {
+        let mut cluster = Cluster {
+            root: tempfile::tempdir().expect("tempdir"),
+            ports: free_ports(members),
+            nodes: (0..members).map(|_| None).collect(),
+        };
+        for index in 0..members {
+            cluster.start_node(index);
+        }
+        cluster
+    }
+
+    fn data_dir(&self, index: usize) -> PathBuf {
+        self.root.path().join(format!("node{}", index + 1))
+    }
+
+    fn config(&self, index: usize) -> Config {
+        let peers: Vec<String> = (0..self.ports.len())
+            .filter(|&other| other != index)
+            .map(|other| format!("\"{}@127.0.0.1:{}\"", other + 1, self.ports[other]))
+            .collect();
+        let text = format!(
+            r#"
+            data_dir = "{data_dir}"
+            [node]
+            id = {id}
+            listen = "127.0.0.1:{port}"
+            peers = [{peers}]
+            tick = "20ms"
+            [[topic]]
+            name = "{TOPIC}"
+            partitions = 1
+            replication_factor = {members}
+            "#,
+            data_dir = self.data_dir(index).display(),
+            id = index + 1,
+            port = self.ports[index],
+            peers = peers.join(", "),
+            members = self.ports.len(),
+        );
+        Config::from_toml_str(&text, "<cluster test>").expect("cluster config")
+    }
+
+    fn start_node(&mut self, index: usize) {
+        let runtime = Runtime::start(self.config(index))
+            .unwrap_or_else(|error| panic!("start node {}: {error}", index + 1));
+        self.nodes[index] = Some(runtime);
+    }
+
+    fn stop_node(&mut self, index: usize) {
+        if let Some(runtime) = self.nodes[index].take() {
+            runtime.shutdown().expect("shutdown");
+        }
+    }
+
+    fn node(&self, index: usize) -> &Runtime {
+        self.nodes[index].as_ref().expect("node is running")
+    }
+
+    /// The node (index) whose replica leads and serves reads.
+    fn leader(&self) -> Option<usize> {
+        self.nodes.iter().enumerate().find_map(|(index, node)| {
+            let health = node.as_ref()?.health();
+            let replica = health.partitions.first()?.replica.clone()?;
+            (replica.leader == replica.node_id
+                && node
+                    .as_ref()?
+                    .fetch_blocking(TOPIC, PartitionId(0), Offset(0), common::no_wait(1))
+                    .is_ok())
+            .then_some(index)
+        })
+    }
+
+    fn wait_for_leader(&self) -> usize {
+        let mut leader = None;
+        wait_until(WAIT, "a leader serving reads", || {
+            leader = self.leader();
+            leader.is_some()
+        });
+        leader.expect("found")
+    }
+}
+
+fn produce(runtime: &Runtime, history: &mut History, values: std::ops::Range<u32>) -> usize {
+    let producer = runtime.producer(TOPIC).expect("producer");
+    let records: Vec<Record> = values
+        .clone()
+        .map(|value| Record::new(format!("value-{value}")))
+        .collect();
+    match producer.send_batch_blocking(records) {
+        Ok(placed) => {
+            for (value, metadata) in values.zip(placed) {
+                history.send(
+                    format!("value-{value}"),
+                    SendOutcome::Ok {
+                        partition: metadata.partition.0,
+                        offset: metadata.offset.0,
+                    },
+                );
+            }
+            1
+        }
+        Err(error) => {
+            for value in values {
+                history.send(format!("value-{value}"), SendOutcome::Unknown);
+            }
+            panic!("produce on the leader failed: {error}");
+        }
+    }
+}
+
+/// Reads the whole partition from `runtime` (the leader), recording polls;
+/// control offsets (Raft's own entries) are recorded as skipped.
+fn read_all(runtime: &Runtime, history: &mut History, consumer: u64) {
+    let mut position = Offset(0);
+    loop {
+        let fetched = runtime
+            .fetch_blocking(TOPIC, PartitionId(0), position, common::no_wait(1 << 20))
+            .expect("fetch from the leader");
+        history.watermark(consumer, 0, fetched.high_watermark.0);
+        let mut expected = position.0;
+        for record in &fetched.records {
+            for skipped in expected..record.offset.0 {
+                history.skipped(0, skipped);
+            }
+            history.poll(0, record.offset.0, common::value_of(record).to_vec());
+            expected = record.offset.0 + 1;
+        }
+        for skipped in expected..fetched.next_offset.0 {
+            history.skipped(0, skipped);
+        }
+        if fetched.next_offset >= fetched.high_watermark {
+            return;
+        }
+        position = fetched.next_offset;
+    }
+}
+
+fn assert_data_dir_has_raft_state(path: &Path) {
+    let state = path
+        .join("topics")
+        .join(format!("{TOPIC}-0"))
+        .join("raft.state");
+    assert!(state.exists(), "{} missing", state.display());
+}
+
+#[test]
+fn a_three_node_cluster_replicates_fails_over_and_catches_up() {
+    let mut cluster = Cluster::start(3);
+    let mut history = History::new();
+    let leader = cluster.wait_for_leader();
+    let follower = (leader + 1) % 3;
+
+    // A follower refuses produce and reads, naming the leader.
+    let refused = cluster
+        .node(follower)
+        .producer(TOPIC)
+        .expect("producer")
+        .send_blocking(Record::new("refused"));
+    match refused {
+        Err(ProduceError::NotLeader { leader: Some(id) }) => assert_eq!(id, leader as u64 + 1),
+        other => panic!("a follower must answer NotLeader with the leader, got {other:?}"),
+    }
+    history.send("refused", SendOutcome::Failed);
+    let read = cluster.node(follower).fetch_blocking(
+        TOPIC,
+        PartitionId(0),
+        Offset(0),
+        common::no_wait(1024),
+    );
+    assert!(
+        matches!(read, Err(FetchError::NotLeader { .. })),
+        "a follower does not serve reads: {read:?}"
+    );
+
+    for batch in 0..20 {
+        produce(
+            cluster.node(leader),
+            &mut history,
+            batch * 100..(batch + 1) * 100,
+        );
+    }
+    read_all(cluster.node(leader), &mut history, 1);
+
+    // Every replica has the acknowledged records in its log.
+    wait_until(WAIT, "followers to apply everything", || {
+        let target = cluster.node(leader).health().partitions[0]
+            .replica
+            .clone()
+            .expect("replica")
+            .commit_index;
+        (0..3).all(|index| {
+            cluster.node(index).health().partitions[0]
+                .replica
+                .as_ref()
+                .is_some_and(|replica| replica.applied_index >= target)
+        })
+    });
+
+    // The leader goes away; the two others elect one and keep serving.
+    cluster.stop_node(leader);
+    let new_leader = cluster.wait_for_leader();
+    assert_ne!(new_leader, leader);
+    read_all(cluster.node(new_leader), &mut history, 1);
+    for batch in 20..30 {
+        produce(
+            cluster.node(new_leader),
+            &mut history,
+            batch * 100..(batch + 1) * 100,
+        );
+    }
+
+    // The old leader comes back and catches up from the new one.
+    cluster.start_node(leader);
+    wait_until(WAIT, "the old leader to catch up", || {
+        let target = cluster.node(new_leader).health().partitions[0]
+            .replica
+            .clone()
+            .expect("replica")
+            .commit_index;
+        cluster.node(leader).health().partitions[0]
+            .replica
+            .as_ref()
+            .is_some_and(|replica| replica.applied_index >= target)
+    });
+    read_all(cluster.node(new_leader), &mut history, 1);
+    let report = history.check();
+    assert_eq!(report.anomalies(), 0, "{report}");
+    assert_eq!(report.acknowledged, 3_000, "{report}");
+    for index in 0..3 {
+        assert_data_dir_has_raft_state(&cluster.data_dir(index));
+    }
+    for index in 0..3 {
+        cluster.stop_node(index);
+    }
+}
+
+#[test]
+fn a_node_id_the_cluster_does_not_know_is_refused() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    for index in 0..3 {
+        cluster.stop_node(index);
+    }
+    // Node 3's data, started as node 4 of a cluster {1, 2, 4}.
+    let mut config = cluster.config(2);
+    let node = config.node.as_mut().expect("[node]");
+    node.id = 4;
+    let Err(error) = Runtime::start(config) else {
+        panic!("an unknown node id must be refused");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("node 4 is not a member") && message.contains("[1, 2, 3]"),
+        "{message}"
+    );
+}
