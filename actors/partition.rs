@@ -1097,28 +1097,77 @@ impl PartitionActor {
             return;
         };
         let mut jobs = Vec::new();
+        let mut truncated = false;
+        let mut appended = Vec::new();
         let failure = loop {
             match replica.core.poll(&mut self.log, now_ms()) {
                 Ok(Some(round)) => {
                     replica.send(round.messages);
                     jobs.extend(round.jobs);
+                    if round.truncated {
+                        // States from the cut batches must go: rebuild.
+                        truncated = true;
+                        appended.clear();
+                    }
+                    appended.extend(round.appended);
                 }
                 Ok(None) => break None,
                 Err(error) => break Some(error.to_string()),
             }
         };
         let completed = replica.core.take_completed();
+        if truncated {
+            self.rebuild_producers();
+            // Retries parked on a first copy that was cut: that copy will
+            // never be committed.
+            for pending in self.pending_acks.drain(..) {
+                let _ = pending.reply.send(Err(ProduceError::NotCommitted(
+                    "the first copy of this retried batch was replaced by another leader's entries"
+                        .to_string(),
+                )));
+            }
+        }
+        for header in &appended {
+            self.producers.record_header(header);
+        }
         if !jobs.is_empty() {
             self.submit(jobs, context);
         }
         for (waiter, outcome) in completed {
             self.answer_proposal(waiter, outcome);
         }
+        // Retries answered with their first copy's offsets, once committed.
+        let high_watermark = self.log.high_watermark();
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|pending| pending.next_offset <= high_watermark)
+        {
+            if let Some(pending) = self.pending_acks.pop_front() {
+                let _ = pending.reply.send(Ok(pending.ack));
+            }
+        }
         if let Some(reason) = failure {
             self.fail_stop(reason);
         }
         self.publish_gauges();
         self.wake_fetches();
+    }
+
+    /// Idempotent producers' state from the batches of the active segment
+    /// (after a divergent suffix was cut from a replica's log).
+    fn rebuild_producers(&mut self) {
+        match self.log.frame_locations(self.log.active_base_offset()) {
+            Ok(frames) => {
+                let headers: Vec<BatchHeader> =
+                    frames.into_iter().map(|(header, _)| header).collect();
+                self.producers = ProducerStates::rebuilt(&headers);
+            }
+            Err(error) => {
+                tracing::warn!(partition = %self.name, %error, "idempotent producers' state not rebuilt; they will reset");
+                self.producers = ProducerStates::default();
+            }
+        }
     }
 
     fn answer_proposal(
@@ -1271,10 +1320,13 @@ impl PartitionActor {
                     return;
                 }
                 self.log.mark_durable(next_offset);
-                while self
-                    .pending_acks
-                    .front()
-                    .is_some_and(|pending| pending.next_offset <= next_offset)
+                // A replica's acknowledgements wait for the commit, not the
+                // local fsync (`drive_replica`).
+                while self.replica.is_none()
+                    && self
+                        .pending_acks
+                        .front()
+                        .is_some_and(|pending| pending.next_offset <= next_offset)
                 {
                     let Some(pending) = self.pending_acks.pop_front() else {
                         break;

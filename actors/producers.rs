@@ -180,16 +180,26 @@ impl ProducerStates {
     pub(crate) fn rebuilt(headers: &[BatchHeader]) -> ProducerStates {
         let mut states = ProducerStates::default();
         for header in headers {
-            let batch = Sequenced {
-                producer_id: header.producer_id,
-                epoch: header.producer_epoch,
-                first_sequence: header.base_sequence,
-                // Sequences count offsets (a compacted batch keeps its span).
-                record_count: header.last_offset_delta + 1,
-            };
-            states.record(&batch, header.base_offset, header.last_offset());
+            states.record_header(header);
         }
         states
+    }
+
+    /// Records a stored batch from its header (a replica's appended entry,
+    /// or a batch found at open); batches of no idempotent producer are
+    /// passed over.
+    pub(crate) fn record_header(&mut self, header: &BatchHeader) {
+        if header.producer_id < 0 {
+            return;
+        }
+        let batch = Sequenced {
+            producer_id: header.producer_id,
+            epoch: header.producer_epoch,
+            first_sequence: header.base_sequence,
+            // Sequences count offsets (a compacted batch keeps its span).
+            record_count: header.last_offset_delta + 1,
+        };
+        self.record(&batch, header.base_offset, header.last_offset());
     }
 }
 

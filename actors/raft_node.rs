@@ -18,14 +18,46 @@
 use crate::metrics::Metrics;
 use crate::replication::transport::{Envelope, GroupId, Transport};
 use actix::prelude::*;
+use arc_swap::ArcSwap;
 use protobuf::Message as _;
 use raft::prelude::Message;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Frames from peers waiting in this actor's mailbox before more are dropped.
 pub(crate) const INBOUND_FRAMES_MAX: usize = 4096;
+/// How often a node tells its peers its Kafka address.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The other nodes' Kafka addresses by node id, as they announce them:
+/// what Metadata lists as brokers. Readers load a snapshot; only the
+/// RaftNode stores.
+pub(crate) type PeerBrokers = Arc<ArcSwap<BTreeMap<u64, (String, u16)>>>;
+
+/// The node-level channel's group: not a partition.
+fn node_channel() -> GroupId {
+    GroupId {
+        topic: String::new(),
+        partition: 0,
+    }
+}
+
+/// What a node tells its peers about itself, on the node channel.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct NodeInfo {
+    /// Its Kafka listener's advertised host and port, if it has one.
+    kafka: Option<(String, u16)>,
+}
+
+/// This node's Kafka listener is up: announce it to the peers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AnnounceKafka {
+    pub(crate) address: (String, u16),
+}
 
 /// Raft messages of one group, for peers.
 #[derive(Message)]
@@ -70,21 +102,71 @@ pub(crate) struct Unregister {
 #[rtype(result = "()")]
 pub(crate) struct AttachTransport {
     pub(crate) transport: Transport,
+    pub(crate) peers: Vec<u64>,
 }
 
 pub(crate) struct RaftNode {
     routes: HashMap<GroupId, Recipient<RaftInbound>>,
     transport: Option<Transport>,
+    /// The peers' ids (from the transport's config).
+    peers: Vec<u64>,
     metrics: Arc<Metrics>,
+    brokers: PeerBrokers,
+    kafka: Option<(String, u16)>,
 }
 
 impl RaftNode {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> RaftNode {
+    pub(crate) fn new(metrics: Arc<Metrics>, brokers: PeerBrokers) -> RaftNode {
         RaftNode {
             routes: HashMap::new(),
             transport: None,
+            peers: Vec::new(),
             metrics,
+            brokers,
+            kafka: None,
         }
+    }
+
+    fn announce(&self) {
+        let (Some(transport), Some(kafka)) = (&self.transport, &self.kafka) else {
+            return;
+        };
+        let info = NodeInfo {
+            kafka: Some(kafka.clone()),
+        };
+        let body = bincode::serde::encode_to_vec(&info, bincode::config::standard())
+            .expect("node info encodes");
+        for peer in &self.peers {
+            transport.send(
+                *peer,
+                vec![Envelope {
+                    group: node_channel(),
+                    body: body.clone(),
+                }],
+            );
+        }
+    }
+
+    fn node_info(&self, from: u64, body: &[u8]) {
+        let config = bincode::config::standard().with_limit::<4096>();
+        let decoded: Result<(NodeInfo, usize), _> = bincode::serde::decode_from_slice(body, config);
+        let Ok((info, _)) = decoded else {
+            self.metrics
+                .raft_messages_dropped_total
+                .fetch_add(1, Relaxed);
+            tracing::warn!(peer = from, "node info does not decode; dropped");
+            return;
+        };
+        let current = self.brokers.load();
+        if current.get(&from) == info.kafka.as_ref() {
+            return;
+        }
+        let mut brokers = BTreeMap::clone(&current);
+        match info.kafka {
+            Some(address) => brokers.insert(from, address),
+            None => brokers.remove(&from),
+        };
+        self.brokers.store(Arc::new(brokers));
     }
 }
 
@@ -93,6 +175,7 @@ impl Actor for RaftNode {
 
     fn started(&mut self, context: &mut Context<Self>) {
         context.set_mailbox_capacity(INBOUND_FRAMES_MAX);
+        context.run_interval(ANNOUNCE_INTERVAL, |node, _| node.announce());
     }
 
     fn stopped(&mut self, _context: &mut Context<Self>) {
@@ -119,7 +202,17 @@ impl Handler<Unregister> for RaftNode {
 impl Handler<AttachTransport> for RaftNode {
     type Result = ();
     fn handle(&mut self, message: AttachTransport, _context: &mut Context<Self>) {
+        self.peers = message.peers;
         self.transport = Some(message.transport);
+        self.announce();
+    }
+}
+
+impl Handler<AnnounceKafka> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, message: AnnounceKafka, _context: &mut Context<Self>) {
+        self.kafka = Some(message.address);
+        self.announce();
     }
 }
 
@@ -156,6 +249,10 @@ impl Handler<PeerFrames> for RaftNode {
     fn handle(&mut self, frames: PeerFrames, _context: &mut Context<Self>) {
         let mut by_group: HashMap<GroupId, Vec<Message>> = HashMap::new();
         for envelope in frames.envelopes {
+            if envelope.group.topic.is_empty() {
+                self.node_info(frames.from, &envelope.body);
+                continue;
+            }
             match Message::parse_from_bytes(&envelope.body) {
                 Ok(message) if message.from == frames.from => {
                     by_group.entry(envelope.group).or_default().push(message)

@@ -19,7 +19,9 @@ use crate::actors::partition::{
     ReplicaHandle, ReplicaWaiter, Retire, FETCH_WAIT_MAX, MAILBOX_CAPACITY,
 };
 use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
-use crate::actors::raft_node::{AttachTransport, PeerFrames, RaftNode, Register};
+use crate::actors::raft_node::{
+    AnnounceKafka, AttachTransport, PeerBrokers, PeerFrames, RaftNode, Register,
+};
 use crate::config::{Config, TopicConfig};
 use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
 use crate::health::{Health, LoadState, PartitionHealth, Phase};
@@ -188,6 +190,14 @@ impl TopicHandle {
         &self.partitions
     }
 
+    /// Replicated partitions: the leader this node knows (node id) and the
+    /// term, `None` for a partition of one or while there is no leader.
+    pub(crate) fn raft_leader(&self, partition: usize) -> Option<(u64, u64)> {
+        let gauges = &self.gauges.get(partition)?.raft;
+        let leader = gauges.leader.load(Relaxed);
+        (leader != 0).then(|| (leader, gauges.term.load(Relaxed)))
+    }
+
     fn partition(&self, partition: PartitionId) -> Option<&Gated<PartitionActor>> {
         self.partitions.get(partition.0 as usize)
     }
@@ -222,6 +232,7 @@ struct Inner {
     coordinator_arbiter: Option<Arbiter>,
     /// Cluster nodes: the Raft router (it owns the peer transport).
     raft_node_arbiter: Option<Arbiter>,
+    raft_node: Option<Addr<RaftNode>>,
     pipelines: Vec<PipelineHandle>,
     admin: Arc<TopicAdmin>,
     deleter: DeleterHandle,
@@ -245,6 +256,9 @@ struct PipelineHandle {
 pub(crate) struct Shared {
     config: Config,
     topics: ArcSwap<TopicTable>,
+    /// Cluster nodes: the other nodes' Kafka addresses, as they announce
+    /// them (written by the RaftNode only).
+    peer_brokers: PeerBrokers,
     metrics: Arc<Metrics>,
     pipeline_metrics: Vec<Arc<PipelineMetrics>>,
     draining: AtomicBool,
@@ -289,6 +303,16 @@ impl Shared {
     }
 
     /// The current topic table, whole (a consistent snapshot).
+    /// The config the runtime started with.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Cluster nodes: the other nodes' Kafka addresses, by node id.
+    pub(crate) fn peer_brokers(&self) -> Arc<std::collections::BTreeMap<u64, (String, u16)>> {
+        self.peer_brokers.load_full()
+    }
+
     pub(crate) fn topic_table(&self) -> Arc<TopicTable> {
         self.topics.load_full()
     }
@@ -442,6 +466,8 @@ impl Runtime {
             actor_specs.push((settings, log, partition_gauges, replica));
         }
         let cluster = config.node.clone();
+        let peer_brokers = PeerBrokers::default();
+        let raft_node_brokers = peer_brokers.clone();
         let arbiter_count = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, actor_specs.len().max(1));
@@ -473,8 +499,9 @@ impl Runtime {
                     let raft_node_arbiter = cluster.as_ref().map(|_| Arbiter::new());
                     let raft_node = raft_node_arbiter.as_ref().map(|arbiter| {
                         let metrics = actor_metrics.clone();
+                        let brokers = raft_node_brokers.clone();
                         RaftNode::start_in_arbiter(&arbiter.handle(), move |_| {
-                            RaftNode::new(metrics)
+                            RaftNode::new(metrics, brokers)
                         })
                     });
                     let tick = cluster
@@ -629,6 +656,7 @@ impl Runtime {
         let shared = Arc::new(Shared {
             config,
             topics: ArcSwap::from_pointee(topics),
+            peer_brokers,
             metrics,
             pipeline_metrics,
             draining: AtomicBool::new(false),
@@ -656,6 +684,7 @@ impl Runtime {
                 coordinator,
                 coordinator_arbiter: Some(coordinator_arbiter),
                 raft_node_arbiter: None,
+                raft_node: None,
                 pipelines: Vec::new(),
                 admin,
                 deleter,
@@ -669,6 +698,7 @@ impl Runtime {
         if let Some((raft_node, arbiter)) = raft_node {
             if let Some(inner) = runtime.inner.as_mut() {
                 inner.raft_node_arbiter = Some(arbiter);
+                inner.raft_node = Some(raft_node.clone());
             }
             // On failure, dropping `runtime` stops what was started.
             start_transport(&shared.config, raft_node)?;
@@ -700,10 +730,20 @@ impl Runtime {
         let Some(kafka) = inner.shared.config.kafka.clone() else {
             return Ok(());
         };
-        let cluster_id = cluster_id(&inner._metadata).map_err(|message| StartError::Metadata {
-            path: inner.shared.config.data_dir.join("meta"),
-            message,
-        })?;
+        // A cluster's nodes answer with one cluster id and their own node ids.
+        let cluster_id = match &inner.shared.config.node {
+            Some(node) => node.cluster_id.clone(),
+            None => cluster_id(&inner._metadata).map_err(|message| StartError::Metadata {
+                path: inner.shared.config.data_dir.join("meta"),
+                message,
+            })?,
+        };
+        let node_id = inner
+            .shared
+            .config
+            .node
+            .as_ref()
+            .map_or(0, |node| node.id as i32);
         let context = KafkaContext {
             shared: Arc::clone(&inner.shared),
             coordinator: inner.coordinator.clone(),
@@ -711,7 +751,7 @@ impl Runtime {
             advertised: kafka.advertised.clone(),
             max_connections: kafka.max_connections,
             request_max_bytes: kafka.request_max_bytes,
-            node_id: 0,
+            node_id,
             cluster_id,
             metadata: inner._metadata.clone(),
             counters: Arc::clone(&inner.shared.metrics.kafka),
@@ -723,6 +763,15 @@ impl Runtime {
             source,
         })?;
         tracing::info!(address = %server.local_address(), "kafka listener serving the Kafka protocol");
+        if let Some(raft_node) = &inner.raft_node {
+            let bound = server.local_address();
+            raft_node.do_send(AnnounceKafka {
+                address: kafka
+                    .advertised
+                    .clone()
+                    .unwrap_or_else(|| (bound.ip().to_string(), bound.port())),
+            });
+        }
         inner.kafka = Some(server);
         Ok(())
     }
@@ -1740,7 +1789,10 @@ fn start_transport(config: &Config, raft_node: Addr<RaftNode>) -> Result<(), Sta
             }
         })?;
     tracing::info!(node = node.id, address = %transport.local_addr(), peers = node.peers.len(), "raft transport listening");
-    raft_node.do_send(AttachTransport { transport });
+    raft_node.do_send(AttachTransport {
+        transport,
+        peers: node.peers.iter().map(|peer| peer.id).collect(),
+    });
     Ok(())
 }
 

@@ -66,6 +66,7 @@ pub(crate) mod code {
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
@@ -358,10 +359,31 @@ fn api_versions(error: i16) -> ApiVersionsResponse {
 
 fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> MetadataResponse {
     let (host, port) = context.host_port();
-    let broker = MetadataResponseBroker::default()
+    let mut brokers = vec![MetadataResponseBroker::default()
         .with_node_id(BrokerId(context.node_id))
         .with_host(host)
-        .with_port(port);
+        .with_port(port)];
+    // In a cluster, the other nodes as they announced their listeners.
+    for (id, (host, port)) in context.shared.peer_brokers().iter() {
+        brokers.push(
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(*id as i32))
+                .with_host(text(host))
+                .with_port(i32::from(*port)),
+        );
+    }
+    let members: Vec<BrokerId> = context
+        .shared
+        .config()
+        .node
+        .as_ref()
+        .map(|node| {
+            node.members()
+                .into_iter()
+                .map(|id| BrokerId(id as i32))
+                .collect()
+        })
+        .unwrap_or_default();
     // One snapshot of the table for the whole answer.
     let table = context.shared.topic_table();
     // v0: an empty list means every topic; v1+: null means every topic.
@@ -388,15 +410,36 @@ fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> M
                     topic.error_code = error;
                 }
                 Some(handle) => {
+                    let replicated = handle.config().replication_factor > 1;
                     topic.partitions = (0..handle.partitions().len() as i32)
                         .map(|index| {
-                            let mut partition = MetadataResponsePartition::default()
-                                .with_partition_index(index)
-                                .with_leader_id(BrokerId(context.node_id))
-                                .with_replica_nodes(vec![BrokerId(context.node_id)])
-                                .with_isr_nodes(vec![BrokerId(context.node_id)]);
-                            if version >= 7 {
-                                partition.leader_epoch = 0;
+                            let mut partition =
+                                MetadataResponsePartition::default().with_partition_index(index);
+                            if !replicated {
+                                partition.leader_id = BrokerId(context.node_id);
+                                partition.replica_nodes = vec![BrokerId(context.node_id)];
+                                partition.isr_nodes = vec![BrokerId(context.node_id)];
+                                if version >= 7 {
+                                    partition.leader_epoch = 0;
+                                }
+                                return partition;
+                            }
+                            // A replicated partition: the leader this node
+                            // knows; clients go there, and refresh on
+                            // NOT_LEADER_OR_FOLLOWER.
+                            partition.replica_nodes = members.clone();
+                            partition.isr_nodes = members.clone();
+                            match handle.raft_leader(index as usize) {
+                                Some((leader, term)) => {
+                                    partition.leader_id = BrokerId(leader as i32);
+                                    if version >= 7 {
+                                        partition.leader_epoch = term as i32;
+                                    }
+                                }
+                                None => {
+                                    partition.leader_id = BrokerId(-1);
+                                    partition.error_code = code::LEADER_NOT_AVAILABLE;
+                                }
                             }
                             partition
                         })
@@ -407,7 +450,7 @@ fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> M
         })
         .collect();
     let mut response = MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_topics(topics);
     if version >= 1 {
         response.controller_id = BrokerId(context.node_id);

@@ -60,6 +60,13 @@ pub struct Round {
     pub jobs: Vec<IoJob>,
     /// Messages to send now.
     pub messages: Vec<Message>,
+    /// Headers of the data batches appended to the log in this round (as
+    /// stored: offsets set), in log order. Idempotent producers' state is
+    /// kept from these on every replica, so a new leader knows it.
+    pub appended: Vec<crate::storage::BatchHeader>,
+    /// A divergent suffix was cut from the log first: state derived from
+    /// the log's tail must be rebuilt.
+    pub truncated: bool,
 }
 
 /// A replica's view of its group, for status and metrics.
@@ -320,7 +327,11 @@ impl<T> ReplicaCore<T> {
             ));
         }
         self.apply(log, ready.take_committed_entries())?;
-        let mut jobs = self.node.mut_store().append(log, ready.entries(), now_ms)?;
+        let mut appended = Vec::new();
+        let (mut jobs, truncated) =
+            self.node
+                .mut_store()
+                .append(log, ready.entries(), now_ms, &mut appended)?;
         if let Some(hard_state) = ready.hs() {
             self.node.mut_store().set_hard_state(hard_state.clone());
         }
@@ -343,7 +354,12 @@ impl<T> ReplicaCore<T> {
             }));
             self.in_flight = Some((number, persisted_messages));
         }
-        Ok(Some(Round { jobs, messages }))
+        Ok(Some(Round {
+            jobs,
+            messages,
+            appended,
+            truncated,
+        }))
     }
 
     /// The writer has persisted ready `number`: returns the messages that

@@ -21,7 +21,7 @@ use super::ReplicaError;
 use crate::storage::batch::{
     control_record, validate_client_batch, CONTROL_LEADER_CHANGE, CONTROL_RAFT_CONF_CHANGE,
 };
-use crate::storage::{FrameLocation, IoJob, PartitionLog};
+use crate::storage::{BatchHeader, FrameLocation, IoJob, PartitionLog};
 use crate::types::{Offset, Term};
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
@@ -153,15 +153,18 @@ impl EntryStore {
 
     /// Appends `entries` (a ready's, contiguous) to `log`, first truncating
     /// a conflicting suffix when they start at or before the last index.
-    /// Returns the I/O to run. The owner must have no I/O of `log` in flight.
+    /// Returns the I/O to run and whether a suffix was cut; pushes the
+    /// header of each data batch stored to `appended`. The owner must have
+    /// no I/O of `log` in flight.
     pub(crate) fn append(
         &mut self,
         log: &mut PartitionLog,
         entries: &[Entry],
         now_ms: i64,
-    ) -> Result<Vec<IoJob>, ReplicaError> {
+        appended: &mut Vec<BatchHeader>,
+    ) -> Result<(Vec<IoJob>, bool), ReplicaError> {
         let Some(first) = entries.first() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
         if first.index <= self.anchor_index {
             return Err(ReplicaError::Storage(format!(
@@ -170,7 +173,8 @@ impl EntryStore {
                 self.anchor_index + 1
             )));
         }
-        if first.index <= self.last_index() {
+        let truncated = first.index <= self.last_index();
+        if truncated {
             self.truncate_from(log, first.index)?;
         } else if first.index != self.last_index() + 1 {
             return Err(ReplicaError::Storage(format!(
@@ -192,7 +196,15 @@ impl EntryStore {
                     let header = validate_client_batch(&entry.data).map_err(|error| {
                         ReplicaError::Storage(format!("entry {}: {error}", entry.index))
                     })?;
-                    log.append_batch(&entry.data, &header, term, now_ms)
+                    let outcome = log.append_batch(&entry.data, &header, term, now_ms);
+                    if let Ok(outcome) = &outcome {
+                        appended.push(BatchHeader {
+                            base_offset: outcome.base_offset,
+                            leader_epoch: term,
+                            ..header
+                        });
+                    }
+                    outcome
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let mut payload = Vec::with_capacity(1 + entry.data.len());
@@ -212,7 +224,7 @@ impl EntryStore {
             self.cache.push_back(entry.clone());
         }
         self.trim_cache();
-        Ok(jobs)
+        Ok((jobs, truncated))
     }
 
     /// Removes entries `from` and after, from the log and the store.

@@ -1999,6 +1999,11 @@ impl PartitionLog {
             .map(|(term, _)| *term)
     }
 
+    /// Base offset of the active segment.
+    pub fn active_base_offset(&self) -> Offset {
+        self.active.base_offset
+    }
+
     /// The offset the next appended record gets.
     pub fn log_end_offset(&self) -> Offset {
         self.log_end_offset

@@ -12,8 +12,10 @@ Every command prints JSON lines on stdout, one object per line:
   "committed" (offsets read back with OffsetFetch), "done" (the last line).
 
 Commands (BOOTSTRAP is host:port, TOPIC a topic name):
-  produce BOOTSTRAP TOPIC COUNT PREFIX [--set key=value ...]
-      COUNT records, value PREFIX-NNNNNN, key k(N % 16); acks=all.
+  produce BOOTSTRAP TOPIC COUNT PREFIX [--rate N] [--set key=value ...]
+      COUNT records, value PREFIX-NNNNNN, key k(N % 16); acks=all. With
+      --rate, about N records per second (so faults can happen meanwhile);
+      each delivery report is flushed as it comes.
   consume BOOTSTRAP TOPIC PARTITIONS
       Reads partitions 0..PARTITIONS from the beginning without a group
       (assign), until the end of every partition.
@@ -34,6 +36,7 @@ confluent-kafka is not installed (the message names what to install).
 import json
 import select
 import sys
+import time
 
 try:
     import confluent_kafka
@@ -79,7 +82,7 @@ def on_client_error(error):
     emit({"type": "client_error", "error": str(error), "fatal": error.fatal()}, flush=True)
 
 
-def produce(bootstrap, topic, count, prefix, extra):
+def produce(bootstrap, topic, count, prefix, extra, rate=None):
     conf = {
         "bootstrap.servers": bootstrap,
         "acks": "all",
@@ -110,7 +113,13 @@ def produce(bootstrap, topic, count, prefix, extra):
                 }
             )
 
+    started = time.monotonic()
     for n in range(count):
+        if rate and n % 100 == 0:
+            ahead = n / rate - (time.monotonic() - started)
+            if ahead > 0:
+                producer.poll(ahead)
+            OUT.flush()
         value = "%s-%06d" % (prefix, n)
         key = "k%d" % (n % 16)
         while True:
@@ -297,7 +306,12 @@ def main(argv):
         return 2
     command, args = args[0], args[1:]
     if command == "produce":
-        return produce(args[0], args[1], int(args[2]), args[3], extra)
+        rate = None
+        if "--rate" in args:
+            index = args.index("--rate")
+            rate = float(args[index + 1])
+            del args[index : index + 2]
+        return produce(args[0], args[1], int(args[2]), args[3], extra, rate)
     if command == "consume":
         return consume(args[0], args[1], int(args[2]), extra)
     if command == "member":
