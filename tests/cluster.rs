@@ -292,3 +292,40 @@ fn a_node_id_the_cluster_does_not_know_is_refused() {
         "{message}"
     );
 }
+
+#[test]
+fn garbage_on_the_raft_port_is_refused_and_the_cluster_keeps_serving() {
+    use std::io::{Read, Write};
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let mut history = History::new();
+    let garbage: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        // A header declaring a 4 GiB frame.
+        &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+        // A frame whose checksum does not match.
+        &[4, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9, 9],
+    ];
+    for port in cluster.ports.clone() {
+        for bytes in garbage {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+                .expect("connect to the raft port");
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            stream.write_all(bytes).unwrap();
+            let mut buffer = [0u8; 8];
+            assert!(
+                matches!(stream.read(&mut buffer), Ok(0) | Err(_)),
+                "port {port}: the connection must be closed"
+            );
+        }
+    }
+    // Still one cluster, still serving: produce through the leader commits.
+    produce(cluster.node(leader), &mut history, 0..100);
+    read_all(cluster.node(leader), &mut history, 1);
+    let report = history.check();
+    assert_eq!(report.anomalies(), 0, "{report}");
+    assert_eq!(report.acknowledged, 100, "{report}");
+    for index in 0..3 {
+        cluster.stop_node(index);
+    }
+}

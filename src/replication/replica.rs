@@ -111,6 +111,9 @@ pub enum ProposeError {
     Dropped(String),
 }
 
+/// A proposal's answer: its first and last offsets, or why it failed.
+pub type Completion<T> = (T, Result<(Offset, Offset), ProposeError>);
+
 struct Waiter<T> {
     index: u64,
     term: u64,
@@ -127,7 +130,7 @@ pub struct ReplicaCore<T> {
     /// to send once it is.
     in_flight: Option<(u64, Vec<Message>)>,
     waiting: VecDeque<Waiter<T>>,
-    completed: Vec<(T, Result<(Offset, Offset), ProposeError>)>,
+    completed: Vec<Completion<T>>,
     applied_index: u64,
     acks: Acks,
 }
@@ -173,9 +176,11 @@ impl<T> ReplicaCore<T> {
         let state = found.unwrap_or(initial);
         let conf_state = ConfState::parse_from_bytes(&state.conf_state)
             .map_err(|error| ReplicaError::Storage(format!("Raft configuration: {error}")))?;
-        let mut hard_state = HardState::default();
-        hard_state.term = state.term;
-        hard_state.vote = state.vote;
+        let mut hard_state = HardState {
+            term: state.term,
+            vote: state.vote,
+            ..HardState::default()
+        };
         let store = EntryStore::open(
             log,
             hard_state.clone(),
@@ -383,7 +388,7 @@ impl<T> ReplicaCore<T> {
     }
 
     /// Proposals answered since the last call.
-    pub fn take_completed(&mut self) -> Vec<(T, Result<(Offset, Offset), ProposeError>)> {
+    pub fn take_completed(&mut self) -> Vec<Completion<T>> {
         std::mem::take(&mut self.completed)
     }
 

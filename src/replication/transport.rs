@@ -752,12 +752,11 @@ mod tests {
                 start(index as u64 + 1, listener, peers, "test")
             })
             .collect();
-        for index in 0..3 {
+        for (index, node) in nodes.iter().enumerate() {
             for round in 0..50u32 {
                 for other in 0..3u64 {
                     if other != index as u64 {
-                        nodes[index]
-                            .transport
+                        node.transport
                             .send(other + 1, vec![envelope(round, &round.to_le_bytes())]);
                     }
                 }
