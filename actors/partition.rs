@@ -27,7 +27,7 @@
 use super::deleter::{DeleteRequest, DeleterCommand, DeletionOutcome};
 use super::loader::{BlockLoaded, BlockLoader, PartitionWork};
 use super::producers::{ProducerStates, Sequenced, Verdict};
-use super::raft_node::{RaftInbound, RaftOutbound};
+use super::raft_node::{ForwardError, ForwardOutbound, Forwarded, RaftInbound, RaftOutbound};
 use super::writer::{WriterEvent, WriterHandle, WriterReport};
 use crate::config::{StartupConfig, TopicConfig};
 use crate::error::{FetchError, ProduceError};
@@ -255,17 +255,41 @@ pub(crate) struct ReplicaHandle {
     pub(crate) group: GroupId,
     /// The RaftNode, which sends to peers.
     pub(crate) router: Recipient<RaftOutbound>,
+    /// The RaftNode again, for forwarded produce traffic.
+    pub(crate) forwarder: Recipient<ForwardOutbound>,
     /// raft-rs's logical clock ticks this often.
     pub(crate) tick: Duration,
 }
 
 /// A proposal's producer, waiting for the commit.
 pub(crate) struct ReplicaWaiter {
-    reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
+    reply: Answer,
     record_count: u64,
     bytes: u64,
     producer: Option<Sequenced>,
 }
+
+/// Who hears how a proposal ended.
+enum Answer {
+    /// A producer on this node.
+    Local(oneshot::Sender<Result<AppendAck, ProduceError>>),
+    /// A producer on another node, which forwarded its batch here.
+    Remote { node: u64, id: u64 },
+}
+
+/// A produce this node forwarded to the leader, waiting for its answer.
+struct PendingForward {
+    reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
+    record_count: u64,
+    bytes: u64,
+}
+
+/// How long a forwarded produce waits for the leader's answer; then its
+/// producer hears "not committed" (the outcome is unknown).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Forwarded produce requests outstanding at once per partition; more are
+/// answered NotLeader (the producer can go to the leader itself).
+const FORWARDS_MAX: usize = 1024;
 
 struct PendingAck {
     next_offset: Offset,
@@ -330,6 +354,9 @@ pub(crate) struct PartitionActor {
     retired: bool,
     /// Replicated partitions: the Raft group's replica on this node.
     replica: Option<ReplicaHandle>,
+    /// Embedded produce forwarded to the leader, by request id.
+    forwards: std::collections::HashMap<u64, PendingForward>,
+    next_forward_id: u64,
 }
 
 impl PartitionActor {
@@ -368,6 +395,8 @@ impl PartitionActor {
             maintenance: None,
             retired: false,
             replica,
+            forwards: std::collections::HashMap::new(),
+            next_forward_id: 0,
         }
     }
 
@@ -928,6 +957,9 @@ impl Handler<RaftInbound> for PartitionActor {
                     replica.core.step(raft_message);
                 }
             }
+            for forwarded in message.forwarded {
+                actor.on_forwarded(forwarded, context);
+            }
             actor.drive_replica(context);
         });
     }
@@ -1063,8 +1095,13 @@ impl PartitionActor {
             }
             let batch =
                 bytes::Bytes::from(frame).slice(crate::storage::batch::FRAME_HEADER_BYTES..);
+            // On a follower that knows the leader, the batch goes there.
+            if let Some(leader) = self.forward_target() {
+                self.forward(leader, batch, message.reply, record_count, context);
+                return;
+            }
             let waiter = ReplicaWaiter {
-                reply: message.reply,
+                reply: Answer::Local(message.reply),
                 record_count,
                 bytes: batch.len() as u64,
                 producer: None,
@@ -1083,10 +1120,137 @@ impl PartitionActor {
             return;
         };
         if let Err((waiter, error)) = replica.core.propose(batch, waiter) {
-            let _ = waiter.reply.send(Err(produce_error(error)));
+            self.answer_proposal(waiter, Err(error));
             return;
         }
         self.drive_replica(context);
+    }
+
+    /// The leader to forward an embedded produce to: another node, known.
+    fn forward_target(&self) -> Option<u64> {
+        let replica = self.replica.as_ref()?;
+        replica
+            .core
+            .leader()
+            .filter(|&leader| leader != replica.config.id)
+            .filter(|_| self.forwards.len() < FORWARDS_MAX)
+    }
+
+    /// Sends an embedded producer's batch to the leader's node; the answer
+    /// comes back as `Forwarded::Reply`, or the wait times out.
+    fn forward(
+        &mut self,
+        leader: u64,
+        batch: bytes::Bytes,
+        reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
+        record_count: u64,
+        context: &mut Context<Self>,
+    ) {
+        let Some(replica) = self.replica.as_ref() else {
+            return;
+        };
+        let id = self.next_forward_id;
+        self.next_forward_id += 1;
+        replica.forwarder.do_send(ForwardOutbound {
+            to: leader,
+            group: replica.group.clone(),
+            forwarded: Forwarded::Request {
+                from: replica.config.id,
+                id,
+                batch: batch.to_vec(),
+            },
+        });
+        self.forwards.insert(
+            id,
+            PendingForward {
+                reply,
+                record_count,
+                bytes: batch.len() as u64,
+            },
+        );
+        context.run_later(FORWARD_TIMEOUT, move |actor, _| {
+            if let Some(pending) = actor.forwards.remove(&id) {
+                let _ = pending.reply.send(Err(ProduceError::NotCommitted(format!(
+                    "forwarded to node {leader}, which did not answer within {FORWARD_TIMEOUT:?}"
+                ))));
+            }
+        });
+    }
+
+    /// Forwarded produce traffic: requests from followers' nodes (this
+    /// replica is meant to lead), answers for requests this node sent.
+    fn on_forwarded(&mut self, forwarded: Forwarded, context: &mut Context<Self>) {
+        match forwarded {
+            Forwarded::Request { from, id, batch } => {
+                let answer = Answer::Remote { node: from, id };
+                let header = match crate::storage::batch::validate_client_batch(&batch) {
+                    Ok(header) => header,
+                    Err(error) => {
+                        self.send_forward_reply(
+                            from,
+                            id,
+                            Err(ForwardError::Refused(error.to_string())),
+                        );
+                        return;
+                    }
+                };
+                if let Some(error) = self.refusal() {
+                    let _ = answer;
+                    self.send_forward_reply(
+                        from,
+                        id,
+                        Err(ForwardError::NotCommitted(error.to_string())),
+                    );
+                    return;
+                }
+                let waiter = ReplicaWaiter {
+                    reply: answer,
+                    record_count: u64::from(header.record_count),
+                    bytes: batch.len() as u64,
+                    producer: None,
+                };
+                self.propose(bytes::Bytes::from(batch), waiter, context);
+            }
+            Forwarded::Reply { id, result } => {
+                let Some(pending) = self.forwards.remove(&id) else {
+                    return; // timed out already
+                };
+                let answer = match result {
+                    Ok((base, last)) => {
+                        self.metrics
+                            .records_produced_total
+                            .fetch_add(pending.record_count, Relaxed);
+                        self.metrics
+                            .bytes_produced_total
+                            .fetch_add(pending.bytes, Relaxed);
+                        Ok(AppendAck {
+                            partition: self.settings.partition,
+                            base_offset: Offset(base),
+                            last_offset: Offset(last),
+                        })
+                    }
+                    Err(ForwardError::NotLeader(leader)) => Err(ProduceError::NotLeader { leader }),
+                    Err(ForwardError::NotCommitted(reason)) => {
+                        Err(ProduceError::NotCommitted(reason))
+                    }
+                    Err(ForwardError::Refused(reason)) => {
+                        tracing::warn!(partition = %self.name, %reason, "the leader refused a forwarded batch");
+                        Err(ProduceError::Unavailable)
+                    }
+                };
+                let _ = pending.reply.send(answer);
+            }
+        }
+    }
+
+    fn send_forward_reply(&self, node: u64, id: u64, result: Result<(u64, u64), ForwardError>) {
+        if let Some(replica) = &self.replica {
+            replica.forwarder.do_send(ForwardOutbound {
+                to: node,
+                group: replica.group.clone(),
+                forwarded: Forwarded::Reply { id, result },
+            });
+        }
     }
 
     /// Runs the replica's rounds until one is in flight or there is no
@@ -1175,6 +1339,22 @@ impl PartitionActor {
         waiter: ReplicaWaiter,
         outcome: Result<(Offset, Offset), ProposeError>,
     ) {
+        if let Answer::Remote { node, id } = waiter.reply {
+            let result = match outcome {
+                Ok((base, last)) => Ok((base.0, last.0)),
+                Err(ProposeError::NotLeader { leader }) => Err(ForwardError::NotLeader(leader)),
+                // Dropped before it entered the log: nothing stored.
+                Err(ProposeError::Dropped(_)) => Err(ForwardError::NotLeader(None)),
+                Err(error @ ProposeError::Superseded) => {
+                    Err(ForwardError::NotCommitted(error.to_string()))
+                }
+            };
+            self.send_forward_reply(node, id, result);
+            return;
+        }
+        let Answer::Local(reply) = waiter.reply else {
+            return;
+        };
         let answer = match outcome {
             Ok((base_offset, last_offset)) => {
                 if let Some(producer) = &waiter.producer {
@@ -1194,7 +1374,7 @@ impl PartitionActor {
             }
             Err(error) => Err(produce_error(error)),
         };
-        let _ = waiter.reply.send(answer);
+        let _ = reply.send(answer);
     }
 
     /// Why produce is refused right now, if it is.
@@ -1250,7 +1430,7 @@ impl PartitionActor {
         let record_count = u64::from(message.header.record_count);
         if self.replica.is_some() {
             let waiter = ReplicaWaiter {
-                reply: message.reply,
+                reply: Answer::Local(message.reply),
                 record_count,
                 bytes: message.batch.len() as u64,
                 producer: message.producer,
@@ -1583,8 +1763,22 @@ impl PartitionActor {
                 "the runtime is shutting down".to_string(),
             ));
             for (waiter, _) in replica.core.take_completed() {
-                let _ = waiter.reply.send(Err(ProduceError::ShuttingDown));
+                match waiter.reply {
+                    Answer::Local(reply) => {
+                        let _ = reply.send(Err(ProduceError::ShuttingDown));
+                    }
+                    Answer::Remote { node, id } => self.send_forward_reply(
+                        node,
+                        id,
+                        Err(ForwardError::NotCommitted(
+                            "the leader is shutting down".to_string(),
+                        )),
+                    ),
+                }
             }
+        }
+        for (_, pending) in self.forwards.drain() {
+            let _ = pending.reply.send(Err(ProduceError::ShuttingDown));
         }
         // A consumer waiting at the end gets "no more records" now.
         for fetch in std::mem::take(&mut self.waiting_fetches)

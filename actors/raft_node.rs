@@ -67,12 +67,54 @@ pub(crate) struct RaftOutbound {
     pub(crate) messages: Vec<Message>,
 }
 
-/// Raft messages from peers, for one group's partition actor.
+/// Raft messages from peers, and forwarded produce traffic, for one
+/// group's partition actor.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct RaftInbound {
     pub(crate) messages: Vec<Message>,
+    pub(crate) forwarded: Vec<Forwarded>,
 }
+
+/// A produce forwarded between the replicas of one partition: an embedded
+/// producer on a follower's node sends its batch to the leader's, which
+/// proposes it and answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Forwarded {
+    /// From a follower's node: propose this Kafka RecordBatch.
+    Request { from: u64, id: u64, batch: Vec<u8> },
+    /// From the leader's node: the offsets it got, or why not.
+    Reply {
+        id: u64,
+        result: Result<(u64, u64), ForwardError>,
+    },
+}
+
+/// Why a forwarded produce failed, as the origin reports it to its producer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ForwardError {
+    /// Nothing was stored; the producer may retry.
+    NotLeader(Option<u64>),
+    /// It may or may not be stored.
+    NotCommitted(String),
+    /// Refused for good (too large, malformed).
+    Refused(String),
+}
+
+/// A forwarded produce (request or reply) for one group, to one peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ForwardOutbound {
+    pub(crate) to: u64,
+    pub(crate) group: GroupId,
+    pub(crate) forwarded: Forwarded,
+}
+
+/// First byte of a partition group's envelope body.
+const BODY_RAFT: u8 = 0;
+const BODY_FORWARD: u8 = 1;
+/// Largest forwarded body decoded (a batch is at most 64 MiB).
+const FORWARD_BYTES_MAX: usize = 65 * 1024 * 1024;
 
 /// One frame a peer sent.
 #[derive(Message)]
@@ -227,8 +269,10 @@ impl Handler<RaftOutbound> for RaftNode {
         let mut by_peer: BTreeMap<u64, Vec<Envelope>> = BTreeMap::new();
         for raft_message in message.messages {
             let to = raft_message.to;
-            match raft_message.write_to_bytes() {
-                Ok(body) => by_peer.entry(to).or_default().push(Envelope {
+            let mut body = Vec::with_capacity(1 + raft_message.compute_size() as usize);
+            body.push(BODY_RAFT);
+            match raft_message.write_to_vec(&mut body) {
+                Ok(()) => by_peer.entry(to).or_default().push(Envelope {
                     group: message.group.clone(),
                     body,
                 }),
@@ -243,19 +287,85 @@ impl Handler<RaftOutbound> for RaftNode {
     }
 }
 
+impl Handler<ForwardOutbound> for RaftNode {
+    type Result = ();
+
+    fn handle(&mut self, message: ForwardOutbound, _context: &mut Context<Self>) {
+        let Some(transport) = &self.transport else {
+            return;
+        };
+        let mut body = vec![BODY_FORWARD];
+        match bincode::serde::encode_into_std_write(
+            &message.forwarded,
+            &mut body,
+            bincode::config::standard(),
+        ) {
+            Ok(_) => transport.send(
+                message.to,
+                vec![Envelope {
+                    group: message.group,
+                    body,
+                }],
+            ),
+            Err(error) => tracing::warn!(%error, "forwarded produce not encodable; dropped"),
+        }
+    }
+}
+
+/// The inbound message being gathered for `group`.
+fn inbound(by_group: &mut HashMap<GroupId, RaftInbound>, group: GroupId) -> &mut RaftInbound {
+    by_group.entry(group).or_insert_with(|| RaftInbound {
+        messages: Vec::new(),
+        forwarded: Vec::new(),
+    })
+}
+
 impl Handler<PeerFrames> for RaftNode {
     type Result = ();
 
     fn handle(&mut self, frames: PeerFrames, _context: &mut Context<Self>) {
-        let mut by_group: HashMap<GroupId, Vec<Message>> = HashMap::new();
+        let mut by_group: HashMap<GroupId, RaftInbound> = HashMap::new();
         for envelope in frames.envelopes {
             if envelope.group.topic.is_empty() {
                 self.node_info(frames.from, &envelope.body);
                 continue;
             }
-            match Message::parse_from_bytes(&envelope.body) {
+            let (kind, body) = envelope.body.split_first().unwrap_or((&u8::MAX, &[]));
+            if *kind == BODY_FORWARD {
+                let config = bincode::config::standard().with_limit::<FORWARD_BYTES_MAX>();
+                match bincode::serde::decode_from_slice::<Forwarded, _>(body, config) {
+                    // The sender is the connection's peer, whatever it claims.
+                    Ok((Forwarded::Request { id, batch, .. }, _)) => {
+                        inbound(&mut by_group, envelope.group)
+                            .forwarded
+                            .push(Forwarded::Request {
+                                from: frames.from,
+                                id,
+                                batch,
+                            })
+                    }
+                    Ok((reply, _)) => inbound(&mut by_group, envelope.group).forwarded.push(reply),
+                    Err(error) => {
+                        self.metrics
+                            .raft_messages_dropped_total
+                            .fetch_add(1, Relaxed);
+                        tracing::warn!(peer = frames.from, %error, "forwarded produce does not decode; dropped");
+                    }
+                }
+                continue;
+            }
+            if *kind != BODY_RAFT {
+                self.metrics
+                    .raft_messages_dropped_total
+                    .fetch_add(1, Relaxed);
+                tracing::warn!(peer = frames.from, kind, "unknown envelope kind; dropped");
+                continue;
+            }
+            match Message::parse_from_bytes(body) {
                 Ok(message) if message.from == frames.from => {
-                    by_group.entry(envelope.group).or_default().push(message)
+                    inbound(&mut by_group, envelope.group)
+                        .messages
+                        .push(message)
                 }
                 Ok(message) => {
                     self.metrics
@@ -275,17 +385,18 @@ impl Handler<PeerFrames> for RaftNode {
                 }
             }
         }
-        for (group, messages) in by_group {
+        for (group, inbound) in by_group {
             match self.routes.get(&group) {
                 Some(recipient) => {
                     // Partition mailboxes are unbounded; the frames that
                     // feed this are bounded by this actor's mailbox.
-                    recipient.do_send(RaftInbound { messages });
+                    recipient.do_send(inbound);
                 }
                 None => {
-                    self.metrics
-                        .raft_messages_dropped_total
-                        .fetch_add(messages.len() as u64, Relaxed);
+                    self.metrics.raft_messages_dropped_total.fetch_add(
+                        (inbound.messages.len() + inbound.forwarded.len()) as u64,
+                        Relaxed,
+                    );
                     tracing::debug!(
                         peer = frames.from,
                         ?group,

@@ -952,7 +952,8 @@ fn check_topic(topic: &TopicConfig) -> Result<(), BrokenRule> {
         ),
         (
             "replication_factor",
-            check_replication_factor(i64::from(topic.replication_factor)),
+            check_replication_factor(i64::from(topic.replication_factor))
+                .and_then(|()| check_replicated_cleanup(topic)),
         ),
     ];
     first_broken(checks)
@@ -1032,6 +1033,34 @@ fn check_replication_factor(replication_factor: i64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A replicated partition's log is its Raft log: it may drop old entries
+/// only once a lagging replica can be sent sealed blocks instead
+/// (snapshots), which is not built yet. Until then, no retention and no
+/// compaction on replicated topics.
+fn check_replicated_cleanup(topic: &TopicConfig) -> Result<(), String> {
+    if topic.replication_factor <= 1 {
+        return Ok(());
+    }
+    let dropping = if topic.retention.is_some() {
+        Some("retention")
+    } else if topic.retention_bytes.is_some() {
+        Some("retention_bytes")
+    } else if topic.cleanup.compacts() {
+        Some("cleanup = \"compact\"")
+    } else {
+        None
+    };
+    match dropping {
+        None => Ok(()),
+        Some(what) => Err(format!(
+            "replication_factor = {} with {what}: a replicated log cannot drop old entries yet \
+             (a lagging replica would need them sent as snapshots, which is not implemented); \
+             remove {what}, or use replication_factor = 1",
+            topic.replication_factor
+        )),
+    }
 }
 
 /// The `[node]` rules that need no other section.

@@ -513,12 +513,13 @@ impl Runtime {
                         actor_specs.into_iter().enumerate()
                     {
                         let replica = replica.and_then(|(core, config, group)| {
-                            let router = raft_node.as_ref()?.clone().recipient();
+                            let raft_node = raft_node.as_ref()?;
                             Some(ReplicaHandle {
                                 core,
                                 config,
                                 group,
-                                router,
+                                router: raft_node.clone().recipient(),
+                                forwarder: raft_node.clone().recipient(),
                                 tick,
                             })
                         });

@@ -1440,3 +1440,23 @@ fn the_example_cluster_configs_parse() {
             .all(|topic| topic.replication_factor == 3));
     }
 }
+
+#[test]
+fn replicated_topics_keep_every_entry_until_snapshots_exist() {
+    for (line, what) in [
+        ("retention = \"7d\"\n", "with retention:"),
+        ("retention_bytes = \"1 GiB\"\n", "with retention_bytes:"),
+        ("cleanup = \"compact\"\n", "with cleanup = \"compact\":"),
+    ] {
+        let text = format!(
+            "data_dir = \"d\"\n[[topic]]\nname = \"a\"\n{line}replication_factor = 3\n[node]\n{THREE_NODES}"
+        );
+        assert_error(
+            &text,
+            "test.toml:5:22 (topic[0].replication_factor): ",
+            &[what, "snapshots"],
+        );
+        // The same topic unreplicated is fine.
+        parse(&text.replace("replication_factor = 3", "replication_factor = 1"));
+    }
+}
