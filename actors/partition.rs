@@ -27,7 +27,9 @@
 use super::deleter::{DeleteRequest, DeleterCommand, DeletionOutcome};
 use super::loader::{BlockLoaded, BlockLoader, PartitionWork};
 use super::producers::{ProducerStates, Sequenced, Verdict};
-use super::raft_node::{ForwardError, ForwardOutbound, Forwarded, RaftInbound, RaftOutbound};
+use super::raft_node::{
+    ForwardError, ForwardOutbound, Forwarded, Quiesced, RaftInbound, RaftOutbound, Vouches,
+};
 use super::writer::{WriterEvent, WriterHandle, WriterReport};
 use crate::config::{StartupConfig, TopicConfig};
 use crate::error::{FetchError, ProduceError};
@@ -257,6 +259,16 @@ pub(crate) struct ReplicaHandle {
     pub(crate) router: Recipient<RaftOutbound>,
     /// The RaftNode again, for forwarded produce traffic.
     pub(crate) forwarder: Recipient<ForwardOutbound>,
+    /// The RaftNode again: this replica leads and went quiet, or woke.
+    pub(crate) quiescer: Recipient<Quiesced>,
+    /// Which nodes vouch for which quiet groups they lead (the RaftNode's).
+    pub(crate) vouches: Vouches,
+    /// Not ticking: the group is idle (see `PartitionActor::tick`).
+    pub(crate) quiet: bool,
+    /// When a peer last campaigned (a vote or pre-vote request) or refused
+    /// something: it needs the group awake (a restarted replica looking for
+    /// its leader, say), so the group ticks for an election timeout after.
+    pub(crate) last_message: Instant,
     /// raft-rs's logical clock ticks this often.
     pub(crate) tick: Duration,
 }
@@ -953,6 +965,19 @@ impl Handler<RaftInbound> for PartitionActor {
                 return;
             }
             if let Some(replica) = actor.replica.as_mut() {
+                // A peer that campaigns or is refused needs the group awake
+                // (a restarted replica looking for its leader, say).
+                if message.messages.iter().any(|raft_message| {
+                    raft_message.reject
+                        || matches!(
+                            raft_message.msg_type,
+                            raft::prelude::MessageType::MsgRequestVote
+                                | raft::prelude::MessageType::MsgRequestPreVote
+                                | raft::prelude::MessageType::MsgTimeoutNow
+                        )
+                }) {
+                    replica.last_message = Instant::now();
+                }
                 for raft_message in message.messages {
                     replica.core.step(raft_message);
                 }
@@ -966,14 +991,77 @@ impl Handler<RaftInbound> for PartitionActor {
 }
 
 impl PartitionActor {
+    /// Raft's clock, except for idle groups: a leader with nothing to
+    /// replicate, whose followers' nodes are alive, stops ticking (no
+    /// heartbeats) and its node vouches for the group in its announcements
+    /// instead; a caught-up follower stops ticking while its leader's node
+    /// keeps vouching. Anything else (a proposal, a message that changes
+    /// the log, a silent node, a group no longer vouched for) and ticking
+    /// resumes, so elections still happen within a timeout.
     fn tick(&mut self, context: &mut Context<Self>) {
         if self.fail_stopped.is_some() || self.restarting.is_some() || !self.accepting {
             return;
         }
-        if let Some(replica) = self.replica.as_mut() {
-            replica.core.tick();
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        let quiet = replica.may_rest();
+        let is_leader = replica.core.status().is_leader;
+        if quiet != replica.quiet {
+            replica.quiet = quiet;
+            if !quiet {
+                replica.core.wake();
+            }
+            if is_leader || !quiet {
+                replica.quiescer.do_send(Quiesced {
+                    group: replica.group.clone(),
+                    quiet: quiet && is_leader,
+                });
+            }
+            self.gauges.raft.quiet.store(u64::from(quiet), Relaxed);
         }
+        if quiet {
+            return;
+        }
+        replica.core.tick();
         self.drive_replica(context);
+    }
+}
+
+impl ReplicaHandle {
+    /// Whether this replica's group is idle and its peers' liveness lets it
+    /// skip a tick (see `PartitionActor::tick`).
+    fn may_rest(&self) -> bool {
+        let election_timeout = self.tick * (self.config.election_ticks as u32);
+        if self.last_message.elapsed() < election_timeout {
+            return false;
+        }
+        // Fresh within half an election timeout: well before a follower
+        // that heard nothing would campaign.
+        let window = election_timeout / 2;
+        let vouches = self.vouches.load();
+        let fresh = |node: u64| {
+            vouches
+                .get(&node)
+                .filter(|(at, _)| at.elapsed() < window)
+                .map(|(_, groups)| groups)
+        };
+        if self.core.idle_leader() {
+            let status = self.core.status();
+            return status
+                .voters
+                .iter()
+                .filter(|&&voter| voter != status.id)
+                .all(|&voter| fresh(voter).is_some());
+        }
+        if self.core.idle_follower() {
+            return self
+                .core
+                .leader()
+                .and_then(fresh)
+                .is_some_and(|groups| groups.contains(&self.group));
+        }
+        false
     }
 }
 

@@ -22,15 +22,13 @@ use arc_swap::ArcSwap;
 use protobuf::Message as _;
 use raft::prelude::Message;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Frames from peers waiting in this actor's mailbox before more are dropped.
 pub(crate) const INBOUND_FRAMES_MAX: usize = 4096;
-/// How often a node tells its peers its Kafka address.
-const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The other nodes' Kafka addresses by node id, as they announce them:
 /// what Metadata lists as brokers. Readers load a snapshot; only the
@@ -50,6 +48,24 @@ fn node_channel() -> GroupId {
 struct NodeInfo {
     /// Its Kafka listener's advertised host and port, if it has one.
     kafka: Option<(String, u16)>,
+    /// The groups it leads that are quiet (not ticking).
+    quiet: Vec<GroupId>,
+}
+
+/// Which nodes vouch for which of the groups they lead: a leader with
+/// nothing to do stops ticking (no heartbeats), and its node says so in
+/// every announcement instead; a caught-up follower stops ticking while
+/// its leader's node keeps vouching. Node id -> (when its last
+/// announcement arrived, the quiet groups it leads). Only the RaftNode
+/// stores; partition actors load.
+pub(crate) type Vouches = Arc<ArcSwap<HashMap<u64, (std::time::Instant, Arc<HashSet<GroupId>>)>>>;
+
+/// A group this node leads went quiet (`quiet`), or woke up.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Quiesced {
+    pub(crate) group: GroupId,
+    pub(crate) quiet: bool,
 }
 
 /// This node's Kafka listener is up: announce it to the peers.
@@ -155,10 +171,19 @@ pub(crate) struct RaftNode {
     metrics: Arc<Metrics>,
     brokers: PeerBrokers,
     kafka: Option<(String, u16)>,
+    /// Groups this node leads that are quiet.
+    quiet: HashSet<GroupId>,
+    vouches: Vouches,
+    announce_interval: Duration,
 }
 
 impl RaftNode {
-    pub(crate) fn new(metrics: Arc<Metrics>, brokers: PeerBrokers) -> RaftNode {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        brokers: PeerBrokers,
+        vouches: Vouches,
+        announce_interval: Duration,
+    ) -> RaftNode {
         RaftNode {
             routes: HashMap::new(),
             transport: None,
@@ -166,15 +191,21 @@ impl RaftNode {
             metrics,
             brokers,
             kafka: None,
+            quiet: HashSet::new(),
+            vouches,
+            announce_interval,
         }
     }
 
+    /// Tells every peer this node is alive, its Kafka address and the quiet
+    /// groups it leads: the liveness signal that lets idle groups stop ticking.
     fn announce(&self) {
-        let (Some(transport), Some(kafka)) = (&self.transport, &self.kafka) else {
+        let Some(transport) = &self.transport else {
             return;
         };
         let info = NodeInfo {
-            kafka: Some(kafka.clone()),
+            kafka: self.kafka.clone(),
+            quiet: self.quiet.iter().cloned().collect(),
         };
         let body = bincode::serde::encode_to_vec(&info, bincode::config::standard())
             .expect("node info encodes");
@@ -199,6 +230,15 @@ impl RaftNode {
             tracing::warn!(peer = from, "node info does not decode; dropped");
             return;
         };
+        let mut vouches = HashMap::clone(&self.vouches.load());
+        vouches.insert(
+            from,
+            (
+                std::time::Instant::now(),
+                Arc::new(info.quiet.into_iter().collect()),
+            ),
+        );
+        self.vouches.store(Arc::new(vouches));
         let current = self.brokers.load();
         if current.get(&from) == info.kafka.as_ref() {
             return;
@@ -217,7 +257,7 @@ impl Actor for RaftNode {
 
     fn started(&mut self, context: &mut Context<Self>) {
         context.set_mailbox_capacity(INBOUND_FRAMES_MAX);
-        context.run_interval(ANNOUNCE_INTERVAL, |node, _| node.announce());
+        context.run_interval(self.announce_interval, |node, _| node.announce());
     }
 
     fn stopped(&mut self, _context: &mut Context<Self>) {
@@ -247,6 +287,21 @@ impl Handler<AttachTransport> for RaftNode {
         self.peers = message.peers;
         self.transport = Some(message.transport);
         self.announce();
+    }
+}
+
+impl Handler<Quiesced> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, message: Quiesced, _context: &mut Context<Self>) {
+        let changed = if message.quiet {
+            self.quiet.insert(message.group)
+        } else {
+            self.quiet.remove(&message.group)
+        };
+        // A group waking up must stop being vouched for at once.
+        if changed && !message.quiet {
+            self.announce();
+        }
     }
 }
 

@@ -139,6 +139,8 @@ pub(crate) struct RaftGauges {
     pub(crate) commit_index: AtomicU64,
     pub(crate) applied_index: AtomicU64,
     pub(crate) last_index: AtomicU64,
+    /// 1 while the group is idle and this replica does not tick.
+    pub(crate) quiet: AtomicU64,
 }
 
 impl PartitionGauges {
@@ -310,6 +312,9 @@ pub struct PartitionMetrics {
     pub raft_applied_index: u64,
     /// Replicated partitions: the last Raft index in this replica's log.
     pub raft_last_index: u64,
+    /// Replicated partitions: the group is idle and this replica does not
+    /// tick (no heartbeats; its node's announcements stand in).
+    pub raft_quiet: bool,
 }
 
 /// A point-in-time copy of every metric.
@@ -437,6 +442,7 @@ impl Metrics {
                     raft_commit_index: gauges.raft.commit_index.load(Relaxed),
                     raft_applied_index: gauges.raft.applied_index.load(Relaxed),
                     raft_last_index: gauges.raft.last_index.load(Relaxed),
+                    raft_quiet: gauges.raft.quiet.load(Relaxed) != 0,
                 })
                 .collect(),
             pipelines: pipelines
@@ -634,7 +640,7 @@ impl MetricsSnapshot {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
-        let gauges: [(&str, &str, PartitionValue); 10] = [
+        let gauges: [(&str, &str, PartitionValue); 11] = [
             ("millrace_log_start_offset", "First readable offset.", |p| {
                 p.log_start_offset
             }),
@@ -680,6 +686,11 @@ impl MetricsSnapshot {
                 "millrace_raft_last_index",
                 "Replicated partitions: the last Raft index in this replica's log.",
                 |p| p.raft_last_index,
+            ),
+            (
+                "millrace_raft_quiet",
+                "Replicated partitions: 1 while the group is idle and this replica does not tick.",
+                |p| u64::from(p.raft_quiet),
             ),
         ];
         for (name, help, value) in gauges {

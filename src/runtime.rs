@@ -20,7 +20,7 @@ use crate::actors::partition::{
 };
 use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
 use crate::actors::raft_node::{
-    AnnounceKafka, AttachTransport, PeerBrokers, PeerFrames, RaftNode, Register,
+    AnnounceKafka, AttachTransport, PeerBrokers, PeerFrames, RaftNode, Register, Vouches,
 };
 use crate::config::{Config, TopicConfig};
 use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
@@ -468,6 +468,7 @@ impl Runtime {
         let cluster = config.node.clone();
         let peer_brokers = PeerBrokers::default();
         let raft_node_brokers = peer_brokers.clone();
+        let vouches = Vouches::default();
         let arbiter_count = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, actor_specs.len().max(1));
@@ -500,8 +501,16 @@ impl Runtime {
                     let raft_node = raft_node_arbiter.as_ref().map(|arbiter| {
                         let metrics = actor_metrics.clone();
                         let brokers = raft_node_brokers.clone();
+                        let vouches = vouches.clone();
+                        // Often enough that a follower's view of its
+                        // leader's node is fresh well within an election
+                        // timeout: every heartbeat interval.
+                        let announce =
+                            cluster.as_ref().map_or(Duration::from_millis(100), |node| {
+                                node.tick * node.heartbeat_ticks as u32
+                            });
                         RaftNode::start_in_arbiter(&arbiter.handle(), move |_| {
-                            RaftNode::new(metrics, brokers)
+                            RaftNode::new(metrics, brokers, vouches, announce)
                         })
                     });
                     let tick = cluster
@@ -520,6 +529,10 @@ impl Runtime {
                                 group,
                                 router: raft_node.clone().recipient(),
                                 forwarder: raft_node.clone().recipient(),
+                                quiescer: raft_node.clone().recipient(),
+                                vouches: vouches.clone(),
+                                quiet: false,
+                                last_message: std::time::Instant::now(),
                                 tick,
                             })
                         });

@@ -314,6 +314,50 @@ impl<T> ReplicaCore<T> {
         self.in_flight.is_some()
     }
 
+    /// The group resumes ticking after a quiet spell: its clock restarts
+    /// from zero (the peers' liveness stood in for heartbeats meanwhile, so
+    /// neither a leader's quorum check nor a follower's election timeout
+    /// counts the quiet time), and a leader heartbeats at once.
+    pub fn wake(&mut self) {
+        self.node.raft.election_elapsed = 0;
+        if self.node.raft.state == StateRole::Leader {
+            self.node.ping();
+        }
+    }
+
+    /// A leader with nothing to do: no proposal waiting, no round in
+    /// flight or ready, and every replica has matched its last entry and
+    /// knows it committed. Such a group need not tick (no heartbeats)
+    /// while its followers' nodes are alive.
+    pub fn idle_leader(&self) -> bool {
+        let raft = &self.node.raft;
+        let last_index = raft.raft_log.last_index();
+        raft.state == StateRole::Leader
+            && self.waiting.is_empty()
+            && self.in_flight.is_none()
+            && !self.node.has_ready()
+            && raft.raft_log.committed == last_index
+            && self.applied_index == last_index
+            && raft.prs().iter().all(|(id, progress)| {
+                *id == raft.id
+                    || (progress.matched == last_index && progress.committed_index == last_index)
+            })
+    }
+
+    /// A follower with nothing to do: it knows a leader, has applied
+    /// everything in its log, and nothing is in flight. It need not tick
+    /// while that leader's node vouches for the group.
+    pub fn idle_follower(&self) -> bool {
+        let raft = &self.node.raft;
+        let last_index = raft.raft_log.last_index();
+        raft.state == StateRole::Follower
+            && raft.leader_id != 0
+            && self.in_flight.is_none()
+            && !self.node.has_ready()
+            && raft.raft_log.committed == last_index
+            && self.applied_index == last_index
+    }
+
     /// Takes the next round, if there is work and none is in flight. See
     /// the module docs.
     pub fn poll(
