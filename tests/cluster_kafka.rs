@@ -326,3 +326,88 @@ fn real_clients_survive_repeated_leader_kills() {
     );
     eprintln!("{report}");
 }
+
+/// `millrace node` and `millrace cluster status`, as an operator runs them.
+#[test]
+fn cluster_status_shows_each_replica_and_node_needs_a_node_section() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, _) = cluster(root.path());
+    for node in &mut nodes {
+        node.start();
+    }
+    let leaders = wait_for_leaders(&nodes);
+    let status = |node: &Node| {
+        let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["cluster", "status", "-c"])
+            .arg(&node.config)
+            .output()
+            .expect("millrace cluster status");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    for (index, node) in nodes.iter().enumerate() {
+        let shown = status(node);
+        let rows: Vec<Vec<&str>> = shown
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), PARTITIONS as usize, "{shown}");
+        for (partition, leader) in &leaders {
+            let row = rows
+                .iter()
+                .find(|row| row[0] == TOPIC && row[1] == partition.to_string())
+                .unwrap_or_else(|| panic!("no row for partition {partition}:\n{shown}"));
+            // TOPIC PARTITION NODE ROLE LEADER TERM COMMIT APPLIED LAST REPLICAS
+            assert_eq!(row[2], (index + 1).to_string(), "{shown}");
+            assert_eq!(row[4], leader.to_string(), "{shown}");
+            let role = if *leader == index as u64 + 1 {
+                "leader"
+            } else {
+                "follower"
+            };
+            assert_eq!(row[3], role, "{shown}");
+            let commit: u64 = row[6].parse().expect("commit index");
+            assert!(commit >= 1, "{shown}");
+            if role == "leader" {
+                // node:matched/lag for each of the three replicas.
+                assert_eq!(row[9..].len(), 3, "{shown}");
+            }
+        }
+    }
+    for node in &mut nodes {
+        node.kill();
+    }
+    // A stopped node: a clear error, not a hang.
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["cluster", "status", "-c"])
+        .arg(&nodes[0].config)
+        .output()
+        .expect("millrace cluster status");
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("is it running?"), "{error}");
+
+    // `millrace node` refuses a config without [node].
+    let single = root.path().join("single.toml");
+    std::fs::write(
+        &single,
+        format!("data_dir = \"{}\"\n", root.path().join("single").display()),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg("node")
+        .arg(&single)
+        .output()
+        .expect("millrace node");
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("millrace node needs a [node] section"),
+        "{error}"
+    );
+}
