@@ -28,7 +28,8 @@ use super::deleter::{DeleteRequest, DeleterCommand, DeletionOutcome};
 use super::loader::{BlockLoaded, BlockLoader, PartitionWork};
 use super::producers::{ProducerStates, Sequenced, Verdict};
 use super::raft_node::{
-    ForwardError, ForwardOutbound, Forwarded, Quiesced, RaftInbound, RaftOutbound, Vouches,
+    ForwardError, ForwardOutbound, Forwarded, PeerChange, Quiesced, RaftInbound, RaftOutbound,
+    Vouches,
 };
 use super::writer::{WriterEvent, WriterHandle, WriterReport};
 use crate::config::{StartupConfig, TopicConfig};
@@ -37,6 +38,7 @@ use crate::health::{LoadProgress, LoadState, PartitionHealth, Phase, ReplicaHeal
 use crate::metrics::{Metrics, PartitionGauges};
 use crate::replication::replica::{ProposeError, ReplicaConfig, ReplicaCore};
 use crate::replication::transport::GroupId;
+use crate::replication::MembershipChange;
 use crate::storage::compaction::{CompactedBlocks, CompactionInput, SwapError};
 use crate::storage::log::{
     block_timestamp_hint, load_block, LoadedBlock, UnloadedBlock, Verification,
@@ -261,6 +263,8 @@ pub(crate) struct ReplicaHandle {
     pub(crate) forwarder: Recipient<ForwardOutbound>,
     /// The RaftNode again: this replica leads and went quiet, or woke.
     pub(crate) quiescer: Recipient<Quiesced>,
+    /// The RaftNode again: a membership change applied.
+    pub(crate) peers: Recipient<PeerChange>,
     /// Which nodes vouch for which quiet groups they lead (the RaftNode's).
     pub(crate) vouches: Vouches,
     /// Not ticking: the group is idle (see `PartitionActor::tick`).
@@ -1214,6 +1218,27 @@ impl PartitionActor {
         self.drive_replica(context);
     }
 
+    /// Proposes a membership change to this partition's group; the waiter
+    /// hears when it is applied.
+    fn propose_change(
+        &mut self,
+        change: MembershipChange,
+        waiter: ReplicaWaiter,
+        context: &mut Context<Self>,
+    ) {
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        if let Err((waiter, error)) = replica
+            .core
+            .propose_conf_change(change.to_conf_change(), waiter)
+        {
+            self.answer_proposal(waiter, Err(error));
+            return;
+        }
+        self.drive_replica(context);
+    }
+
     /// The leader to forward an embedded produce to: another node, known.
     fn forward_target(&self) -> Option<u64> {
         let replica = self.replica.as_ref()?;
@@ -1299,6 +1324,15 @@ impl PartitionActor {
                 };
                 self.propose(bytes::Bytes::from(batch), waiter, context);
             }
+            Forwarded::Change { from, id, change } => {
+                let waiter = ReplicaWaiter {
+                    reply: Answer::Remote { node: from, id },
+                    record_count: 0,
+                    bytes: 0,
+                    producer: None,
+                };
+                self.propose_change(change, waiter, context);
+            }
             Forwarded::Reply { id, result } => {
                 let Some(pending) = self.forwards.remove(&id) else {
                     return; // timed out already
@@ -1354,6 +1388,14 @@ impl PartitionActor {
         let failure = loop {
             match replica.core.poll(&mut self.log, now_ms()) {
                 Ok(Some(round)) => {
+                    // Peers first: the round's messages may be for a new one.
+                    for change in &round.changes {
+                        for peer_change in MembershipChange::from_applied(change) {
+                            replica.peers.do_send(PeerChange {
+                                change: peer_change,
+                            });
+                        }
+                    }
                     replica.send(round.messages);
                     jobs.extend(round.jobs);
                     if round.truncated {
@@ -1809,6 +1851,73 @@ impl Handler<GetHealth> for PartitionActor {
 
     fn handle(&mut self, message: GetHealth, _context: &mut Context<Self>) {
         let _ = message.reply.send(self.health());
+    }
+}
+
+/// Change the group's membership (one node added or removed); answered
+/// once the change is applied (forwarded to the leader from a follower).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ChangeMembership {
+    pub(crate) change: MembershipChange,
+    pub(crate) reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
+}
+
+impl Handler<ChangeMembership> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, message: ChangeMembership, context: &mut Context<Self>) {
+        self.guarded(context, "change membership", |actor, context| {
+            if let Some(error) = actor.refusal() {
+                let _ = message.reply.send(Err(error));
+                return;
+            }
+            let Some(replica) = actor.replica.as_ref() else {
+                let _ = message.reply.send(Err(ProduceError::NotLeader { leader: None }));
+                return;
+            };
+            let leader = replica.core.leader();
+            let own_id = replica.config.id;
+            match leader {
+                Some(leader) if leader != own_id => {
+                    let id = actor.next_forward_id;
+                    actor.next_forward_id += 1;
+                    replica.forwarder.do_send(ForwardOutbound {
+                        to: leader,
+                        group: replica.group.clone(),
+                        forwarded: Forwarded::Change {
+                            from: own_id,
+                            id,
+                            change: message.change,
+                        },
+                    });
+                    actor.forwards.insert(
+                        id,
+                        PendingForward {
+                            reply: message.reply,
+                            record_count: 0,
+                            bytes: 0,
+                        },
+                    );
+                    context.run_later(FORWARD_TIMEOUT, move |actor, _| {
+                        if let Some(pending) = actor.forwards.remove(&id) {
+                            let _ = pending.reply.send(Err(ProduceError::NotCommitted(format!(
+                                "the membership change forwarded to node {leader} was not answered within {FORWARD_TIMEOUT:?}"
+                            ))));
+                        }
+                    });
+                }
+                _ => {
+                    let waiter = ReplicaWaiter {
+                        reply: Answer::Local(message.reply),
+                        record_count: 0,
+                        bytes: 0,
+                        producer: None,
+                    };
+                    actor.propose_change(message.change, waiter, context);
+                }
+            }
+        });
     }
 }
 

@@ -68,6 +68,13 @@ pub(crate) struct Quiesced {
     pub(crate) quiet: bool,
 }
 
+/// A membership change applied: add or remove a peer of the transport.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct PeerChange {
+    pub(crate) change: crate::replication::MembershipChange,
+}
+
 /// This node's Kafka listener is up: announce it to the peers.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -99,6 +106,12 @@ pub(crate) struct RaftInbound {
 pub(crate) enum Forwarded {
     /// From a follower's node: propose this Kafka RecordBatch.
     Request { from: u64, id: u64, batch: Vec<u8> },
+    /// From a follower's node: propose this membership change.
+    Change {
+        from: u64,
+        id: u64,
+        change: crate::replication::MembershipChange,
+    },
     /// From the leader's node: the offsets it got, or why not.
     Reply {
         id: u64,
@@ -160,7 +173,7 @@ pub(crate) struct Unregister {
 #[rtype(result = "()")]
 pub(crate) struct AttachTransport {
     pub(crate) transport: Transport,
-    pub(crate) peers: Vec<u64>,
+    pub(crate) peers: Vec<(u64, std::net::SocketAddr)>,
 }
 
 pub(crate) struct RaftNode {
@@ -175,6 +188,8 @@ pub(crate) struct RaftNode {
     quiet: HashSet<GroupId>,
     vouches: Vouches,
     announce_interval: Duration,
+    /// The peers' addresses, as configured or added since.
+    peer_addresses: HashMap<u64, std::net::SocketAddr>,
 }
 
 impl RaftNode {
@@ -194,6 +209,7 @@ impl RaftNode {
             quiet: HashSet::new(),
             vouches,
             announce_interval,
+            peer_addresses: HashMap::new(),
         }
     }
 
@@ -284,9 +300,47 @@ impl Handler<Unregister> for RaftNode {
 impl Handler<AttachTransport> for RaftNode {
     type Result = ();
     fn handle(&mut self, message: AttachTransport, _context: &mut Context<Self>) {
-        self.peers = message.peers;
+        self.peers = message.peers.iter().map(|(id, _)| *id).collect();
+        self.peer_addresses = message.peers.into_iter().collect();
         self.transport = Some(message.transport);
         self.announce();
+    }
+}
+
+impl Handler<PeerChange> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, message: PeerChange, _context: &mut Context<Self>) {
+        use crate::replication::MembershipChange;
+        let Some(transport) = self.transport.as_mut() else {
+            return;
+        };
+        match message.change {
+            MembershipChange::Add { id, address } => {
+                // Every replicated partition applies the same change: once is enough.
+                if self.peer_addresses.get(&id) == Some(&address) {
+                    return;
+                }
+                match transport.add_peer(id, address) {
+                    Ok(()) => {
+                        tracing::info!(node = id, %address, "peer added to the cluster");
+                        self.peer_addresses.insert(id, address);
+                        if !self.peers.contains(&id) {
+                            self.peers.push(id);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(node = id, %error, "cannot start the sender for a new peer")
+                    }
+                }
+            }
+            MembershipChange::Remove { id } => {
+                if self.peer_addresses.remove(&id).is_some() {
+                    tracing::info!(node = id, "peer removed from the cluster");
+                    transport.remove_peer(id);
+                    self.peers.retain(|peer| *peer != id);
+                }
+            }
+        }
     }
 }
 
@@ -397,6 +451,15 @@ impl Handler<PeerFrames> for RaftNode {
                                 from: frames.from,
                                 id,
                                 batch,
+                            })
+                    }
+                    Ok((Forwarded::Change { id, change, .. }, _)) => {
+                        inbound(&mut by_group, envelope.group)
+                            .forwarded
+                            .push(Forwarded::Change {
+                                from: frames.from,
+                                id,
+                                change,
                             })
                     }
                     Ok((reply, _)) => inbound(&mut by_group, envelope.group).forwarded.push(reply),

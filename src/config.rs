@@ -334,6 +334,11 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     /// `heartbeat_ticks` (default 2): ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
+    /// `join` (default false): this node is joining a running cluster. Its
+    /// new replicas start with `peers` as the voters (not itself) and
+    /// become voters when the cluster adds the node
+    /// (`Runtime::change_membership`); its data directory must be empty.
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -1275,6 +1280,7 @@ struct RawNode {
     tick: Option<Spanned<String>>,
     election_ticks: Option<Spanned<i64>>,
     heartbeat_ticks: Option<Spanned<i64>>,
+    join: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -1864,6 +1870,7 @@ impl RawNode {
                 self.heartbeat_ticks,
                 HEARTBEAT_TICKS_DEFAULT,
             )?,
+            join: self.join.is_some_and(|join| *join.get_ref()),
         };
         check_node(&node).map_err(|broken| fail(broken.key, broken.message))?;
         Ok(node)

@@ -15,8 +15,9 @@ use crate::actors::group::{DescribeGroup, GroupCoordinator, StopCoordinator};
 use crate::actors::loader::{BlockLoader, StopLoader};
 use crate::actors::mailbox::Gated;
 use crate::actors::partition::{
-    Describe, Drain, Fetch, FetchReply, GetHealth, PartitionActor, PartitionSettings, Produce,
-    ReplicaHandle, ReplicaWaiter, Retire, FETCH_WAIT_MAX, MAILBOX_CAPACITY,
+    ChangeMembership, Describe, Drain, Fetch, FetchReply, GetHealth, PartitionActor,
+    PartitionSettings, Produce, ReplicaHandle, ReplicaWaiter, Retire, FETCH_WAIT_MAX,
+    MAILBOX_CAPACITY,
 };
 use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
 use crate::actors::raft_node::{
@@ -35,6 +36,7 @@ use crate::pipeline::config::PipelineConfig;
 use crate::pipeline::registry::Registry;
 use crate::replication::replica::{ReplicaConfig, ReplicaCore};
 use crate::replication::transport::{GroupId, Transport, TransportConfig, DEFAULT_MAX_FRAME_BYTES};
+use crate::replication::MembershipChange;
 use crate::storage::{LogOptions, PartitionLog, RecoveryReport};
 use crate::types::{FetchedRecord, Offset, PartitionId, Record};
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
@@ -530,6 +532,7 @@ impl Runtime {
                                 router: raft_node.clone().recipient(),
                                 forwarder: raft_node.clone().recipient(),
                                 quiescer: raft_node.clone().recipient(),
+                                peers: raft_node.clone().recipient(),
                                 vouches: vouches.clone(),
                                 quiet: false,
                                 last_message: std::time::Instant::now(),
@@ -1015,6 +1018,57 @@ impl Runtime {
         partition: PartitionId,
     ) -> Result<PartitionOffsets, FetchError> {
         block_on(self.offsets(topic, partition))
+    }
+
+    /// Adds a node to, or removes one from, every replicated partition's
+    /// Raft group (raft-rs configuration changes, one partition at a time;
+    /// the partitions keep serving throughout). Call it on any node: a
+    /// follower forwards each change to the partition's leader. Returns
+    /// once every group has applied the change, or the first error; while
+    /// a group elects a leader the change is retried for up to 30 s.
+    ///
+    /// To add a node: start it with `[node] join = true`, its `peers` the
+    /// current members, then call this with its id and `[node] listen`.
+    /// Every replica learns its address from the change. To remove one:
+    /// call this, then stop it.
+    pub fn change_membership(&self, change: MembershipChange) -> Result<(), ProduceError> {
+        const RETRY_FOR: Duration = Duration::from_secs(30);
+        let table = self.inner().shared.topic_table();
+        for name in table.names() {
+            let Some(handle) = table.get(name) else {
+                continue;
+            };
+            if handle.config.replication_factor <= 1 {
+                continue;
+            }
+            for (index, address) in handle.partitions.iter().enumerate() {
+                let started = std::time::Instant::now();
+                loop {
+                    let (reply, answer) = oneshot::channel();
+                    let message = ChangeMembership {
+                        change: change.clone(),
+                        reply,
+                    };
+                    let outcome = block_on(request(address, message, answer))
+                        .map_err(|_| ProduceError::Unavailable)
+                        .and_then(|outcome| outcome);
+                    match outcome {
+                        Ok(_) => break,
+                        Err(ProduceError::NotLeader { .. } | ProduceError::Unavailable)
+                            if started.elapsed() < RETRY_FOR =>
+                        {
+                            // An election, or another change still pending.
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Err(error) => {
+                            tracing::warn!(topic = %name, partition = index, %error, "membership change failed");
+                            return Err(error);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A copy of every metric.
@@ -1728,7 +1782,14 @@ fn open_replica(
         )));
     };
     let members = node.members();
-    if topic.replication_factor as usize != members.len() {
+    // A joining node's replicas start with the cluster's voters, without
+    // it: it becomes one when the cluster adds it.
+    let voters = if node.join {
+        node.peers.iter().map(|peer| peer.id).collect()
+    } else {
+        members.clone()
+    };
+    if !node.join && topic.replication_factor as usize != members.len() {
         return Err(cluster_error(format!(
             "topic {}: replication_factor = {} on a cluster of {} nodes: every node must hold \
              every replica until partial placement is implemented; use {} (or 1)",
@@ -1740,7 +1801,7 @@ fn open_replica(
     }
     let replica_config = ReplicaConfig {
         id: node.id,
-        voters: members,
+        voters,
         election_ticks: node.election_ticks,
         heartbeat_ticks: node.heartbeat_ticks,
         election_ticks_max: None,
@@ -1754,7 +1815,7 @@ fn open_replica(
             ))
         })?;
     let voters = core.status().voters;
-    if !voters.contains(&node.id) {
+    if !node.join && !voters.contains(&node.id) {
         return Err(cluster_error(format!(
             "node {} is not a member of topic {} partition {}'s Raft group (its voters are {voters:?}): \
              check [node] id, or add the node to the cluster",
@@ -1805,7 +1866,11 @@ fn start_transport(config: &Config, raft_node: Addr<RaftNode>) -> Result<(), Sta
     tracing::info!(node = node.id, address = %transport.local_addr(), peers = node.peers.len(), "raft transport listening");
     raft_node.do_send(AttachTransport {
         transport,
-        peers: node.peers.iter().map(|peer| peer.id).collect(),
+        peers: node
+            .peers
+            .iter()
+            .map(|peer| (peer.id, peer.address))
+            .collect(),
     });
     Ok(())
 }

@@ -385,3 +385,98 @@ fn idle_groups_stop_ticking_and_wake_for_work_and_failures() {
         cluster.stop_node(index);
     }
 }
+
+#[test]
+fn a_node_joins_and_another_leaves_while_producers_keep_going() {
+    use millrace::replication::MembershipChange;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    // Node 4 starts with `join = true`, its peers the three members.
+    let port = free_ports(1)[0];
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut config = cluster.config(0);
+    config.data_dir = cluster.root.path().join("node4");
+    let node = config.node.as_mut().expect("[node]");
+    node.id = 4;
+    node.listen = address;
+    node.join = true;
+    node.peers = (0..3)
+        .map(|index| millrace::config::PeerConfig {
+            id: index as u64 + 1,
+            address: format!("127.0.0.1:{}", cluster.ports[index])
+                .parse()
+                .unwrap(),
+        })
+        .collect();
+    let joiner = Runtime::start(config).expect("start the joining node");
+
+    let (outcomes, received) = std::sync::mpsc::channel::<History>();
+    let stop = AtomicBool::new(false);
+    let removed = std::thread::scope(|scope| {
+        let producer = scope.spawn(|| {
+            let mut history = History::new();
+            let mut next = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                // Through node 1, which forwards to whichever node leads.
+                produce(cluster.node(0), &mut history, next..next + 10);
+                next += 10;
+            }
+            outcomes.send(history).expect("send the history");
+        });
+        cluster
+            .node(0)
+            .change_membership(MembershipChange::Add { id: 4, address })
+            .expect("add node 4");
+        wait_until(WAIT, "node 4 to be a caught-up voter", || {
+            let Some(leader) = cluster.leader() else {
+                return false;
+            };
+            let commit = cluster.node(leader).health().partitions[0]
+                .replica
+                .clone()
+                .expect("replica")
+                .commit_index;
+            joiner.health().partitions[0]
+                .replica
+                .as_ref()
+                .is_some_and(|replica| {
+                    replica.voters == vec![1, 2, 3, 4] && replica.applied_index >= commit
+                })
+        });
+        // A follower other than node 1 leaves.
+        let leader = cluster.wait_for_leader();
+        let leaving = (1..3).find(|&index| index != leader).expect("a follower");
+        cluster
+            .node(0)
+            .change_membership(MembershipChange::Remove {
+                id: leaving as u64 + 1,
+            })
+            .expect("remove a node");
+        stop.store(true, Ordering::Relaxed);
+        producer.join().expect("producer thread");
+        leaving
+    });
+    let mut history = received.recv().expect("history");
+    cluster.stop_node(removed);
+    // The group is 1, 4 and the third: still a majority of three, serving.
+    produce(cluster.node(0), &mut history, 1_000_000..1_000_100);
+    let leader = cluster.wait_for_leader();
+    let voters = cluster.node(leader).health().partitions[0]
+        .replica
+        .clone()
+        .expect("replica")
+        .voters;
+    assert!(
+        !voters.contains(&(removed as u64 + 1)) && voters.contains(&4),
+        "{voters:?}"
+    );
+    read_all(cluster.node(leader), &mut history, 1);
+    let report = history.check();
+    assert_eq!(report.anomalies(), 0, "{report}");
+    assert!(report.acknowledged >= 100, "{report}");
+    let _ = joiner.shutdown();
+    for index in 0..3 {
+        cluster.stop_node(index);
+    }
+}

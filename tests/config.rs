@@ -1354,6 +1354,9 @@ fn node_keys_and_acks_are_read() {
     assert_eq!(node.cluster_id, "prod-eu.1");
     assert_eq!(node.tick, Duration::from_millis(20));
     assert_eq!((node.election_ticks, node.heartbeat_ticks), (20, 3));
+    assert!(!node.join);
+    let joining = parse(&with_node(&format!("{THREE_NODES}join = true\n"), 3));
+    assert!(joining.node.expect("[node]").join);
     assert_eq!(config.topics[0].acks, Acks::Leader);
 }
 

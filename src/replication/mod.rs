@@ -52,3 +52,70 @@ impl slog::Drain for TracingDrain {
         Ok(())
     }
 }
+
+/// A change to the set of nodes that replicate every replicated partition
+/// (`Runtime::change_membership`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MembershipChange {
+    /// A node joins as a voter; `address` is its `[node] listen`. Start it
+    /// first with `[node] join = true`.
+    Add {
+        /// Its node id.
+        id: u64,
+        /// Its peer address.
+        address: std::net::SocketAddr,
+    },
+    /// A node leaves; stop it once the change is done.
+    Remove {
+        /// Its node id.
+        id: u64,
+    },
+}
+
+impl MembershipChange {
+    /// The raft-rs change: one `AddNode` or `RemoveNode`; an added node's
+    /// address travels in the context, so every replica learns it when the
+    /// change applies.
+    pub fn to_conf_change(&self) -> raft::prelude::ConfChangeV2 {
+        use raft::prelude::{ConfChangeSingle, ConfChangeType};
+        let (change_type, node_id, context) = match self {
+            MembershipChange::Add { id, address } => (
+                ConfChangeType::AddNode,
+                *id,
+                address.to_string().into_bytes(),
+            ),
+            MembershipChange::Remove { id } => (ConfChangeType::RemoveNode, *id, Vec::new()),
+        };
+        let single = ConfChangeSingle {
+            change_type,
+            node_id,
+            ..ConfChangeSingle::default()
+        };
+        raft::prelude::ConfChangeV2 {
+            changes: vec![single].into(),
+            context: context.into(),
+            ..raft::prelude::ConfChangeV2::default()
+        }
+    }
+
+    /// The changes an applied raft-rs change made to the peers: nodes
+    /// added (with the address from its context) and removed.
+    pub fn from_applied(change: &raft::prelude::ConfChangeV2) -> Vec<MembershipChange> {
+        use raft::prelude::ConfChangeType;
+        let address = std::str::from_utf8(&change.context)
+            .ok()
+            .and_then(|text| text.parse().ok());
+        change
+            .changes
+            .iter()
+            .filter_map(|single| match single.change_type {
+                ConfChangeType::AddNode => address.map(|address| MembershipChange::Add {
+                    id: single.node_id,
+                    address,
+                }),
+                ConfChangeType::RemoveNode => Some(MembershipChange::Remove { id: single.node_id }),
+                ConfChangeType::AddLearnerNode => None,
+            })
+            .collect()
+    }
+}

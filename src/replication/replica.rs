@@ -67,6 +67,9 @@ pub struct Round {
     /// A divergent suffix was cut from the log first: state derived from
     /// the log's tail must be rebuilt.
     pub truncated: bool,
+    /// Configuration changes applied in this round (the owner adds or
+    /// removes peers; an added node's address is in the change's context).
+    pub changes: Vec<ConfChangeV2>,
 }
 
 /// A replica's view of its group, for status and metrics.
@@ -133,6 +136,8 @@ pub struct ReplicaCore<T> {
     completed: Vec<Completion<T>>,
     applied_index: u64,
     acks: Acks,
+    /// Configuration changes applied since the last round was taken.
+    applied_changes: Vec<ConfChangeV2>,
 }
 
 impl<T> std::fmt::Debug for ReplicaCore<T> {
@@ -236,6 +241,7 @@ impl<T> ReplicaCore<T> {
             completed: Vec::new(),
             applied_index: applied,
             acks: config.acks,
+            applied_changes: Vec::new(),
         })
     }
 
@@ -255,6 +261,12 @@ impl<T> ReplicaCore<T> {
         if let Err(error) = self.node.propose(Vec::new(), batch.to_vec()) {
             return Err((token, ProposeError::Dropped(error.to_string())));
         }
+        self.track(token);
+        Ok(())
+    }
+
+    /// Waits for the entry just appended (the last in raft-rs's log).
+    fn track(&mut self, token: T) {
         let index = self.node.raft.raft_log.last_index();
         // Waiters at or past this index proposed in an earlier term, and
         // their entries were cut from this log by another leader's: such an
@@ -274,19 +286,35 @@ impl<T> ReplicaCore<T> {
             term: self.node.raft.term,
             token,
         });
-        Ok(())
     }
 
     /// Proposes a configuration change (leader only).
-    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<(), ProposeError> {
+    /// `token` comes back from [`ReplicaCore::take_completed`] once the
+    /// change is committed and applied (or with an error if another
+    /// leader's entry replaced it). One change at a time: while one is
+    /// pending, another is refused (`Dropped`).
+    pub fn propose_conf_change(
+        &mut self,
+        change: ConfChangeV2,
+        token: T,
+    ) -> Result<(), (T, ProposeError)> {
         if self.node.raft.state != StateRole::Leader {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader(),
-            });
+            let leader = self.leader();
+            return Err((token, ProposeError::NotLeader { leader }));
         }
-        self.node
-            .propose_conf_change(Vec::new(), change)
-            .map_err(|error| ProposeError::Dropped(error.to_string()))
+        // raft-rs would turn a second pending change into an empty entry
+        // and report success; refuse it here instead.
+        if self.node.raft.has_pending_conf() {
+            return Err((
+                token,
+                ProposeError::Dropped("another configuration change is pending".to_string()),
+            ));
+        }
+        if let Err(error) = self.node.propose_conf_change(Vec::new(), change) {
+            return Err((token, ProposeError::Dropped(error.to_string())));
+        }
+        self.track(token);
+        Ok(())
     }
 
     /// A message from a peer. Messages raft-rs refuses (a stale term, an
@@ -408,6 +436,7 @@ impl<T> ReplicaCore<T> {
             messages,
             appended,
             truncated,
+            changes: std::mem::take(&mut self.applied_changes),
         }))
     }
 
@@ -480,7 +509,10 @@ impl<T> ReplicaCore<T> {
             ReplicaError::Storage(format!("configuration change {}: {error}", entry.index))
         })?;
         match self.node.apply_conf_change(&change) {
-            Ok(conf_state) => self.node.mut_store().set_conf_state(conf_state),
+            Ok(conf_state) => {
+                self.node.mut_store().set_conf_state(conf_state);
+                self.applied_changes.push(change);
+            }
             Err(error) => {
                 tracing::warn!(index = entry.index, %error, "configuration change not applied")
             }

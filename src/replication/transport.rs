@@ -166,12 +166,23 @@ struct PeerState {
     last_frame: AtomicU64,
 }
 
+impl PeerState {
+    fn new() -> PeerState {
+        PeerState {
+            connected: AtomicBool::new(false),
+            last_frame: AtomicU64::new(0),
+        }
+    }
+}
+
 struct Shared {
     config: TransportConfig,
     deliver: Deliver,
     stopping: AtomicBool,
     counters: Counters,
-    peers: HashMap<u64, PeerState>,
+    /// The peers now (membership changes add and remove them); readers
+    /// load a snapshot, only `Transport` stores.
+    peers: arc_swap::ArcSwap<HashMap<u64, Arc<PeerState>>>,
     started: Instant,
     connections: AtomicUsize,
 }
@@ -215,25 +226,17 @@ impl Transport {
         deliver: Box<dyn Fn(u64, Vec<Envelope>) + Send + Sync>,
     ) -> std::io::Result<Transport> {
         let local_addr = listener.local_addr()?;
-        let peers = config
+        let peers: HashMap<u64, Arc<PeerState>> = config
             .peers
             .iter()
-            .map(|(id, _)| {
-                (
-                    *id,
-                    PeerState {
-                        connected: AtomicBool::new(false),
-                        last_frame: AtomicU64::new(0),
-                    },
-                )
-            })
+            .map(|(id, _)| (*id, Arc::new(PeerState::new())))
             .collect();
         let shared = Arc::new(Shared {
             config,
             deliver,
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
-            peers,
+            peers: arc_swap::ArcSwap::from_pointee(peers),
             started: Instant::now(),
             connections: AtomicUsize::new(0),
         });
@@ -250,16 +253,47 @@ impl Transport {
                 .spawn(move || accept_loop(listener, accept_shared))?,
         );
         for (id, address) in shared.config.peers.clone() {
-            let (sender, receiver) = crossbeam_channel::bounded(QUEUE_ENVELOPES_MAX);
-            transport.queues.insert(id, sender);
-            let peer_shared = Arc::clone(&shared);
-            transport.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("millrace-peer-{id}"))
-                    .spawn(move || send_loop(id, address, receiver, peer_shared))?,
-            );
+            transport.start_sender(id, address)?;
         }
         Ok(transport)
+    }
+
+    fn start_sender(&mut self, id: u64, address: SocketAddr) -> std::io::Result<()> {
+        let Some(peer) = self.shared.peers.load().get(&id).cloned() else {
+            return Ok(());
+        };
+        let (sender, receiver) = crossbeam_channel::bounded(QUEUE_ENVELOPES_MAX);
+        let peer_shared = Arc::clone(&self.shared);
+        self.threads.push(
+            std::thread::Builder::new()
+                .name(format!("millrace-peer-{id}"))
+                .spawn(move || send_loop(id, address, receiver, peer, peer_shared))?,
+        );
+        self.queues.insert(id, sender);
+        Ok(())
+    }
+
+    /// A node joined the cluster (a membership change): accept it and send
+    /// to it from now on. Its address replaces any earlier one.
+    pub fn add_peer(&mut self, id: u64, address: SocketAddr) -> std::io::Result<()> {
+        if id == self.shared.config.node_id {
+            return Ok(());
+        }
+        // The old sender (if any) stops once its queue is dropped.
+        self.queues.remove(&id);
+        let mut peers = HashMap::clone(&self.shared.peers.load());
+        peers.insert(id, Arc::new(PeerState::new()));
+        self.shared.peers.store(Arc::new(peers));
+        self.start_sender(id, address)
+    }
+
+    /// A node left the cluster: stop sending to it and refuse its new
+    /// connections.
+    pub fn remove_peer(&mut self, id: u64) {
+        self.queues.remove(&id);
+        let mut peers = HashMap::clone(&self.shared.peers.load());
+        peers.remove(&id);
+        self.shared.peers.store(Arc::new(peers));
     }
 
     /// Queues envelopes for peer `to`; never blocks. A full queue (or an
@@ -291,6 +325,7 @@ impl Transport {
         let mut peers: Vec<PeerStats> = self
             .shared
             .peers
+            .load()
             .iter()
             .map(|(id, state)| PeerStats {
                 id: *id,
@@ -537,7 +572,7 @@ fn read_connection(mut stream: TcpStream, remote: SocketAddr, shared: &Shared) {
                     "hello meant for node {to}, this is node {}",
                     config.node_id
                 ))
-            } else if !shared.peers.contains_key(&from) {
+            } else if !shared.peers.load().contains_key(&from) {
                 Some(format!("node {from} is not among this node's peers"))
             } else {
                 None
@@ -554,7 +589,9 @@ fn read_connection(mut stream: TcpStream, remote: SocketAddr, shared: &Shared) {
         }
         None => return,
     };
-    let peer = &shared.peers[&from];
+    let Some(peer) = shared.peers.load().get(&from).cloned() else {
+        return;
+    };
     while let Some(frame) = read_frame(&mut stream, remote, shared, IDLE_TIMEOUT) {
         match frame {
             WireFrame::Batch(envelopes) => {
@@ -591,9 +628,9 @@ fn send_loop(
     id: u64,
     address: SocketAddr,
     queue: crossbeam_channel::Receiver<Envelope>,
+    peer: Arc<PeerState>,
     shared: Arc<Shared>,
 ) {
-    let peer = &shared.peers[&id];
     let mut stream: Option<TcpStream> = None;
     let mut backoff = BACKOFF_MIN;
     let mut retry_at = Instant::now();
