@@ -1338,19 +1338,12 @@ impl PartitionActor {
                     return; // timed out already
                 };
                 let answer = match result {
-                    Ok((base, last)) => {
-                        self.metrics
-                            .records_produced_total
-                            .fetch_add(pending.record_count, Relaxed);
-                        self.metrics
-                            .bytes_produced_total
-                            .fetch_add(pending.bytes, Relaxed);
-                        Ok(AppendAck {
-                            partition: self.settings.partition,
-                            base_offset: Offset(base),
-                            last_offset: Offset(last),
-                        })
-                    }
+                    Ok((base, last)) => Ok(self.acknowledged(
+                        pending.record_count,
+                        pending.bytes,
+                        Offset(base),
+                        Offset(last),
+                    )),
                     Err(ForwardError::NotLeader(leader)) => Err(ProduceError::NotLeader { leader }),
                     Err(ForwardError::NotCommitted(reason)) => {
                         Err(ProduceError::NotCommitted(reason))
@@ -1362,6 +1355,25 @@ impl PartitionActor {
                 };
                 let _ = pending.reply.send(answer);
             }
+        }
+    }
+
+    /// Counts an acknowledged batch and builds its acknowledgement.
+    fn acknowledged(
+        &self,
+        record_count: u64,
+        bytes: u64,
+        base_offset: Offset,
+        last_offset: Offset,
+    ) -> AppendAck {
+        self.metrics
+            .records_produced_total
+            .fetch_add(record_count, Relaxed);
+        self.metrics.bytes_produced_total.fetch_add(bytes, Relaxed);
+        AppendAck {
+            partition: self.settings.partition,
+            base_offset,
+            last_offset,
         }
     }
 
@@ -1490,17 +1502,7 @@ impl PartitionActor {
                 if let Some(producer) = &waiter.producer {
                     self.producers.record(producer, base_offset, last_offset);
                 }
-                self.metrics
-                    .records_produced_total
-                    .fetch_add(waiter.record_count, Relaxed);
-                self.metrics
-                    .bytes_produced_total
-                    .fetch_add(waiter.bytes, Relaxed);
-                Ok(AppendAck {
-                    partition: self.settings.partition,
-                    base_offset,
-                    last_offset,
-                })
+                Ok(self.acknowledged(waiter.record_count, waiter.bytes, base_offset, last_offset))
             }
             Err(error) => Err(produce_error(error)),
         };

@@ -8,26 +8,14 @@
 mod common;
 
 use common::history::{History, SendOutcome};
-use common::wait_until;
+use common::{free_ports, wait_until};
 use millrace::config::Config;
 use millrace::{FetchError, Offset, PartitionId, ProduceError, Record, Runtime};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const TOPIC: &str = "events";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Free loopback ports, found by binding port 0 (then released for the node).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("address").port())
-        .collect()
-}
 
 struct Cluster {
     root: tempfile::TempDir,

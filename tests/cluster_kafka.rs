@@ -13,12 +13,13 @@
 
 mod common;
 
+use common::free_ports;
 use common::history::{History, SendOutcome};
 use millrace::storage::{LogOptions, PartitionLog};
 use millrace::Offset;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -34,16 +35,6 @@ const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/kafka/confluent_client.py"
 );
-
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("address").port())
-        .collect()
-}
 
 struct Node {
     config: PathBuf,

@@ -58,6 +58,18 @@ impl XorShift {
     }
 }
 
+/// Free loopback ports, found by binding port 0 (then released, for a
+/// node to bind: a test starting nodes with fixed peer addresses).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("address").port())
+        .collect()
+}
+
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after
 /// `deadline`. This waits for an observable state, it never sleeps as a way
 /// to order events.
