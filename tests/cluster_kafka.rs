@@ -213,6 +213,46 @@ fn until_done(lines: &mpsc::Receiver<Value>, into: &mut Vec<Value>) {
     }
 }
 
+/// The producer's delivery reports as sends: acknowledged, or (a failed
+/// delivery) unknown.
+fn history_of(lines: &[Value]) -> History {
+    let mut history = History::new();
+    for line in lines {
+        match line["type"].as_str() {
+            Some("ack") => history.send(
+                line["payload"].as_str().expect("payload"),
+                SendOutcome::Ok {
+                    partition: line["partition"].as_u64().expect("partition") as u32,
+                    offset: line["offset"].as_u64().expect("offset"),
+                },
+            ),
+            Some("fail") => history.send(
+                line["payload"].as_str().expect("payload"),
+                SendOutcome::Unknown,
+            ),
+            _ => {}
+        }
+    }
+    history
+}
+
+/// Raft's control batches take offsets Kafka clients skip: read them from
+/// a stopped node's log (they are the same on every replica).
+fn skip_control_offsets(node: &Node, history: &mut History) {
+    for partition in 0..PARTITIONS {
+        let directory = node
+            .data_dir
+            .join("topics")
+            .join(format!("{TOPIC}-{partition}"));
+        let (log, _) = PartitionLog::open(&directory, LogOptions::default()).expect("open log");
+        for (header, _) in log.frame_locations(Offset(0)).expect("frames") {
+            if header.is_control() {
+                history.skipped(partition, header.base_offset.0);
+            }
+        }
+    }
+}
+
 #[test]
 fn real_clients_survive_repeated_leader_kills() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -260,23 +300,7 @@ fn real_clients_survive_repeated_leader_kills() {
     let _ = producer.wait();
     eprintln!("leader re-elected after SIGKILL in {failover_ms:?} ms");
 
-    let mut history = History::new();
-    for line in &lines {
-        match line["type"].as_str() {
-            Some("ack") => history.send(
-                line["payload"].as_str().expect("payload"),
-                SendOutcome::Ok {
-                    partition: line["partition"].as_u64().expect("partition") as u32,
-                    offset: line["offset"].as_u64().expect("offset"),
-                },
-            ),
-            Some("fail") => history.send(
-                line["payload"].as_str().expect("payload"),
-                SendOutcome::Unknown,
-            ),
-            _ => {}
-        }
-    }
+    let mut history = history_of(&lines);
 
     wait_for_leaders(&nodes);
     let (mut consumer, consumed) = client(&["consume", &bootstrap, TOPIC, &PARTITIONS.to_string()]);
@@ -296,19 +320,7 @@ fn real_clients_survive_repeated_leader_kills() {
     for node in &mut nodes {
         node.kill();
     }
-    // Raft's control batches, from one replica's log (they are the same on all).
-    for partition in 0..PARTITIONS {
-        let directory = nodes[0]
-            .data_dir
-            .join("topics")
-            .join(format!("{TOPIC}-{partition}"));
-        let (log, _) = PartitionLog::open(&directory, LogOptions::default()).expect("open log");
-        for (header, _) in log.frame_locations(Offset(0)).expect("frames") {
-            if header.is_control() {
-                history.skipped(partition, header.base_offset.0);
-            }
-        }
-    }
+    skip_control_offsets(&nodes[0], &mut history);
     let report = history.check();
     assert_eq!(report.anomalies(), 0, "{report}");
     assert!(
@@ -401,4 +413,65 @@ fn cluster_status_shows_each_replica_and_node_needs_a_node_section() {
         error.contains("millrace node needs a [node] section"),
         "{error}"
     );
+}
+
+/// Every node SIGKILLed at once in the middle of production, then all
+/// restarted: each recovers its log and Raft state from disk, they elect
+/// a leader, and nothing any of them acknowledged is missing.
+#[test]
+fn the_whole_cluster_killed_at_once_loses_nothing_acknowledged() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, bootstrap) = cluster(root.path());
+    for node in &mut nodes {
+        node.start();
+    }
+    wait_for_leaders(&nodes);
+    let (mut producer, produced) = client(&[
+        "produce",
+        &bootstrap,
+        TOPIC,
+        "30000",
+        "w",
+        "--rate",
+        &RATE.to_string(),
+        "--set",
+        "enable.idempotence=true",
+        "--set",
+        "message.timeout.ms=120000",
+    ]);
+    let mut lines = Vec::new();
+    // Some records through, then every node dies at the same moment.
+    while lines.len() < RATE {
+        lines.push(produced.recv_timeout(WAIT).expect("delivery reports"));
+    }
+    for node in &mut nodes {
+        node.kill();
+    }
+    for node in &mut nodes {
+        node.start();
+    }
+    wait_for_leaders(&nodes);
+    until_done(&produced, &mut lines);
+    let _ = producer.wait();
+
+    let mut history = history_of(&lines);
+    let (mut consumer, consumed) = client(&["consume", &bootstrap, TOPIC, &PARTITIONS.to_string()]);
+    let mut records = Vec::new();
+    until_done(&consumed, &mut records);
+    let _ = consumer.wait();
+    for record in records.iter().filter(|record| record.get("type").is_none()) {
+        history.poll(
+            record["partition"].as_u64().expect("partition") as u32,
+            record["offset"].as_u64().expect("offset"),
+            record["payload"].as_str().expect("payload"),
+        );
+    }
+    for node in &mut nodes {
+        node.kill();
+    }
+    skip_control_offsets(&nodes[0], &mut history);
+    let report = history.check();
+    assert_eq!(report.anomalies(), 0, "{report}");
+    assert!(report.acknowledged >= 30_000 * 9 / 10, "{report}");
+    eprintln!("{report}");
 }
