@@ -541,8 +541,47 @@ impl PartitionActor {
                 reason: reason.clone(),
             }));
         }
+        self.stop_replica(ProduceError::FailStopped {
+            reason: reason.clone(),
+        });
         self.fail_stopped = Some(reason);
         self.finish_drain_if_idle();
+    }
+
+    /// The replica stops taking part (fail-stop, restart): its waiting and
+    /// forwarded produce are answered with `error` (a forwarded one's origin
+    /// hears "not committed"), and if it led a quiet group its node stops
+    /// vouching for it, so the other replicas wake and elect a leader.
+    fn stop_replica(&mut self, error: ProduceError) {
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        replica
+            .core
+            .fail_waiting(ProposeError::Dropped(error.to_string()));
+        let completed = replica.core.take_completed();
+        if replica.quiet {
+            replica.quiet = false;
+            replica.quiescer.do_send(Quiesced {
+                group: replica.group.clone(),
+                quiet: false,
+            });
+        }
+        for (waiter, _) in completed {
+            match waiter.reply {
+                Answer::Local(reply) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Answer::Remote { node, id } => self.send_forward_reply(
+                    node,
+                    id,
+                    Err(ForwardError::NotCommitted(error.to_string())),
+                ),
+            }
+        }
+        for (_, pending) in self.forwards.drain() {
+            let _ = pending.reply.send(Err(error.clone()));
+        }
     }
 
     fn wake_fetches(&mut self) {
@@ -1137,6 +1176,7 @@ impl actix::Supervised for PartitionActor {
         if let Some(mut writer) = self.writer.take() {
             writer.stop();
         }
+        self.stop_replica(ProduceError::Unavailable);
         // Dropping the reply senders tells every waiting caller `Unavailable`.
         self.pending_acks.clear();
         self.waiting_fetches.clear();
@@ -1957,28 +1997,7 @@ impl Handler<Drain> for PartitionActor {
 impl PartitionActor {
     fn drain(&mut self, message: Drain) {
         self.accepting = false;
-        if let Some(replica) = self.replica.as_mut() {
-            replica.core.fail_waiting(ProposeError::Dropped(
-                "the runtime is shutting down".to_string(),
-            ));
-            for (waiter, _) in replica.core.take_completed() {
-                match waiter.reply {
-                    Answer::Local(reply) => {
-                        let _ = reply.send(Err(ProduceError::ShuttingDown));
-                    }
-                    Answer::Remote { node, id } => self.send_forward_reply(
-                        node,
-                        id,
-                        Err(ForwardError::NotCommitted(
-                            "the leader is shutting down".to_string(),
-                        )),
-                    ),
-                }
-            }
-        }
-        for (_, pending) in self.forwards.drain() {
-            let _ = pending.reply.send(Err(ProduceError::ShuttingDown));
-        }
+        self.stop_replica(ProduceError::ShuttingDown);
         // A consumer waiting at the end gets "no more records" now.
         for fetch in std::mem::take(&mut self.waiting_fetches)
             .into_iter()
