@@ -21,6 +21,7 @@ use common::history::{History, SendOutcome};
 use millrace::replication::replica::{
     run_jobs_inline, Acks, ProposeError, ReplicaConfig, ReplicaCore,
 };
+use millrace::replication::MembershipChange;
 use millrace::storage::batch::{encode_frame, ProducerFields, FRAME_HEADER_BYTES};
 use millrace::storage::{IoJob, LogOptions, PartitionLog};
 use millrace::{Offset, Record, Term};
@@ -102,7 +103,14 @@ struct Sim {
     /// (node, index): messages from the node that would tell a peer the
     /// commit reached the index are lost (the double-failover script).
     hide_commit: Option<(u64, u64)>,
+    /// The voters every replica starts with (spares are not among them).
+    initial_voters: Vec<u64>,
+    /// Membership changes applied.
+    changes: u64,
 }
+
+/// Tokens of membership changes, apart from produce tokens (indexes).
+const CHANGE_TOKEN: u64 = 1 << 40;
 
 fn batch(value: &[u8]) -> Bytes {
     let mut frame = Vec::new();
@@ -126,9 +134,13 @@ fn options() -> LogOptions {
 }
 
 impl Sim {
-    fn new(seed: u64, members: u64, faults: Faults, root: &Path) -> Sim {
-        let ids: Vec<u64> = (1..=members).collect();
+    /// `members` voters, plus `spares` nodes that start outside the group
+    /// (as a joining node does) for membership changes to add.
+    fn new(seed: u64, members: u64, spares: u64, faults: Faults, root: &Path) -> Sim {
+        let ids: Vec<u64> = (1..=members + spares).collect();
         let mut sim = Sim {
+            initial_voters: (1..=members).collect(),
+            changes: 0,
             seed,
             rng: Rng::new(seed),
             root: root.to_path_buf(),
@@ -158,7 +170,7 @@ impl Sim {
             .unwrap_or_else(|error| panic!("seed {}: reopen node {id}: {error}", self.seed));
         let config = ReplicaConfig {
             id,
-            voters: self.ids.clone(),
+            voters: self.initial_voters.clone(),
             election_ticks: 10,
             heartbeat_ticks: 2,
             // Replayable: raft-rs's own jitter is unseeded, so the timeout
@@ -382,9 +394,57 @@ impl Sim {
         }
     }
 
+    /// The leader's voters (the group as it stands), or every node.
+    fn voters(&self) -> Vec<u64> {
+        self.leader()
+            .and_then(|leader| self.nodes[self.index(leader)].as_ref())
+            .map(|node| node.core.status().voters)
+            .unwrap_or_else(|| self.ids.clone())
+    }
+
+    /// Proposes a membership change at the leader: adds the node outside
+    /// the group if there is one, else removes a random follower (never
+    /// below three voters, never the leader).
+    fn change_membership(&mut self) {
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let voters = self.voters();
+        let outside: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !voters.contains(id))
+            .collect();
+        let change = if let Some(&id) = outside.first() {
+            MembershipChange::Add {
+                id,
+                address: "127.0.0.1:1".parse().unwrap(),
+            }
+        } else if voters.len() > 3 {
+            let followers: Vec<u64> = voters.iter().copied().filter(|&id| id != leader).collect();
+            let id = followers[self.rng.below(followers.len() as u64) as usize];
+            MembershipChange::Remove { id }
+        } else {
+            return;
+        };
+        let position = self.index(leader);
+        let node = self.nodes[position].as_mut().expect("the leader is up");
+        if node
+            .core
+            .propose_conf_change(change.to_conf_change(), CHANGE_TOKEN)
+            .is_ok()
+        {
+            self.changes += 1;
+        }
+    }
+
     fn collect_answers(&mut self) {
         for node in self.nodes.iter_mut().flatten() {
             for (token, outcome) in node.core.take_completed() {
+                if token >= CHANGE_TOKEN {
+                    continue;
+                }
                 let value = self.values[token as usize].clone();
                 self.answered[token as usize] = true;
                 match outcome {
@@ -470,10 +530,14 @@ impl Sim {
             let quiet = self.leader().is_some_and(|leader| {
                 let leader_node = self.nodes[self.index(leader)].as_ref().expect("up");
                 let status = leader_node.core.status();
+                let voters = status.voters.clone();
                 leader_node.core.serves_reads()
                     && self.network.is_empty()
                     && self.nodes.iter().flatten().all(|node| {
                         let other = node.core.status();
+                        if !voters.contains(&other.id) {
+                            return true;
+                        }
                         other.last_index == status.last_index
                             && other.commit_index == status.commit_index
                             && node.io.is_none()
@@ -488,10 +552,12 @@ impl Sim {
 
     /// Every replica's log holds the same bytes below the high watermark.
     fn assert_replicas_identical(&self) {
+        let voters = self.voters();
         let logs: Vec<(u64, Vec<u8>)> = self
             .nodes
             .iter()
             .flatten()
+            .filter(|node| voters.contains(&node.core.status().id))
             .map(|node| {
                 let high_watermark = node.log.high_watermark();
                 let frames = node.log.frame_locations(Offset(0)).expect("frames");
@@ -528,15 +594,19 @@ struct Totals {
     polled: usize,
     crashes: u64,
     partitions: u64,
+    changes: u64,
 }
 
-fn run_seed(seed: u64, members: u64, steps: u64, totals: &mut Totals) {
+fn run_seed(seed: u64, members: u64, spares: u64, steps: u64, totals: &mut Totals) {
     let root = common_tempdir();
-    let mut sim = Sim::new(seed, members, HOSTILE, root.path());
+    let mut sim = Sim::new(seed, members, spares, HOSTILE, root.path());
     for _ in 0..steps {
         sim.step(true);
         if sim.rng.chance(30) {
             sim.produce();
+        }
+        if spares > 0 && sim.rng.chance(3) {
+            sim.change_membership();
         }
         if sim.rng.chance(20) {
             sim.consume();
@@ -560,25 +630,30 @@ fn run_seed(seed: u64, members: u64, steps: u64, totals: &mut Totals) {
     totals.polled += report.polled;
     totals.crashes += sim.crashes;
     totals.partitions += sim.partitions;
+    totals.changes += sim.changes;
 }
 
 /// Runs the seeds and checks the runs did what they claim: work got
 /// acknowledged, and crashes and partitions happened.
-fn run_seeds(seeds: Vec<u64>, members: u64) {
+fn run_seeds(seeds: Vec<u64>, members: u64, spares: u64) {
     let mut totals = Totals::default();
     for seed in seeds {
-        run_seed(seed, members, 400, &mut totals);
+        run_seed(seed, members, spares, 400, &mut totals);
     }
     println!(
-        "{members} nodes: {} seeds, {} acknowledged, {} failed, {} unknown, {} polled, {} crashes, {} partitions",
+        "{members} nodes + {spares}: {} seeds, {} acknowledged, {} failed, {} unknown, {} polled, {} crashes, {} partitions, {} membership changes",
         totals.seeds,
         totals.acknowledged,
         totals.failed,
         totals.unknown,
         totals.polled,
         totals.crashes,
-        totals.partitions
+        totals.partitions,
+        totals.changes
     );
+    if spares > 0 && totals.seeds >= 20 {
+        assert!(totals.changes > 0, "no membership change happened");
+    }
     assert!(totals.acknowledged > 0, "nothing was acknowledged");
     if totals.seeds >= 20 {
         assert!(
@@ -618,12 +693,12 @@ fn common_tempdir() -> tempfile::TempDir {
 
 #[test]
 fn three_nodes_under_a_hostile_network_lose_nothing_acknowledged() {
-    run_seeds(seeds(1, 200), 3);
+    run_seeds(seeds(1, 200), 3, 0);
 }
 
 #[test]
 fn five_nodes_under_a_hostile_network_lose_nothing_acknowledged() {
-    run_seeds(seeds(10_001, 200), 5);
+    run_seeds(seeds(10_001, 200), 5, 0);
 }
 
 /// The double failover: the leader commits a batch and is killed before
@@ -635,7 +710,7 @@ fn five_nodes_under_a_hostile_network_lose_nothing_acknowledged() {
 #[test]
 fn double_failover_keeps_the_replicas_identical() {
     let root = common_tempdir();
-    let mut sim = Sim::new(7, 3, HOSTILE, root.path());
+    let mut sim = Sim::new(7, 3, 0, HOSTILE, root.path());
     let settle = |sim: &mut Sim| {
         for _ in 0..500 {
             sim.step(false);
@@ -744,4 +819,14 @@ fn double_failover_keeps_the_replicas_identical() {
         high_watermarks.windows(2).all(|pair| pair[0] == pair[1]),
         "{high_watermarks:?}"
     );
+}
+
+/// Membership changes under the same faults: a fourth node starts outside
+/// the group (as `join = true` does) and is added; voters are removed and
+/// added back, one change at a time, while producers and the consumer go
+/// on. Configuration changes are entries like any other (control batches
+/// in the log, applied again after a restart).
+#[test]
+fn membership_changes_under_a_hostile_network_lose_nothing_acknowledged() {
+    run_seeds(seeds(20_001, 200), 3, 1);
 }

@@ -510,6 +510,17 @@ impl<T> ReplicaCore<T> {
         })?;
         match self.node.apply_conf_change(&change) {
             Ok(conf_state) => {
+                // A leader that removed itself steps down now: raft-rs
+                // would go on leading without a progress of its own (and
+                // panic computing its commit).
+                let raft = &mut self.node.raft;
+                if raft.state == StateRole::Leader
+                    && !conf_state.voters.contains(&raft.id)
+                    && !conf_state.voters_outgoing.contains(&raft.id)
+                {
+                    let term = raft.term;
+                    raft.become_follower(term, raft::INVALID_ID);
+                }
                 self.node.mut_store().set_conf_state(conf_state);
                 self.applied_changes.push(change);
             }
