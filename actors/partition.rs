@@ -28,8 +28,8 @@ use super::deleter::{DeleteRequest, DeleterCommand, DeletionOutcome};
 use super::loader::{BlockLoaded, BlockLoader, PartitionWork};
 use super::producers::{ProducerStates, Sequenced, Verdict};
 use super::raft_node::{
-    ForwardError, ForwardOutbound, Forwarded, PeerChange, Quiesced, RaftInbound, RaftOutbound,
-    Vouches,
+    ForwardError, ForwardOutbound, Forwarded, LeaderDirectory, Leading, PeerChange, Quiesced,
+    RaftInbound, RaftOutbound, Vouches,
 };
 use super::writer::{WriterEvent, WriterHandle, WriterReport};
 use crate::config::{StartupConfig, TopicConfig};
@@ -265,6 +265,13 @@ pub(crate) struct ReplicaHandle {
     pub(crate) quiescer: Recipient<Quiesced>,
     /// The RaftNode again: a membership change applied.
     pub(crate) peers: Recipient<PeerChange>,
+    /// The RaftNode again: this replica started or stopped leading.
+    pub(crate) leadership: Recipient<Leading>,
+    /// Who leads which group, as leaders announce it: the leader of a
+    /// partition this node holds no voting replica of.
+    pub(crate) directory: LeaderDirectory,
+    /// The term in which this replica last told the RaftNode it leads.
+    pub(crate) reported_leading: Option<u64>,
     /// Which nodes vouch for which quiet groups they lead (the RaftNode's).
     pub(crate) vouches: Vouches,
     /// Not ticking: the group is idle (see `PartitionActor::tick`).
@@ -303,6 +310,8 @@ struct PendingForward {
 /// How long a forwarded produce waits for the leader's answer; then its
 /// producer hears "not committed" (the outcome is unknown).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a forwarded membership change waits for the leader's answer.
+const CHANGE_FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Forwarded produce requests outstanding at once per partition; more are
 /// answered NotLeader (the producer can go to the leader itself).
 const FORWARDS_MAX: usize = 1024;
@@ -435,8 +444,19 @@ impl PartitionActor {
             let status = replica.core.status();
             let raft = &self.gauges.raft;
             raft.replicated.store(1, Relaxed);
-            raft.leader.store(status.leader, Relaxed);
-            raft.term.store(status.term, Relaxed);
+            raft.leader.store(replica.leader().unwrap_or(0), Relaxed);
+            // A node outside the group knows the leader's term from its
+            // announcements (Metadata's leader epoch).
+            let term = if status.leader == 0 {
+                replica
+                    .directory
+                    .load()
+                    .get(&replica.group)
+                    .map_or(status.term, |(_, term)| *term)
+            } else {
+                status.term
+            };
+            raft.term.store(term, Relaxed);
             raft.commit_index.store(status.commit_index, Relaxed);
             raft.applied_index.store(status.applied_index, Relaxed);
             raft.last_index.store(status.last_index, Relaxed);
@@ -565,6 +585,13 @@ impl PartitionActor {
             replica.quiescer.do_send(Quiesced {
                 group: replica.group.clone(),
                 quiet: false,
+            });
+        }
+        if replica.reported_leading.take().is_some() {
+            replica.leadership.do_send(Leading {
+                group: replica.group.clone(),
+                term: 0,
+                leading: false,
             });
         }
         for (waiter, _) in completed {
@@ -904,7 +931,7 @@ impl PartitionActor {
                 let status = replica.core.status();
                 ReplicaHealth {
                     node_id: status.id,
-                    leader: status.leader,
+                    leader: replica.leader().unwrap_or(0),
                     term: status.term,
                     commit_index: status.commit_index,
                     applied_index: status.applied_index,
@@ -1072,9 +1099,40 @@ impl PartitionActor {
 }
 
 impl ReplicaHandle {
+    /// The leader: as this replica knows it, or, for a partition this node
+    /// holds no voting replica of, as the leaders announce it.
+    fn leader(&self) -> Option<u64> {
+        self.core.leader().or_else(|| {
+            self.directory
+                .load()
+                .get(&self.group)
+                .map(|(leader, _)| *leader)
+        })
+    }
+
+    /// Tells the RaftNode when this replica starts or stops leading, for
+    /// its announcements (the directory other nodes keep).
+    fn report_leadership(&mut self) {
+        let status = self.core.status();
+        let now = status.is_leader.then_some(status.term);
+        if now != self.reported_leading {
+            self.reported_leading = now;
+            self.leadership.do_send(Leading {
+                group: self.group.clone(),
+                term: status.term,
+                leading: now.is_some(),
+            });
+        }
+    }
+
     /// Whether this replica's group is idle and its peers' liveness lets it
     /// skip a tick (see `PartitionActor::tick`).
     fn may_rest(&self) -> bool {
+        // Not a voter (this node holds no replica of the partition, or has
+        // not been added yet): nothing to tick for. Messages still reach it.
+        if !self.core.status().voters.contains(&self.config.id) {
+            return true;
+        }
         let election_timeout = self.tick * (self.config.election_ticks as u32);
         if self.last_message.elapsed() < election_timeout {
             return false;
@@ -1283,7 +1341,6 @@ impl PartitionActor {
     fn forward_target(&self) -> Option<u64> {
         let replica = self.replica.as_ref()?;
         replica
-            .core
             .leader()
             .filter(|&leader| leader != replica.config.id)
             .filter(|_| self.forwards.len() < FORWARDS_MAX)
@@ -1462,6 +1519,7 @@ impl PartitionActor {
             }
         };
         let completed = replica.core.take_completed();
+        replica.report_leadership();
         if truncated {
             self.rebuild_producers();
             // Retries parked on a first copy that was cut: that copy will
@@ -1792,7 +1850,7 @@ impl PartitionActor {
         }
         if let Some(replica) = &self.replica {
             if !replica.core.serves_reads() {
-                let leader = replica.core.leader();
+                let leader = replica.leader();
                 let _ = message.reply.send(Err(FetchError::NotLeader { leader }));
                 return;
             }
@@ -1918,7 +1976,7 @@ impl Handler<ChangeMembership> for PartitionActor {
                 let _ = message.reply.send(Err(ProduceError::NotLeader { leader: None }));
                 return;
             };
-            let leader = replica.core.leader();
+            let leader = replica.leader();
             let own_id = replica.config.id;
             match leader {
                 Some(leader) if leader != own_id => {
@@ -1941,10 +1999,13 @@ impl Handler<ChangeMembership> for PartitionActor {
                             bytes: 0,
                         },
                     );
-                    context.run_later(FORWARD_TIMEOUT, move |actor, _| {
+                    // Short: a change is idempotent and the caller tries
+                    // again (a leader that removed itself may never hear
+                    // its change commit).
+                    context.run_later(CHANGE_FORWARD_TIMEOUT, move |actor, _| {
                         if let Some(pending) = actor.forwards.remove(&id) {
                             let _ = pending.reply.send(Err(ProduceError::NotCommitted(format!(
-                                "the membership change forwarded to node {leader} was not answered within {FORWARD_TIMEOUT:?}"
+                                "the membership change forwarded to node {leader} was not answered within {CHANGE_FORWARD_TIMEOUT:?}"
                             ))));
                         }
                     });

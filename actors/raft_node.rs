@@ -50,6 +50,8 @@ struct NodeInfo {
     kafka: Option<(String, u16)>,
     /// The groups it leads that are quiet (not ticking).
     quiet: Vec<GroupId>,
+    /// Every group it leads, with the term.
+    leading: Vec<(GroupId, u64)>,
 }
 
 /// Which nodes vouch for which of the groups they lead: a leader with
@@ -59,6 +61,21 @@ struct NodeInfo {
 /// announcement arrived, the quiet groups it leads). Only the RaftNode
 /// stores; partition actors load.
 pub(crate) type Vouches = Arc<ArcSwap<HashMap<u64, (std::time::Instant, Arc<HashSet<GroupId>>)>>>;
+
+/// Who leads each group, as the leaders announce it (group -> node, term;
+/// the higher term wins). How a node that does not host a partition (its
+/// replication factor is below the cluster's size) finds the leader to
+/// forward to and to name in Metadata. Only the RaftNode stores.
+pub(crate) type LeaderDirectory = Arc<ArcSwap<HashMap<GroupId, (u64, u64)>>>;
+
+/// This node's replica of `group` leads (in `term`), or stopped leading.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Leading {
+    pub(crate) group: GroupId,
+    pub(crate) term: u64,
+    pub(crate) leading: bool,
+}
 
 /// A group this node leads went quiet (`quiet`), or woke up.
 #[derive(Message)]
@@ -190,6 +207,9 @@ pub(crate) struct RaftNode {
     announce_interval: Duration,
     /// The peers' addresses, as configured or added since.
     peer_addresses: HashMap<u64, std::net::SocketAddr>,
+    /// The groups this node leads, with their terms.
+    leading: HashMap<GroupId, u64>,
+    directory: LeaderDirectory,
 }
 
 impl RaftNode {
@@ -198,6 +218,7 @@ impl RaftNode {
         brokers: PeerBrokers,
         vouches: Vouches,
         announce_interval: Duration,
+        directory: LeaderDirectory,
     ) -> RaftNode {
         RaftNode {
             routes: HashMap::new(),
@@ -210,6 +231,8 @@ impl RaftNode {
             vouches,
             announce_interval,
             peer_addresses: HashMap::new(),
+            leading: HashMap::new(),
+            directory,
         }
     }
 
@@ -222,6 +245,11 @@ impl RaftNode {
         let info = NodeInfo {
             kafka: self.kafka.clone(),
             quiet: self.quiet.iter().cloned().collect(),
+            leading: self
+                .leading
+                .iter()
+                .map(|(group, term)| (group.clone(), *term))
+                .collect(),
         };
         let body = bincode::serde::encode_to_vec(&info, bincode::config::standard())
             .expect("node info encodes");
@@ -236,6 +264,27 @@ impl RaftNode {
         }
     }
 
+    /// Records what `node` says it leads: its entries replace those it
+    /// held before, except where another node announced a higher term.
+    fn update_directory(&self, node: u64, leading: &[(GroupId, u64)]) {
+        let current = self.directory.load();
+        let mut directory = HashMap::clone(&current);
+        directory.retain(|group, (leader, _)| {
+            *leader != node || leading.iter().any(|(led, _)| led == group)
+        });
+        for (group, term) in leading {
+            let newer = directory
+                .get(group)
+                .is_none_or(|(_, known)| *term >= *known);
+            if newer {
+                directory.insert(group.clone(), (node, *term));
+            }
+        }
+        if directory != **current {
+            self.directory.store(Arc::new(directory));
+        }
+    }
+
     fn node_info(&self, from: u64, body: &[u8]) {
         let config = bincode::config::standard().with_limit::<4096>();
         let decoded: Result<(NodeInfo, usize), _> = bincode::serde::decode_from_slice(body, config);
@@ -246,6 +295,7 @@ impl RaftNode {
             tracing::warn!(peer = from, "node info does not decode; dropped");
             return;
         };
+        self.update_directory(from, &info.leading);
         let mut vouches = HashMap::clone(&self.vouches.load());
         vouches.insert(
             from,
@@ -340,6 +390,17 @@ impl Handler<PeerChange> for RaftNode {
                     self.peers.retain(|peer| *peer != id);
                 }
             }
+        }
+    }
+}
+
+impl Handler<Leading> for RaftNode {
+    type Result = ();
+    fn handle(&mut self, message: Leading, _context: &mut Context<Self>) {
+        if message.leading {
+            self.leading.insert(message.group, message.term);
+        } else {
+            self.leading.remove(&message.group);
         }
     }
 }

@@ -182,10 +182,17 @@ pub const REPLICATION_FACTOR_DEFAULT: u32 = 1;
 pub const REPLICATION_FACTOR_MAX: u32 = 7;
 /// Default `[node] cluster_id`.
 pub const CLUSTER_ID_DEFAULT: &str = "millrace";
+/// Longest `[node] cluster_id`, in bytes (ASCII, so also characters): it
+/// is sent in every peer connection's handshake.
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
 /// Default `[node] tick`.
 pub const TICK_DEFAULT: Duration = Duration::from_millis(50);
-/// Longest `[node] tick`.
+/// Longest `[node] tick`: with the default ticks, an election would take
+/// minutes; a longer tick is a typo in the unit, not a policy.
 pub const TICK_MAX: Duration = Duration::from_secs(10);
+/// Most `[node] election_ticks` and `heartbeat_ticks`: at the default
+/// tick that is almost 14 hours without a leader; more is a typo.
+pub const TICKS_MAX: usize = 1_000_000;
 /// Default `[node] election_ticks`: with the default tick, an election
 /// timeout of 0.5 to 1 s (raft-rs randomises it up to twice this).
 pub const ELECTION_TICKS_DEFAULT: usize = 10;
@@ -323,16 +330,18 @@ pub struct NodeConfig {
     /// `peers` (required): every other node, as `"ID@IP:PORT"`.
     pub peers: Vec<PeerConfig>,
     /// `cluster_id` (default "millrace"): peers with another id are
-    /// refused, so two clusters on one network never mix. 1 to 64
-    /// characters of `[A-Za-z0-9._-]`.
+    /// refused, so two clusters on one network never mix. 1 to
+    /// [`CLUSTER_ID_BYTES_MAX`] characters of `[A-Za-z0-9._-]`.
     pub cluster_id: String,
-    /// `tick` (default "50ms", at most 10 s): Raft's logical clock.
+    /// `tick` (default "50ms", more than 0, at most [`TICK_MAX`]): Raft's
+    /// logical clock.
     pub tick: Duration,
     /// `election_ticks` (default 10): ticks without a leader before an
     /// election (raft-rs randomises it up to twice this). More than
-    /// `heartbeat_ticks`.
+    /// `heartbeat_ticks` (raft-rs requires it), at most [`TICKS_MAX`].
     pub election_ticks: usize,
-    /// `heartbeat_ticks` (default 2): ticks between a leader's heartbeats.
+    /// `heartbeat_ticks` (default 2, 1 to [`TICKS_MAX`]): ticks between a
+    /// leader's heartbeats.
     pub heartbeat_ticks: usize,
     /// `join` (default false): this node is joining a running cluster. Its
     /// new replicas start with `peers` as the voters (not itself) and
@@ -1068,7 +1077,8 @@ fn check_replicated_cleanup(topic: &TopicConfig) -> Result<(), String> {
     }
 }
 
-/// The `[node]` rules that need no other section.
+/// The `[node]` rules that need no other section, in key order; the first
+/// one broken.
 fn check_node(node: &NodeConfig) -> Result<(), BrokenRule> {
     let broken = |key: &'static str, message: String| Err(BrokenRule { key, message });
     if node.id == 0 {
@@ -1077,20 +1087,11 @@ fn check_node(node: &NodeConfig) -> Result<(), BrokenRule> {
             "id = 0: node ids start at 1 (Raft reserves 0 for \"none\")".to_owned(),
         );
     }
-    if node.cluster_id.is_empty()
-        || node.cluster_id.len() > 64
-        || !node
-            .cluster_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return broken(
-            "cluster_id",
-            format!(
-                "invalid cluster_id {:?}: it is 1 to 64 characters of [A-Za-z0-9._-]",
-                node.cluster_id
-            ),
-        );
+    if let Err(rule) = check_peers(node) {
+        return broken("peers", rule.message);
+    }
+    if let Err(message) = check_cluster_id(&node.cluster_id) {
+        return broken("cluster_id", message);
     }
     if node.tick.is_zero() || node.tick > TICK_MAX {
         return broken(
@@ -1102,67 +1103,114 @@ fn check_node(node: &NodeConfig) -> Result<(), BrokenRule> {
             ),
         );
     }
-    if node.heartbeat_ticks == 0 {
+    if node.heartbeat_ticks == 0 || node.heartbeat_ticks > TICKS_MAX {
         return broken(
             "heartbeat_ticks",
-            "heartbeat_ticks must be at least 1".to_owned(),
+            format!(
+                "heartbeat_ticks = {} is out of range: at least 1 and at most {TICKS_MAX}",
+                node.heartbeat_ticks
+            ),
         );
     }
-    if node.election_ticks <= node.heartbeat_ticks {
+    // raft-rs refuses a config without this; it would also let a follower
+    // start elections between a healthy leader's heartbeats.
+    if node.election_ticks <= node.heartbeat_ticks || node.election_ticks > TICKS_MAX {
         return broken(
             "election_ticks",
             format!(
                 "election_ticks = {} must be more than heartbeat_ticks = {} (a follower would \
-                 start elections between a leader's heartbeats)",
+                 start elections between a leader's heartbeats) and at most {TICKS_MAX}",
                 node.election_ticks, node.heartbeat_ticks
             ),
         );
     }
+    Ok(())
+}
+
+/// A broken `[node] peers` rule: the entry that broke it, if it is one
+/// entry's fault, and the rule.
+struct PeerRule {
+    index: Option<usize>,
+    message: String,
+}
+
+/// The `[node] peers` rules: a cluster of at most [`REPLICATION_FACTOR_MAX`]
+/// nodes, each with its own id (not 0) and its own address.
+fn check_peers(node: &NodeConfig) -> Result<(), PeerRule> {
+    let broken = |index: usize, message: String| {
+        Err(PeerRule {
+            index: Some(index),
+            message: format!("peers[{index}] {message}"),
+        })
+    };
     if node.peers.len() + 1 > REPLICATION_FACTOR_MAX as usize {
-        return broken(
-            "peers",
-            format!(
-                "a cluster of {} nodes is over the limit of {REPLICATION_FACTOR_MAX}",
-                node.peers.len() + 1
+        return Err(PeerRule {
+            index: None,
+            message: format!(
+                "a cluster of {} nodes (this one and {} peers) is over the limit of \
+                 {REPLICATION_FACTOR_MAX} nodes",
+                node.peers.len() + 1,
+                node.peers.len()
             ),
-        );
+        });
     }
     for (index, peer) in node.peers.iter().enumerate() {
+        let shown = format!("\"{}@{}\"", peer.id, peer.address);
         if peer.id == 0 {
-            return broken("peers", format!("peers[{index}]: node ids start at 1"));
+            return broken(
+                index,
+                format!("{shown} has id 0: node ids start at 1 (Raft reserves 0 for \"none\")"),
+            );
         }
         if peer.id == node.id {
-            return broken(
-                "peers",
-                format!(
-                    "peers[{index}] has id {}, which is this node's own id",
-                    peer.id
-                ),
-            );
+            return broken(index, format!("{shown} has this node's own id {}", node.id));
         }
         if peer.address == node.listen {
             return broken(
-                "peers",
-                format!(
-                    "peers[{index}] has address {}, which is this node's listen address",
-                    peer.address
-                ),
+                index,
+                format!("{shown} has this node's own listen address {}", node.listen),
             );
         }
-        if let Some(earlier) = node.peers[..index]
+        let earlier = &node.peers[..index];
+        if let Some(other) = earlier.iter().position(|other| other.id == peer.id) {
+            return broken(
+                index,
+                format!("{shown} has the same id as peers[{other}]: node ids are unique"),
+            );
+        }
+        if let Some(other) = earlier
             .iter()
-            .position(|other| other.id == peer.id || other.address == peer.address)
+            .position(|other| other.address == peer.address)
         {
             return broken(
-                "peers",
+                index,
                 format!(
-                    "peers[{index}] ({}@{}) repeats the id or address of peers[{earlier}]",
-                    peer.id, peer.address
+                    "{shown} has the same address as peers[{other}]: each node listens on its own"
                 ),
             );
         }
     }
     Ok(())
+}
+
+/// `cluster_id`: 1 to [`CLUSTER_ID_BYTES_MAX`] bytes of `[A-Za-z0-9._-]`.
+fn check_cluster_id(cluster_id: &str) -> Result<(), String> {
+    let problem = if cluster_id.is_empty() {
+        "it is empty".to_owned()
+    } else if let Some(bad) = cluster_id
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        format!("{bad:?} is not allowed")
+    } else if cluster_id.len() > CLUSTER_ID_BYTES_MAX {
+        format!("it has {} characters", cluster_id.len())
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "invalid cluster_id {cluster_id:?}: {problem}; a cluster id is 1 to \
+         {CLUSTER_ID_BYTES_MAX} characters of [A-Za-z0-9._-]"
+    ))
 }
 
 /// Rules across sections: replicated topics need a cluster large enough,
@@ -1173,11 +1221,12 @@ fn check_cluster_links(config: &Config) -> Result<(), (String, String)> {
     for (index, topic) in config.topics.iter().enumerate() {
         if topic.replication_factor as usize > members {
             let message = if config.node.is_none() {
+                let peers = topic.replication_factor - 1;
                 format!(
-                    "replication_factor = {} needs a [node] section with at least {} peers \
-                     (one copy per node)",
+                    "replication_factor = {} needs a [node] section with at least {peers} {} \
+                     (one copy per node; without [node] this is a single node)",
                     topic.replication_factor,
-                    topic.replication_factor - 1
+                    if peers == 1 { "peer" } else { "peers" }
                 )
             } else {
                 format!(
@@ -1197,12 +1246,15 @@ fn check_cluster_links(config: &Config) -> Result<(), (String, String)> {
                 config.kafka.as_ref().map(|kafka| kafka.listen),
             ),
         ];
-        for (key, address) in others {
-            if address.is_some_and(|address| address == node.listen && address.port() != 0) {
+        let present = others
+            .into_iter()
+            .filter_map(|(key, address)| Some((key, address?)));
+        for (key, address) in present {
+            if listeners_clash(address, node.listen) {
                 return Err((
                     "node.listen".to_owned(),
                     format!(
-                        "listen {} is also {key}: peer traffic needs its own port",
+                        "listen {} clashes with {key} = {address}: peer traffic needs its own port",
                         node.listen
                     ),
                 ));
@@ -1210,6 +1262,16 @@ fn check_cluster_links(config: &Config) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// Whether two listeners could not both bind: the same port on the same
+/// IP, or on any IP when one of them is the unspecified address (0.0.0.0
+/// or [::] takes the port on every interface). Port 0 picks a free port,
+/// so it never clashes.
+fn listeners_clash(one: std::net::SocketAddr, other: std::net::SocketAddr) -> bool {
+    one.port() != 0
+        && one.port() == other.port()
+        && (one.ip() == other.ip() || one.ip().is_unspecified() || other.ip().is_unspecified())
 }
 
 /// Parses one `[node] peers` entry, `"ID@IP:PORT"`.
@@ -1665,16 +1727,22 @@ impl RawConfig {
             let table_span = kafka.span();
             config.kafka = Some(kafka.into_inner().into_kafka(table_span, source)?);
         }
+        let mut node_listen_span = None;
         if let Some(node) = self.node {
             let table_span = node.span();
+            node_listen_span = node.get_ref().listen.as_ref().map(Spanned::span);
             config.node = Some(node.into_inner().into_node(table_span, source)?);
         }
         check_cluster_links(&config).map_err(|(path, message)| {
-            let span = factor_spans
-                .iter()
-                .enumerate()
-                .find(|(index, _)| path == format!("topic[{index}].replication_factor"))
-                .and_then(|(_, span)| span.clone());
+            let span = if path == "node.listen" {
+                node_listen_span
+            } else {
+                factor_spans
+                    .iter()
+                    .enumerate()
+                    .find(|(index, _)| path == format!("topic[{index}].replication_factor"))
+                    .and_then(|(_, span)| span.clone())
+            };
             source.error(span, Some(&path), message)
         })?;
         if let Some(compactor) = self.compactor {
@@ -1827,6 +1895,7 @@ impl RawNode {
                 "peers = [\"2@127.0.0.1:7002\", \"3@127.0.0.1:7003\"]",
             )
         })?;
+        let peer_spans: Vec<Range<usize>> = peers.get_ref().iter().map(Spanned::span).collect();
         let peers = peers
             .into_inner()
             .into_iter()
@@ -1835,17 +1904,18 @@ impl RawNode {
                 peer_value(peer.get_ref()).map_err(|m| fail_at("peers", Some(span), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The upper bound is `check_node`'s, at the same span.
         let count = |key: &str, value: Option<Spanned<i64>>, default: usize| match value {
             None => Ok(default),
-            Some(value) => usize::try_from(*value.get_ref())
-                .ok()
-                .filter(|&ticks| ticks <= 1_000_000)
-                .ok_or_else(|| {
-                    fail(
-                        key,
-                        format!("{key} = {} is out of range: 0 to 1000000", value.get_ref()),
-                    )
-                }),
+            Some(value) => usize::try_from(*value.get_ref()).map_err(|_| {
+                fail(
+                    key,
+                    format!(
+                        "{key} = {} is out of range: a number of ticks, at most {TICKS_MAX}",
+                        value.get_ref()
+                    ),
+                )
+            }),
         };
         let node = NodeConfig {
             id,
@@ -1872,7 +1942,16 @@ impl RawNode {
             )?,
             join: self.join.is_some_and(|join| *join.get_ref()),
         };
-        check_node(&node).map_err(|broken| fail(broken.key, broken.message))?;
+        check_node(&node).map_err(|broken| {
+            // A rule one peer broke is reported at that entry of the array.
+            let peer_span = match check_peers(&node) {
+                Err(PeerRule {
+                    index: Some(index), ..
+                }) if broken.key == "peers" => peer_spans.get(index).cloned(),
+                _ => None,
+            };
+            fail_at(broken.key, peer_span, broken.message)
+        })?;
         Ok(node)
     }
 }

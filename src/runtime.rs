@@ -21,7 +21,8 @@ use crate::actors::partition::{
 };
 use crate::actors::pipeline::{PipelineSpec, PipelineSupervisor, Scale, StopPipeline};
 use crate::actors::raft_node::{
-    AnnounceKafka, AttachTransport, PeerBrokers, PeerFrames, RaftNode, Register, Vouches,
+    AnnounceKafka, AttachTransport, LeaderDirectory, PeerBrokers, PeerFrames, RaftNode, Register,
+    Vouches,
 };
 use crate::config::{Config, TopicConfig};
 use crate::error::{FetchError, ProduceError, ShutdownError, StartError};
@@ -471,6 +472,8 @@ impl Runtime {
         let peer_brokers = PeerBrokers::default();
         let raft_node_brokers = peer_brokers.clone();
         let vouches = Vouches::default();
+        let directory = LeaderDirectory::default();
+        let raft_node_directory = directory.clone();
         let arbiter_count = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, actor_specs.len().max(1));
@@ -511,8 +514,9 @@ impl Runtime {
                             cluster.as_ref().map_or(Duration::from_millis(100), |node| {
                                 node.tick * node.heartbeat_ticks as u32
                             });
+                        let directory = raft_node_directory.clone();
                         RaftNode::start_in_arbiter(&arbiter.handle(), move |_| {
-                            RaftNode::new(metrics, brokers, vouches, announce)
+                            RaftNode::new(metrics, brokers, vouches, announce, directory)
                         })
                     });
                     let tick = cluster
@@ -533,6 +537,9 @@ impl Runtime {
                                 forwarder: raft_node.clone().recipient(),
                                 quiescer: raft_node.clone().recipient(),
                                 peers: raft_node.clone().recipient(),
+                                leadership: raft_node.clone().recipient(),
+                                directory: raft_node_directory.clone(),
+                                reported_leading: None,
                                 vouches: vouches.clone(),
                                 quiet: false,
                                 last_message: std::time::Instant::now(),
@@ -1025,14 +1032,15 @@ impl Runtime {
     /// the partitions keep serving throughout). Call it on any node: a
     /// follower forwards each change to the partition's leader. Returns
     /// once every group has applied the change, or the first error; while
-    /// a group elects a leader the change is retried for up to 30 s.
+    /// a group elects a leader, or the outcome is unknown, the change is
+    /// retried (it is idempotent) for up to 60 s.
     ///
     /// To add a node: start it with `[node] join = true`, its `peers` the
     /// current members, then call this with its id and `[node] listen`.
     /// Every replica learns its address from the change. To remove one:
     /// call this, then stop it.
     pub fn change_membership(&self, change: MembershipChange) -> Result<(), ProduceError> {
-        const RETRY_FOR: Duration = Duration::from_secs(30);
+        const RETRY_FOR: Duration = Duration::from_secs(60);
         let table = self.inner().shared.topic_table();
         for name in table.names() {
             let Some(handle) = table.get(name) else {
@@ -1054,9 +1062,14 @@ impl Runtime {
                         .and_then(|outcome| outcome);
                     match outcome {
                         Ok(_) => break,
-                        Err(ProduceError::NotLeader { .. } | ProduceError::Unavailable)
-                            if started.elapsed() < RETRY_FOR =>
-                        {
+                        // Adding a voter twice or removing a node that is not
+                        // one changes nothing, so an unknown outcome is
+                        // retried too.
+                        Err(
+                            ProduceError::NotLeader { .. }
+                            | ProduceError::Unavailable
+                            | ProduceError::NotCommitted(_),
+                        ) if started.elapsed() < RETRY_FOR => {
                             // An election, or another change still pending.
                             std::thread::sleep(Duration::from_millis(50));
                         }
@@ -1781,24 +1794,24 @@ fn open_replica(
             topic.name, topic.replication_factor
         )));
     };
-    let members = node.members();
-    // A joining node's replicas start with the cluster's voters, without
-    // it: it becomes one when the cluster adds it.
-    let voters = if node.join {
+    // The partition's voters: `replication_factor` of the members (every
+    // node computes the same ones). A joining node places over the members
+    // it joins, without itself: it becomes a voter when the cluster adds it.
+    // A node that is not among the voters still keeps an (empty) replica:
+    // it never campaigns, and through it the node forwards produce to the
+    // leader and names the leader to clients.
+    let members: Vec<u64> = if node.join {
         node.peers.iter().map(|peer| peer.id).collect()
     } else {
-        members.clone()
+        node.members()
     };
-    if !node.join && topic.replication_factor as usize != members.len() {
-        return Err(cluster_error(format!(
-            "topic {}: replication_factor = {} on a cluster of {} nodes: every node must hold \
-             every replica until partial placement is implemented; use {} (or 1)",
-            topic.name,
-            topic.replication_factor,
-            members.len(),
-            members.len()
-        )));
-    }
+    let voters = crate::replication::placement(
+        &topic.name,
+        settings.partition.0,
+        &members,
+        topic.replication_factor,
+    );
+    let placed_here = voters.contains(&node.id);
     let replica_config = ReplicaConfig {
         id: node.id,
         voters,
@@ -1815,7 +1828,7 @@ fn open_replica(
             ))
         })?;
     let voters = core.status().voters;
-    if !node.join && !voters.contains(&node.id) {
+    if placed_here && !node.join && !voters.contains(&node.id) {
         return Err(cluster_error(format!(
             "node {} is not a member of topic {} partition {}'s Raft group (its voters are {voters:?}): \
              check [node] id, or add the node to the cluster",

@@ -457,44 +457,9 @@ fn a_locked_data_directory_names_its_holder() {
 /// 0), a shutdown that logs the stop as an error, a lock left behind.
 #[test]
 fn run_stops_gracefully_on_sigterm_and_sigint() {
-    use std::io::BufRead;
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let setup = Setup::new("[[topic]]\nname = \"events\"\n");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
-            .arg("run")
-            .arg(&setup.config)
-            .env("MILLRACE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let (lines_sender, lines) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { break };
-                if lines_sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        // Wait (bounded) until it serves: the signal handler is installed
-        // right after the runtime starts and logs "serving".
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while !seen.iter().any(|line: &String| line.contains("serving")) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no 'serving' line: {seen:?}"));
-            seen.push(line);
-        }
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
-        let status = child.wait().unwrap();
-        reader.join().unwrap();
-        seen.extend(lines.try_iter());
+        let (status, seen) = serve_then_signal("run", &setup.config, signal);
         assert!(status.success(), "signal {signal}: {status:?}\n{seen:#?}");
         assert!(
             seen.iter().any(|line| line.contains("millrace stopped")),
@@ -503,6 +468,118 @@ fn run_stops_gracefully_on_sigterm_and_sigint() {
         assert!(!seen.iter().any(|line| line.contains("ERROR")), "{seen:#?}");
         assert_success(&setup.produce(&["-t", "events"], b"after\n"));
         let _ = setup.data_dir();
+    }
+}
+
+/// Starts `millrace SUBCOMMAND CONFIG`, waits (bounded) until it logs
+/// "serving", sends it `signal`, and returns its exit status and the lines
+/// it wrote on stderr.
+fn serve_then_signal(
+    subcommand: &str,
+    config: &Path,
+    signal: libc::c_int,
+) -> (std::process::ExitStatus, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg(subcommand)
+        .arg(config)
+        .env("MILLRACE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (lines_sender, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            if lines_sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The signal handler is installed right after the runtime starts and
+    // logs "serving".
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|line: &String| line.contains("serving")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("no 'serving' line: {seen:?}");
+        };
+        seen.push(line);
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    seen.extend(lines.try_iter());
+    (status, seen)
+}
+
+/// `millrace node` runs a config as a cluster member, like `run` (here a
+/// cluster of one), and refuses a config without `[node]`: one line naming
+/// the file, a non-zero exit, nothing created.
+/// Catches: `node` accepting a single-node config, or not running one with
+/// `[node]`.
+#[test]
+fn node_runs_cluster_members_and_refuses_other_configs() {
+    let member = Setup::new(
+        "[node]\nid = 1\nlisten = \"127.0.0.1:0\"\npeers = []\n[[topic]]\nname = \"events\"\n",
+    );
+    let (status, seen) = serve_then_signal("node", &member.config, libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{seen:#?}");
+    assert!(
+        seen.iter().any(|line| line.contains("millrace stopped")),
+        "{seen:#?}"
+    );
+    assert!(!seen.iter().any(|line| line.contains("ERROR")), "{seen:#?}");
+
+    let single = Setup::new("[[topic]]\nname = \"events\"\n");
+    let output = node_exit(&single.config);
+    let config = single.config.display().to_string();
+    assert_one_line_error(
+        &output,
+        &[&format!(
+            "error: {config}: millrace node needs a [node] section (id, listen, peers)"
+        )],
+    );
+    assert!(!single.data_dir().exists(), "nothing opened");
+
+    // A config that does not parse gets its own error, not the [node] one.
+    let broken = Setup::new("[node]\nid = 0\nlisten = \"127.0.0.1:0\"\npeers = []\n");
+    let output = node_exit(&broken.config);
+    assert_one_line_error(&output, &[":3:6 (node.id)", "node ids start at 1"]);
+    assert!(!broken.data_dir().exists());
+}
+
+/// `millrace node CONFIG`, expected to exit by itself: one that is still
+/// running after 30 s (it accepted the config and serves) is killed and
+/// fails the test rather than hanging it.
+fn node_exit(config: &Path) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg("node")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn millrace");
+    let pid = child.id();
+    let (sender, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    match exited.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(output) => output.expect("wait for millrace"),
+        Err(_) => {
+            // SAFETY: killing our own child process.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!(
+                "millrace node {} did not exit: it should refuse the config",
+                config.display()
+            );
+        }
     }
 }
 

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const TOPIC: &str = "events";
+/// A topic with fewer replicas than nodes: each partition on two of three.
+const PLACED: &str = "placed";
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Cluster {
@@ -56,6 +58,10 @@ impl Cluster {
             name = "{TOPIC}"
             partitions = 1
             replication_factor = {members}
+            [[topic]]
+            name = "{PLACED}"
+            partitions = 3
+            replication_factor = 2
             "#,
             data_dir = self.data_dir(index).display(),
             id = index + 1,
@@ -464,6 +470,110 @@ fn a_node_joins_and_another_leaves_while_producers_keep_going() {
     assert_eq!(report.anomalies(), 0, "{report}");
     assert!(report.acknowledged >= 100, "{report}");
     let _ = joiner.shutdown();
+    for index in 0..3 {
+        cluster.stop_node(index);
+    }
+}
+
+#[test]
+fn partitions_with_fewer_replicas_than_nodes_are_placed_and_reachable_from_every_node() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    // Each node holds a voting replica of two of the three partitions.
+    for index in 0..3 {
+        let health = cluster.node(index).health();
+        let voting = health
+            .partitions
+            .iter()
+            .filter(|partition| partition.topic == PLACED)
+            .filter(|partition| {
+                partition
+                    .replica
+                    .as_ref()
+                    .is_some_and(|replica| replica.voters.contains(&(index as u64 + 1)))
+            })
+            .count();
+        assert_eq!(
+            voting,
+            2,
+            "node {} holds {voting} of the 3 partitions",
+            index + 1
+        );
+    }
+    // Every node reaches every partition: one that holds no replica of it
+    // forwards to the leader its peers announce.
+    let mut history = History::new();
+    let mut next = 0u32;
+    for index in 0..3 {
+        let producer = cluster.node(index).producer(PLACED).expect("producer");
+        for partition in 0..3 {
+            let values: Vec<String> = (next..next + 20).map(|n| format!("placed-{n}")).collect();
+            next += 20;
+            let started = std::time::Instant::now();
+            let placed = loop {
+                let records = values
+                    .iter()
+                    .map(|value| Record::new(value.clone()))
+                    .collect();
+                match producer.send_batch_to_blocking(PartitionId(partition), records) {
+                    Err(ProduceError::NotLeader { .. }) if started.elapsed() < WAIT => {
+                        // The leader is not announced yet.
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    other => break other.expect("acknowledged"),
+                }
+            };
+            for (position, value) in values.into_iter().enumerate() {
+                history.send(
+                    value,
+                    SendOutcome::Ok {
+                        partition,
+                        offset: placed.base_offset.0 + position as u64,
+                    },
+                );
+            }
+        }
+    }
+    // Read each partition from its leader.
+    for partition in 0..3u32 {
+        let leader = (0..3)
+            .find(|&index| {
+                cluster
+                    .node(index)
+                    .fetch_blocking(
+                        PLACED,
+                        PartitionId(partition),
+                        Offset(0),
+                        common::no_wait(1),
+                    )
+                    .is_ok()
+            })
+            .expect("a leader serves the partition");
+        let fetched = cluster
+            .node(leader)
+            .fetch_blocking(
+                PLACED,
+                PartitionId(partition),
+                Offset(0),
+                common::no_wait(1 << 20),
+            )
+            .expect("fetch");
+        let mut expected = 0;
+        for record in &fetched.records {
+            for skipped in expected..record.offset.0 {
+                history.skipped(partition, skipped);
+            }
+            history.poll(
+                partition,
+                record.offset.0,
+                common::value_of(record).to_vec(),
+            );
+            expected = record.offset.0 + 1;
+        }
+    }
+    let report = history.check();
+    assert_eq!(report.anomalies(), 0, "{report}");
+    assert_eq!(report.acknowledged, 180, "{report}");
     for index in 0..3 {
         cluster.stop_node(index);
     }

@@ -1306,43 +1306,76 @@ fn kafka_allow_topic_management_defaults_off_and_must_be_a_boolean() {
 // ---------------------------------------------------------------------------
 // [node]: the cluster
 
-/// A config with `[node]` lines and one topic of `replication_factor`.
+/// A config with one topic of `replication_factor` (lines 2-4) and a
+/// `[node]` table (line 5) made of `node_lines` (from line 6).
 fn with_node(node_lines: &str, replication_factor: u32) -> String {
     format!(
         "data_dir = \"/var/lib/millrace\"\n[[topic]]\nname = \"a\"\nreplication_factor = {replication_factor}\n[node]\n{node_lines}"
     )
 }
 
+/// `id`, `listen` and `peers` (lines 6-8 under [`with_node`]).
 const THREE_NODES: &str =
     "id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"2@127.0.0.1:7002\", \"3@127.0.0.1:7003\"]\n";
+
+fn peer(id: u64, address: &str) -> PeerConfig {
+    PeerConfig {
+        id,
+        address: address.parse().unwrap(),
+    }
+}
+
+/// The node of [`THREE_NODES`] with every optional key at its default.
+fn node_one_of_three() -> NodeConfig {
+    NodeConfig {
+        id: 1,
+        listen: "127.0.0.1:7001".parse().unwrap(),
+        peers: vec![peer(2, "127.0.0.1:7002"), peer(3, "127.0.0.1:7003")],
+        cluster_id: "millrace".to_owned(),
+        tick: Duration::from_millis(50),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        join: false,
+    }
+}
 
 #[test]
 fn a_three_node_cluster_parses_with_defaults() {
     let config = parse(&with_node(THREE_NODES, 3));
     let node = config.node.expect("[node]");
-    assert_eq!(node.id, 1);
-    assert_eq!(node.listen, "127.0.0.1:7001".parse().unwrap());
-    assert_eq!(
-        node.peers,
-        vec![
-            PeerConfig {
-                id: 2,
-                address: "127.0.0.1:7002".parse().unwrap()
-            },
-            PeerConfig {
-                id: 3,
-                address: "127.0.0.1:7003".parse().unwrap()
-            },
-        ]
-    );
-    assert_eq!(node.members(), vec![1, 2, 3]);
+    assert_eq!(node, node_one_of_three());
     assert_eq!(node.cluster_id, CLUSTER_ID_DEFAULT);
     assert_eq!(node.tick, TICK_DEFAULT);
     assert_eq!(node.election_ticks, ELECTION_TICKS_DEFAULT);
     assert_eq!(node.heartbeat_ticks, HEARTBEAT_TICKS_DEFAULT);
+    assert_eq!(node.members(), vec![1, 2, 3]);
     assert_eq!(config.topics[0].replication_factor, 3);
     assert_eq!(config.topics[0].acks, Acks::All);
+    assert_eq!(Acks::default(), Acks::All);
     assert_eq!(parse(&with_topic("name = \"a\"\n")).node, None);
+}
+
+#[test]
+fn members_are_every_node_id_sorted() {
+    let node = parse(&with_node(
+        "id = 5\nlisten = \"[::1]:7005\"\npeers = [\"9@[::1]:7009\", \"2@10.0.0.2:7002\"]\n",
+        3,
+    ))
+    .node
+    .expect("[node]");
+    assert_eq!(node.listen, "[::1]:7005".parse().unwrap());
+    assert_eq!(
+        node.peers,
+        vec![peer(9, "[::1]:7009"), peer(2, "10.0.0.2:7002")],
+        "peers keep their file order"
+    );
+    assert_eq!(node.members(), vec![2, 5, 9]);
+    // A cluster of one (no peers) is a cluster too.
+    let alone = parse(&with_node(
+        "id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\n",
+        1,
+    ));
+    assert_eq!(alone.node.expect("[node]").members(), vec![1]);
 }
 
 #[test]
@@ -1350,98 +1383,474 @@ fn node_keys_and_acks_are_read() {
     let config = parse(&format!(
         "data_dir = \"d\"\n[[topic]]\nname = \"a\"\nreplication_factor = 2\nacks = \"leader\"\n[node]\n{THREE_NODES}cluster_id = \"prod-eu.1\"\ntick = \"20ms\"\nelection_ticks = 20\nheartbeat_ticks = 3\n"
     ));
-    let node = config.node.expect("[node]");
-    assert_eq!(node.cluster_id, "prod-eu.1");
-    assert_eq!(node.tick, Duration::from_millis(20));
-    assert_eq!((node.election_ticks, node.heartbeat_ticks), (20, 3));
-    assert!(!node.join);
+    assert_eq!(
+        config.node.expect("[node]"),
+        NodeConfig {
+            cluster_id: "prod-eu.1".to_owned(),
+            tick: Duration::from_millis(20),
+            election_ticks: 20,
+            heartbeat_ticks: 3,
+            ..node_one_of_three()
+        }
+    );
+    assert_eq!(config.topics[0].acks, Acks::Leader);
+    let all = parse(&with_topic("name = \"a\"\nacks = \"all\"\n"));
+    assert_eq!(all.topics[0].acks, Acks::All);
     let joining = parse(&with_node(&format!("{THREE_NODES}join = true\n"), 3));
     assert!(joining.node.expect("[node]").join);
-    assert_eq!(config.topics[0].acks, Acks::Leader);
 }
 
+/// The values at the edge of each `[node]` rule are accepted, so the rules
+/// are no stricter than they say.
+#[test]
+fn node_values_at_their_limits_parse() {
+    let long_id = "x".repeat(CLUSTER_ID_BYTES_MAX);
+    let seven_nodes = (2..=7)
+        .map(|id| format!("\"{id}@127.0.0.1:700{id}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for lines in [
+        format!("{THREE_NODES}cluster_id = \"{long_id}\"\n"),
+        format!("{THREE_NODES}cluster_id = \"A.b_c-9\"\n"),
+        format!("{THREE_NODES}tick = \"10s\"\n"),
+        format!("{THREE_NODES}tick = \"1ms\"\n"),
+        format!("{THREE_NODES}heartbeat_ticks = 1\nelection_ticks = 2\n"),
+        format!("{THREE_NODES}election_ticks = {TICKS_MAX}\n"),
+        format!("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [{seven_nodes}]\n"),
+    ] {
+        parse(&with_node(&lines, 1));
+    }
+    assert_eq!(TICK_MAX, Duration::from_secs(10));
+    assert_eq!(CLUSTER_ID_BYTES_MAX, 64);
+}
+
+/// Each `[node]` rule: the error names the file, the line and column of
+/// the offending value, the key path and the rule.
 #[test]
 fn each_node_rule_names_its_key_and_line() {
-    let cases: [(&str, &str, &str); 12] = [
-        ("listen = \"127.0.0.1:7001\"\npeers = []\n", "(node.id)", "missing required key `id`"),
-        ("id = 0\nlisten = \"127.0.0.1:7001\"\npeers = []\n", ":6:6 (node.id)", "node ids start at 1"),
-        ("id = 1\nlisten = \"localhost\"\npeers = []\n", ":7:10 (node.listen)", "not a host name"),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"2-127.0.0.1:7002\"]\n", ":8:10 (node.peers)", "expected \"ID@IP:PORT\""),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"x@127.0.0.1:7002\"]\n", ":8:10 (node.peers)", "\"x\" is not a node id"),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"1@127.0.0.1:7002\"]\n", "(node.peers)", "this node's own id"),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"2@127.0.0.1:7001\"]\n", "(node.peers)", "this node's listen address"),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = [\"2@127.0.0.1:7002\", \"2@127.0.0.1:7003\"]\n", "(node.peers)", "repeats the id or address of peers[0]"),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\ncluster_id = \"a b\"\n", "(node.cluster_id)", "1 to 64 characters of [A-Za-z0-9._-]"),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\ntick = \"0s\"\n", "(node.tick)", "tick = 0s is out of range"),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\nheartbeat_ticks = 0\n", "(node.heartbeat_ticks)", "at least 1"),
-        ("id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\nelection_ticks = 2\n", "(node.election_ticks)", "must be more than heartbeat_ticks = 2"),
+    let listen = "id = 1\nlisten = \"127.0.0.1:7001\"\n";
+    let base = format!("{listen}peers = []\n");
+    let eight_nodes = (2..=8)
+        .map(|id| format!("\"{id}@127.0.0.1:700{id}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let too_long = "x".repeat(CLUSTER_ID_BYTES_MAX + 1);
+    let cases: Vec<(String, &str, &[&str])> = vec![
+        // id
+        (
+            "listen = \"127.0.0.1:7001\"\npeers = []\n".into(),
+            ":5:1 (node.id)",
+            &["missing required key `id` in [node]"],
+        ),
+        (
+            "id = 0\nlisten = \"127.0.0.1:7001\"\npeers = []\n".into(),
+            ":6:6 (node.id)",
+            &["id = 0: node ids start at 1"],
+        ),
+        (
+            "id = -1\nlisten = \"127.0.0.1:7001\"\npeers = []\n".into(),
+            ":6:6 (node.id)",
+            &["id = -1 is not a node id (1 or more)"],
+        ),
+        // listen
+        (
+            "id = 1\npeers = []\n".into(),
+            ":5:1 (node.listen)",
+            &["missing required key `listen` in [node]"],
+        ),
+        (
+            "id = 1\nlisten = \"localhost:7001\"\npeers = []\n".into(),
+            ":7:10 (node.listen)",
+            &[
+                "invalid listen \"localhost:7001\"",
+                "expected an IP address and port",
+                "not a host name",
+            ],
+        ),
+        (
+            "id = 1\nlisten = \"127.0.0.1\"\npeers = []\n".into(),
+            ":7:10 (node.listen)",
+            &["invalid listen \"127.0.0.1\""],
+        ),
+        // peers: the form of each entry
+        (
+            listen.into(),
+            ":5:1 (node.peers)",
+            &["missing required key `peers` in [node]"],
+        ),
+        (
+            format!("{listen}peers = [\"2-127.0.0.1:7002\"]\n"),
+            ":8:10 (node.peers)",
+            &[
+                "invalid peer \"2-127.0.0.1:7002\"",
+                "no '@'",
+                "expected \"ID@IP:PORT\" like \"2@127.0.0.1:7002\"",
+            ],
+        ),
+        (
+            format!("{listen}peers = [\"2@127.0.0.1:7002\", \"x@127.0.0.1:7003\"]\n"),
+            ":8:30 (node.peers)",
+            &["\"x\" is not a node id", "expected \"ID@IP:PORT\""],
+        ),
+        (
+            format!("{listen}peers = [\"2@localhost:7002\"]\n"),
+            ":8:10 (node.peers)",
+            &[
+                "\"localhost:7002\" is not an IP address and port",
+                "expected \"ID@IP:PORT\"",
+            ],
+        ),
+        (
+            format!("{listen}peers = \"2@127.0.0.1:7002\"\n"),
+            ":8:9 (node.peers)",
+            &["invalid type: string", "expected a sequence"],
+        ),
+        // peers: ids and addresses of their own
+        (
+            format!("{listen}peers = [\"0@127.0.0.1:7002\"]\n"),
+            ":8:10 (node.peers)",
+            &["peers[0] \"0@127.0.0.1:7002\" has id 0: node ids start at 1"],
+        ),
+        (
+            format!("{listen}peers = [\"2@127.0.0.1:7002\", \"1@127.0.0.1:7003\"]\n"),
+            ":8:30 (node.peers)",
+            &["peers[1] \"1@127.0.0.1:7003\" has this node's own id 1"],
+        ),
+        (
+            format!("{listen}peers = [\"2@127.0.0.1:7001\"]\n"),
+            ":8:10 (node.peers)",
+            &["peers[0] \"2@127.0.0.1:7001\" has this node's own listen address 127.0.0.1:7001"],
+        ),
+        (
+            format!("{listen}peers = [\"2@127.0.0.1:7002\", \"2@127.0.0.1:7003\"]\n"),
+            ":8:30 (node.peers)",
+            &["peers[1] \"2@127.0.0.1:7003\" has the same id as peers[0]"],
+        ),
+        (
+            format!("{listen}peers = [\"2@127.0.0.1:7002\", \"3@127.0.0.1:7002\"]\n"),
+            ":8:30 (node.peers)",
+            &["peers[1] \"3@127.0.0.1:7002\" has the same address as peers[0]"],
+        ),
+        (
+            format!("{listen}peers = [{eight_nodes}]\n"),
+            ":8:9 (node.peers)",
+            &["a cluster of 8 nodes (this one and 7 peers) is over the limit of 7 nodes"],
+        ),
+        // cluster_id
+        (
+            format!("{base}cluster_id = \"\"\n"),
+            ":9:14 (node.cluster_id)",
+            &[
+                "invalid cluster_id \"\": it is empty",
+                "1 to 64 characters of [A-Za-z0-9._-]",
+            ],
+        ),
+        (
+            format!("{base}cluster_id = \"a b\"\n"),
+            ":9:14 (node.cluster_id)",
+            &["' ' is not allowed", "1 to 64 characters of [A-Za-z0-9._-]"],
+        ),
+        (
+            format!("{base}cluster_id = \"{too_long}\"\n"),
+            ":9:14 (node.cluster_id)",
+            &[
+                "it has 65 characters",
+                "1 to 64 characters of [A-Za-z0-9._-]",
+            ],
+        ),
+        // tick
+        (
+            format!("{base}tick = \"0s\"\n"),
+            ":9:8 (node.tick)",
+            &["tick = 0s is out of range: more than 0 and at most 10s"],
+        ),
+        (
+            format!("{base}tick = \"11s\"\n"),
+            ":9:8 (node.tick)",
+            &["tick = 11s is out of range"],
+        ),
+        (
+            format!("{base}tick = \"soon\"\n"),
+            ":9:8 (node.tick)",
+            &["invalid tick \"soon\"", "expected a duration"],
+        ),
+        // heartbeat_ticks and election_ticks
+        (
+            format!("{base}heartbeat_ticks = 0\n"),
+            ":9:19 (node.heartbeat_ticks)",
+            &["heartbeat_ticks = 0 is out of range: at least 1"],
+        ),
+        (
+            format!("{base}heartbeat_ticks = -1\n"),
+            ":9:19 (node.heartbeat_ticks)",
+            &["heartbeat_ticks = -1 is out of range"],
+        ),
+        (
+            format!("{base}heartbeat_ticks = {}\n", TICKS_MAX + 1),
+            ":9:19 (node.heartbeat_ticks)",
+            &["heartbeat_ticks = 1000001 is out of range: at least 1 and at most 1000000"],
+        ),
+        (
+            format!("{base}election_ticks = 2\n"),
+            ":9:18 (node.election_ticks)",
+            &["election_ticks = 2 must be more than heartbeat_ticks = 2"],
+        ),
+        (
+            format!("{base}heartbeat_ticks = 5\nelection_ticks = 4\n"),
+            ":10:18 (node.election_ticks)",
+            &["election_ticks = 4 must be more than heartbeat_ticks = 5"],
+        ),
+        (
+            format!("{base}election_ticks = {}\n", TICKS_MAX + 1),
+            ":9:18 (node.election_ticks)",
+            &["at most 1000000"],
+        ),
+        // unknown keys
+        (
+            format!("{base}votes = 3\n"),
+            ":9:1 (node.votes)",
+            &["unknown key `votes`"],
+        ),
     ];
     for (lines, location, rule) in cases {
-        let error = Config::from_toml_str(&with_node(lines, 1), ORIGIN)
-            .expect_err(lines)
-            .to_string();
-        assert!(
-            error.starts_with("test.toml") && error.contains(location) && error.contains(rule),
-            "{lines:?}: {error:?} should name {location} and {rule:?}"
+        assert_error(
+            &with_node(&lines, 1),
+            &format!("{ORIGIN}{location}: "),
+            rule,
         );
     }
-    assert_error(
-        &with_node(
-            "id = 1\nlisten = \"127.0.0.1:7001\"\npeers = []\nvotes = 3\n",
-            1,
+}
+
+/// A host that builds a `[node]` in code gets the same rules from
+/// `Config::validate`, at the key path.
+#[test]
+fn validate_checks_nodes_built_in_code() {
+    let mut config = Config::new("data");
+    let mut topic = TopicConfig::with_defaults("events");
+    topic.replication_factor = 3;
+    config.topics.push(topic);
+    config.node = Some(node_one_of_three());
+    assert_eq!(config.validate(), Ok(()));
+
+    type Edit = fn(&mut Config);
+    let cases: [(Edit, &str); 8] = [
+        (
+            |c| c.node.as_mut().unwrap().id = 0,
+            "<config> (node.id): id = 0: node ids start at 1",
         ),
-        "test.toml:",
-        &["votes"],
-    );
+        (
+            |c| c.node.as_mut().unwrap().peers[1].id = 1,
+            "<config> (node.peers): peers[1] \"1@127.0.0.1:7003\" has this node's own id 1",
+        ),
+        (
+            |c| c.node.as_mut().unwrap().cluster_id = String::new(),
+            "<config> (node.cluster_id): invalid cluster_id \"\"",
+        ),
+        (
+            |c| c.node.as_mut().unwrap().tick = Duration::ZERO,
+            "<config> (node.tick): tick = 0s is out of range",
+        ),
+        (
+            |c| c.node.as_mut().unwrap().heartbeat_ticks = 0,
+            "<config> (node.heartbeat_ticks): ",
+        ),
+        (
+            |c| c.node.as_mut().unwrap().election_ticks = 2,
+            "<config> (node.election_ticks): election_ticks = 2 must be more than heartbeat_ticks = 2",
+        ),
+        (
+            |c| c.topics[0].replication_factor = 4,
+            "<config> (topic[0].replication_factor): replication_factor = 4 is more than the cluster's 3 nodes",
+        ),
+        (
+            |c| c.node = None,
+            "<config> (topic[0].replication_factor): replication_factor = 3 needs a [node] section with at least 2 peers",
+        ),
+    ];
+    for (edit, prefix) in cases {
+        let mut broken = config.clone();
+        edit(&mut broken);
+        let shown = broken.validate().expect_err(prefix).to_string();
+        assert!(
+            shown.starts_with(prefix),
+            "{shown:?} should start with {prefix:?}"
+        );
+    }
 }
 
 #[test]
 fn replication_factor_fits_the_cluster() {
     parse(&with_node(THREE_NODES, 3));
+    parse(&with_node(THREE_NODES, 2));
     parse(&with_node(THREE_NODES, 1));
     assert_error(
         &with_node(THREE_NODES, 4),
         "test.toml:4:22 (topic[0].replication_factor): ",
-        &["more than the cluster's 3 nodes"],
+        &["replication_factor = 4 is more than the cluster's 3 nodes"],
     );
     assert_error(
         &with_topic("name = \"a\"\nreplication_factor = 2\n"),
         "test.toml:4:22 (topic[0].replication_factor): ",
-        &["needs a [node] section with at least 1 peers"],
+        &["replication_factor = 2 needs a [node] section with at least 1 peer (one copy per node"],
     );
+    // Without [node], 1 is still the default and the only value.
+    parse(&with_topic("name = \"a\"\nreplication_factor = 1\n"));
     assert_error(
-        &with_topic("name = \"a\"\nacks = \"some\"\n"),
-        "test.toml:4:8 (topic[0].acks): ",
-        &["expected \"all\" (a majority) or \"leader\""],
+        &with_node(THREE_NODES, 8),
+        "test.toml:4:22 (topic[0].replication_factor): ",
+        &["between 1 and 7"],
     );
 }
 
 #[test]
-fn the_node_listen_address_is_its_own() {
+fn acks_is_all_or_leader() {
+    for bad in ["some", "ALL", "1", ""] {
+        assert_error(
+            &with_topic(&format!("name = \"a\"\nacks = \"{bad}\"\n")),
+            "test.toml:4:8 (topic[0].acks): ",
+            &[
+                &format!("invalid acks {bad:?}"),
+                "expected \"all\" (a majority) or \"leader\"",
+            ],
+        );
+    }
     assert_error(
-        &format!(
-            "{}[kafka]\nlisten = \"127.0.0.1:7001\"\n",
-            with_node(THREE_NODES, 3)
-        ),
-        "test.toml (node.listen): ",
-        &["also kafka.listen"],
+        &with_topic("name = \"a\"\nacks = 1\n"),
+        "test.toml:4:8 (topic[0].acks): ",
+        &["invalid type: integer"],
+    );
+}
+
+/// `[node] listen` may not take the port of `[kafka]` or `[http]`: the
+/// same address, or the same port where either listens on every interface.
+#[test]
+fn the_node_listen_address_is_its_own() {
+    let cluster = with_node(THREE_NODES, 3);
+    for (section, address) in [
+        ("kafka", "127.0.0.1:7001"),
+        ("http", "127.0.0.1:7001"),
+        ("kafka", "0.0.0.0:7001"),
+        ("http", "[::]:7001"),
+    ] {
+        assert_error(
+            &format!("{cluster}[{section}]\nlisten = \"{address}\"\n"),
+            "test.toml:7:10 (node.listen): ",
+            &[&format!(
+                "listen 127.0.0.1:7001 clashes with {section}.listen = {address}: peer traffic needs its own port"
+            )],
+        );
+    }
+    let on_every_interface =
+        cluster.replace("listen = \"127.0.0.1:7001\"", "listen = \"0.0.0.0:7001\"");
+    assert_error(
+        &format!("{on_every_interface}[http]\nlisten = \"127.0.0.1:7001\"\n"),
+        "test.toml:7:10 (node.listen): ",
+        &["clashes with http.listen = 127.0.0.1:7001"],
+    );
+    // Other ports, other IPs, and port 0 (a free port each) are fine.
+    parse(&format!(
+        "{cluster}[kafka]\nlisten = \"127.0.0.1:9092\"\n[http]\nlisten = \"127.0.0.2:7001\"\n"
+    ));
+    parse(
+        &with_node("id = 1\nlisten = \"127.0.0.1:0\"\npeers = []\n", 1)
+            .replace("[node]", "[kafka]\nlisten = \"127.0.0.1:0\"\n[node]"),
     );
 }
 
 #[test]
 fn the_example_cluster_configs_parse() {
     let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster");
+    let mut listeners = Vec::new();
     for id in 1..=3u64 {
         let config = Config::from_file(&directory.join(format!("node{id}.toml")))
             .unwrap_or_else(|error| panic!("node{id}.toml: {error}"));
-        let node = config.node.expect("[node]");
+        assert_eq!(config.data_dir, PathBuf::from(format!("./data/node{id}")));
+        let node = config.node.clone().expect("[node]");
         assert_eq!(node.id, id);
         assert_eq!(node.members(), vec![1, 2, 3]);
-        assert!(config
-            .topics
-            .iter()
-            .all(|topic| topic.replication_factor == 3));
+        assert_eq!(node.listen.port(), 7100 + id as u16);
+        let kafka = config.kafka.as_ref().expect("[kafka]");
+        assert_eq!(kafka.listen.port(), 9100 + id as u16);
+        let events = config.topic("events").expect("topic events");
+        assert_eq!(
+            (events.partitions, events.replication_factor, events.acks),
+            (3, 3, Acks::All)
+        );
+        assert_eq!(config.topics.len(), 1);
+        listeners.push((node.id, node.listen, node.cluster_id));
+        listeners.extend(
+            node.peers
+                .iter()
+                .map(|peer| (peer.id, peer.address, String::new())),
+        );
     }
+    // Each node's peers are the other two nodes' listen addresses.
+    for (id, address, cluster_id) in listeners.iter().filter(|l| !l.2.is_empty()) {
+        assert_eq!(cluster_id, "example");
+        let named = listeners
+            .iter()
+            .filter(|(other, other_address, _)| other == id && other_address == address)
+            .count();
+        assert_eq!(
+            named, 3,
+            "node {id} at {address}: itself and two peers' view of it"
+        );
+    }
+}
+
+/// The example's commented-out `[node]` table and `acks`, uncommented,
+/// parse to what the comments claim (so the reference cannot drift).
+#[test]
+fn the_example_file_commented_node_keys_parse() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml");
+    let text = std::fs::read_to_string(&path).expect("read the example");
+    let mut uncommented = String::new();
+    let mut in_node = false;
+    let mut found = Vec::new();
+    for line in text.lines() {
+        in_node = line == "# [node]" || (in_node && !line.is_empty());
+        // A commented key: "# name = value".
+        let key = line
+            .strip_prefix("# ")
+            .and_then(|rest| rest.split_once(" = "))
+            .map(|(key, _)| key)
+            .filter(|key| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        let wanted = match key {
+            Some("acks") => true,
+            Some(_) => in_node,
+            None => line == "# [node]",
+        };
+        if wanted {
+            uncommented.push_str(&line[2..]);
+            found.push(key.unwrap_or("[node]").to_owned());
+        } else {
+            uncommented.push_str(line);
+        }
+        uncommented.push('\n');
+    }
+    assert_eq!(
+        found,
+        [
+            "acks",
+            "[node]",
+            "id",
+            "listen",
+            "peers",
+            "cluster_id",
+            "tick",
+            "election_ticks",
+            "heartbeat_ticks",
+            "join"
+        ],
+        "each key appears once, commented, [node]'s in one block"
+    );
+    let config = Config::from_toml_str(&uncommented, "quickstart (uncommented)")
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.node, Some(node_one_of_three()));
+    assert_eq!(
+        config.topic("events").expect("topic events").acks,
+        Acks::All
+    );
 }
 
 #[test]

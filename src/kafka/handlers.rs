@@ -372,17 +372,12 @@ fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> M
                 .with_port(i32::from(*port)),
         );
     }
-    let members: Vec<BrokerId> = context
+    let members: Vec<u64> = context
         .shared
         .config()
         .node
         .as_ref()
-        .map(|node| {
-            node.members()
-                .into_iter()
-                .map(|id| BrokerId(id as i32))
-                .collect()
-        })
+        .map(|node| node.members())
         .unwrap_or_default();
     // One snapshot of the table for the whole answer.
     let table = context.shared.topic_table();
@@ -427,8 +422,17 @@ fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> M
                             // A replicated partition: the leader this node
                             // knows; clients go there, and refresh on
                             // NOT_LEADER_OR_FOLLOWER.
-                            partition.replica_nodes = members.clone();
-                            partition.isr_nodes = members.clone();
+                            let replicas: Vec<BrokerId> = crate::replication::placement(
+                                &name,
+                                index as u32,
+                                &members,
+                                handle.config().replication_factor,
+                            )
+                            .into_iter()
+                            .map(|id| BrokerId(id as i32))
+                            .collect();
+                            partition.replica_nodes = replicas.clone();
+                            partition.isr_nodes = replicas;
                             match handle.raft_leader(index as usize) {
                                 Some((leader, term)) => {
                                     partition.leader_id = BrokerId(leader as i32);

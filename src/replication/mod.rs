@@ -119,3 +119,54 @@ impl MembershipChange {
             .collect()
     }
 }
+
+/// The nodes that replicate `partition` of `topic`: `replication_factor`
+/// of the sorted `members`, consecutive from a start that the topic name's
+/// CRC-32C and the partition number pick, so partitions spread over the
+/// nodes and every node computes the same answer. Sorted.
+pub fn placement(
+    topic: &str,
+    partition: u32,
+    members: &[u64],
+    replication_factor: u32,
+) -> Vec<u64> {
+    let mut sorted = members.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let count = sorted.len();
+    if count == 0 {
+        return Vec::new();
+    }
+    let start = (crc32c::crc32c(topic.as_bytes()) as usize + partition as usize) % count;
+    let mut replicas: Vec<u64> = (0..(replication_factor as usize).min(count))
+        .map(|step| sorted[(start + step) % count])
+        .collect();
+    replicas.sort_unstable();
+    replicas
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::placement;
+
+    #[test]
+    fn partitions_spread_over_the_nodes_and_every_node_agrees() {
+        let members = [3, 1, 2, 5, 4];
+        let mut load = [0usize; 6];
+        for partition in 0..50 {
+            let replicas = placement("events", partition, &members, 3);
+            assert_eq!(replicas.len(), 3);
+            assert!(replicas.windows(2).all(|pair| pair[0] < pair[1]));
+            assert_eq!(
+                replicas,
+                placement("events", partition, &[1, 2, 3, 4, 5], 3)
+            );
+            for node in replicas {
+                load[node as usize] += 1;
+            }
+        }
+        // 150 replicas over 5 nodes: 30 each.
+        assert!(load[1..].iter().all(|&count| count == 30), "{load:?}");
+        assert_eq!(placement("events", 0, &members, 5).len(), 5);
+    }
+}
