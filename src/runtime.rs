@@ -262,6 +262,8 @@ pub(crate) struct Shared {
     /// Cluster nodes: the other nodes' Kafka addresses, as they announce
     /// them (written by the RaftNode only).
     peer_brokers: PeerBrokers,
+    /// Cluster nodes: when each peer was last heard (the RaftNode's).
+    vouches: Vouches,
     metrics: Arc<Metrics>,
     pipeline_metrics: Vec<Arc<PipelineMetrics>>,
     draining: AtomicBool,
@@ -309,6 +311,28 @@ impl Shared {
     /// The config the runtime started with.
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The Kafka consumer-group coordinator of a cluster: the lowest node
+    /// id among this node and the peers heard from within `fresh` that
+    /// announced a Kafka listener, so that every node names the same one
+    /// while they see the same nodes alive. `None` outside a cluster.
+    pub(crate) fn group_coordinator(
+        &self,
+        fresh: Duration,
+    ) -> Option<(u64, Option<(String, u16)>)> {
+        let node = self.config.node.as_ref()?;
+        let brokers = self.peer_brokers.load();
+        let vouches = self.vouches.load();
+        let peer = brokers
+            .iter()
+            .filter(|(id, _)| vouches.get(id).is_some_and(|(at, _)| at.elapsed() < fresh))
+            .map(|(id, address)| (*id, address.clone()))
+            .min_by_key(|(id, _)| *id);
+        match peer {
+            Some((id, address)) if id < node.id => Some((id, Some(address))),
+            _ => Some((node.id, None)),
+        }
     }
 
     /// Cluster nodes: the other nodes' Kafka addresses, by node id.
@@ -472,6 +496,7 @@ impl Runtime {
         let peer_brokers = PeerBrokers::default();
         let raft_node_brokers = peer_brokers.clone();
         let vouches = Vouches::default();
+        let shared_vouches = vouches.clone();
         let directory = LeaderDirectory::default();
         let raft_node_directory = directory.clone();
         let arbiter_count = std::thread::available_parallelism()
@@ -681,6 +706,7 @@ impl Runtime {
             config,
             topics: ArcSwap::from_pointee(topics),
             peer_brokers,
+            vouches: shared_vouches,
             metrics,
             pipeline_metrics,
             draining: AtomicBool::new(false),

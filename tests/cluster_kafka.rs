@@ -475,3 +475,52 @@ fn the_whole_cluster_killed_at_once_loses_nothing_acknowledged() {
     assert!(report.acknowledged >= 30_000 * 9 / 10, "{report}");
     eprintln!("{report}");
 }
+
+/// The coordinator every node names for a group, asked over the Kafka
+/// protocol (FindCoordinator v3).
+fn coordinator_named_by(kafka: &str) -> i32 {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    let mut client = common::kafka::RawClient::connect(kafka.parse().expect("address"));
+    let request =
+        FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("some-group"));
+    let mut body = client.request(ApiKey::FindCoordinator, 3, &request);
+    let response = FindCoordinatorResponse::decode(&mut body, 3).expect("response");
+    assert_eq!(response.error_code, 0);
+    response.node_id.0
+}
+
+/// In a cluster every node names the same consumer-group coordinator (the
+/// lowest live node id), so a group's members meet on one node whichever
+/// broker they bootstrap from; when it dies, the next one.
+#[test]
+fn every_node_names_the_same_group_coordinator() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, bootstrap) = cluster(root.path());
+    for node in &mut nodes {
+        node.start();
+    }
+    wait_for_leaders(&nodes);
+    let brokers: Vec<&str> = bootstrap.split(',').collect();
+    let started = Instant::now();
+    // Once every node has heard the others' announcements.
+    while brokers
+        .iter()
+        .any(|broker| coordinator_named_by(broker) != 1)
+    {
+        assert!(started.elapsed() < WAIT, "the nodes never agreed on node 1");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nodes[0].kill();
+    let started = Instant::now();
+    while brokers[1..]
+        .iter()
+        .any(|broker| coordinator_named_by(broker) != 2)
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "the survivors never moved to node 2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -465,12 +465,24 @@ fn metadata(context: &KafkaContext, request: MetadataRequest, version: i16) -> M
     response
 }
 
+/// A peer heard from within this is alive for coordinator choice.
+const COORDINATOR_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn find_coordinator(
     context: &KafkaContext,
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let (host, port) = context.host_port();
+    // In a cluster every node names the same coordinator (the lowest live
+    // node id), so a group's members meet on one node whichever broker
+    // they asked. Its commits stay on that node (see the README).
+    let (node_id, host, port) = match context.shared.group_coordinator(COORDINATOR_FRESH) {
+        Some((id, Some((host, port)))) => (id as i32, text(&host), i32::from(port)),
+        _ => {
+            let (host, port) = context.host_port();
+            (context.node_id, host, port)
+        }
+    };
     // Transactions (key type 1) are not supported.
     let error_for = |key_type: i8| {
         if key_type == 0 {
@@ -486,7 +498,7 @@ fn find_coordinator(
             .map(|key| {
                 Coordinator::default()
                     .with_key(key)
-                    .with_node_id(BrokerId(context.node_id))
+                    .with_node_id(BrokerId(node_id))
                     .with_host(host.clone())
                     .with_port(port)
                     .with_error_code(error_for(request.key_type))
@@ -496,7 +508,7 @@ fn find_coordinator(
     }
     FindCoordinatorResponse::default()
         .with_error_code(error_for(request.key_type))
-        .with_node_id(BrokerId(context.node_id))
+        .with_node_id(BrokerId(node_id))
         .with_host(host)
         .with_port(port)
 }
