@@ -253,6 +253,34 @@ fn skip_control_offsets(node: &Node, history: &mut History) {
     }
 }
 
+/// Reads every partition to its end with a consumer given all brokers,
+/// stops the nodes, and checks the history: no anomaly, and nearly all of
+/// the `sent` records acknowledged.
+fn consume_and_check(bootstrap: &str, nodes: &mut [Node], mut history: History, sent: usize) {
+    let (mut consumer, consumed) = client(&["consume", bootstrap, TOPIC, &PARTITIONS.to_string()]);
+    let mut records = Vec::new();
+    until_done(&consumed, &mut records);
+    let _ = consumer.wait();
+    for record in records.iter().filter(|record| record.get("type").is_none()) {
+        history.poll(
+            record["partition"].as_u64().expect("partition") as u32,
+            record["offset"].as_u64().expect("offset"),
+            record["payload"].as_str().expect("payload"),
+        );
+    }
+    for node in nodes.iter_mut() {
+        node.kill();
+    }
+    skip_control_offsets(&nodes[0], &mut history);
+    let report = history.check();
+    assert_eq!(report.anomalies(), 0, "{report}");
+    assert!(
+        report.acknowledged >= sent * 9 / 10,
+        "most records should be acknowledged: {report}"
+    );
+    eprintln!("{report}");
+}
+
 #[test]
 fn real_clients_survive_repeated_leader_kills() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -300,34 +328,10 @@ fn real_clients_survive_repeated_leader_kills() {
     let _ = producer.wait();
     eprintln!("leader re-elected after SIGKILL in {failover_ms:?} ms");
 
-    let mut history = history_of(&lines);
+    let history = history_of(&lines);
 
     wait_for_leaders(&nodes);
-    let (mut consumer, consumed) = client(&["consume", &bootstrap, TOPIC, &PARTITIONS.to_string()]);
-    let mut records = Vec::new();
-    until_done(&consumed, &mut records);
-    let _ = consumer.wait();
-    for record in &records {
-        if record.get("type").is_none() {
-            history.poll(
-                record["partition"].as_u64().expect("partition") as u32,
-                record["offset"].as_u64().expect("offset"),
-                record["payload"].as_str().expect("payload"),
-            );
-        }
-    }
-
-    for node in &mut nodes {
-        node.kill();
-    }
-    skip_control_offsets(&nodes[0], &mut history);
-    let report = history.check();
-    assert_eq!(report.anomalies(), 0, "{report}");
-    assert!(
-        report.acknowledged >= RECORDS * 9 / 10,
-        "most records should be acknowledged: {report}"
-    );
-    eprintln!("{report}");
+    consume_and_check(&bootstrap, &mut nodes, history, RECORDS);
 }
 
 /// `millrace node` and `millrace cluster status`, as an operator runs them.
@@ -454,26 +458,8 @@ fn the_whole_cluster_killed_at_once_loses_nothing_acknowledged() {
     until_done(&produced, &mut lines);
     let _ = producer.wait();
 
-    let mut history = history_of(&lines);
-    let (mut consumer, consumed) = client(&["consume", &bootstrap, TOPIC, &PARTITIONS.to_string()]);
-    let mut records = Vec::new();
-    until_done(&consumed, &mut records);
-    let _ = consumer.wait();
-    for record in records.iter().filter(|record| record.get("type").is_none()) {
-        history.poll(
-            record["partition"].as_u64().expect("partition") as u32,
-            record["offset"].as_u64().expect("offset"),
-            record["payload"].as_str().expect("payload"),
-        );
-    }
-    for node in &mut nodes {
-        node.kill();
-    }
-    skip_control_offsets(&nodes[0], &mut history);
-    let report = history.check();
-    assert_eq!(report.anomalies(), 0, "{report}");
-    assert!(report.acknowledged >= 30_000 * 9 / 10, "{report}");
-    eprintln!("{report}");
+    let history = history_of(&lines);
+    consume_and_check(&bootstrap, &mut nodes, history, 30_000);
 }
 
 /// The coordinator every node names for a group, asked over the Kafka
