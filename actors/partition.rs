@@ -441,7 +441,7 @@ impl PartitionActor {
             Relaxed,
         );
         if let Some(replica) = &self.replica {
-            let status = replica.core.status();
+            let status = replica.core.progress();
             let raft = &self.gauges.raft;
             raft.replicated.store(1, Relaxed);
             raft.leader.store(replica.leader().unwrap_or(0), Relaxed);
@@ -1076,7 +1076,7 @@ impl PartitionActor {
             return;
         };
         let quiet = replica.may_rest();
-        let is_leader = replica.core.status().is_leader;
+        let is_leader = replica.core.progress().is_leader;
         if quiet != replica.quiet {
             replica.quiet = quiet;
             if !quiet {
@@ -1113,7 +1113,7 @@ impl ReplicaHandle {
     /// Tells the RaftNode when this replica starts or stops leading, for
     /// its announcements (the directory other nodes keep).
     fn report_leadership(&mut self) {
-        let status = self.core.status();
+        let status = self.core.progress();
         let now = status.is_leader.then_some(status.term);
         if now != self.reported_leading {
             self.reported_leading = now;
@@ -1130,7 +1130,7 @@ impl ReplicaHandle {
     fn may_rest(&self) -> bool {
         // Not a voter (this node holds no replica of the partition, or has
         // not been added yet): nothing to tick for. Messages still reach it.
-        if !self.core.status().voters.contains(&self.config.id) {
+        if !self.core.is_voter(self.config.id) {
             return true;
         }
         let election_timeout = self.tick * (self.config.election_ticks as u32);
@@ -1287,7 +1287,19 @@ impl PartitionActor {
                 bytes::Bytes::from(frame).slice(crate::storage::batch::FRAME_HEADER_BYTES..);
             // On a follower that knows the leader, the batch goes there.
             if let Some(leader) = self.forward_target() {
-                self.forward(leader, batch, message.reply, record_count, context);
+                let pending = PendingForward {
+                    reply: message.reply,
+                    record_count,
+                    bytes: batch.len() as u64,
+                };
+                let batch = batch.to_vec();
+                self.forward(
+                    leader,
+                    |from, id| Forwarded::Request { from, id, batch },
+                    pending,
+                    FORWARD_TIMEOUT,
+                    context,
+                );
                 return;
             }
             let waiter = ReplicaWaiter {
@@ -1346,14 +1358,16 @@ impl PartitionActor {
             .filter(|_| self.forwards.len() < FORWARDS_MAX)
     }
 
-    /// Sends an embedded producer's batch to the leader's node; the answer
-    /// comes back as `Forwarded::Reply`, or the wait times out.
+    /// Sends `forwarded` (built from this node's id and a request id) to
+    /// the leader's node and parks `pending` until the answer
+    /// (`Forwarded::Reply`) comes back, or `timeout` passes and its caller
+    /// hears "not committed" (outcome unknown).
     fn forward(
         &mut self,
         leader: u64,
-        batch: bytes::Bytes,
-        reply: oneshot::Sender<Result<AppendAck, ProduceError>>,
-        record_count: u64,
+        forwarded: impl FnOnce(u64, u64) -> Forwarded,
+        pending: PendingForward,
+        timeout: Duration,
         context: &mut Context<Self>,
     ) {
         let Some(replica) = self.replica.as_ref() else {
@@ -1364,24 +1378,13 @@ impl PartitionActor {
         replica.forwarder.do_send(ForwardOutbound {
             to: leader,
             group: replica.group.clone(),
-            forwarded: Forwarded::Request {
-                from: replica.config.id,
-                id,
-                batch: batch.to_vec(),
-            },
+            forwarded: forwarded(replica.config.id, id),
         });
-        self.forwards.insert(
-            id,
-            PendingForward {
-                reply,
-                record_count,
-                bytes: batch.len() as u64,
-            },
-        );
-        context.run_later(FORWARD_TIMEOUT, move |actor, _| {
+        self.forwards.insert(id, pending);
+        context.run_later(timeout, move |actor, _| {
             if let Some(pending) = actor.forwards.remove(&id) {
                 let _ = pending.reply.send(Err(ProduceError::NotCommitted(format!(
-                    "forwarded to node {leader}, which did not answer within {FORWARD_TIMEOUT:?}"
+                    "forwarded to node {leader}, which did not answer within {timeout:?}"
                 ))));
             }
         });
@@ -1541,21 +1544,33 @@ impl PartitionActor {
             self.answer_proposal(waiter, outcome);
         }
         // Retries answered with their first copy's offsets, once committed.
-        let high_watermark = self.log.high_watermark();
-        while self
-            .pending_acks
-            .front()
-            .is_some_and(|pending| pending.next_offset <= high_watermark)
-        {
-            if let Some(pending) = self.pending_acks.pop_front() {
-                let _ = pending.reply.send(Ok(pending.ack));
-            }
-        }
+        self.release_pending_acks(self.log.high_watermark());
         if let Some(reason) = failure {
             self.fail_stop(reason);
         }
         self.publish_gauges();
         self.wake_fetches();
+    }
+
+    /// Acknowledges the parked appends whose records are all below `upto`
+    /// (durable for a partition of one, committed for a replica).
+    fn release_pending_acks(&mut self, upto: Offset) {
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|pending| pending.next_offset <= upto)
+        {
+            let Some(pending) = self.pending_acks.pop_front() else {
+                break;
+            };
+            self.metrics
+                .records_produced_total
+                .fetch_add(pending.record_count, Relaxed);
+            self.metrics
+                .bytes_produced_total
+                .fetch_add(pending.bytes, Relaxed);
+            let _ = pending.reply.send(Ok(pending.ack));
+        }
     }
 
     /// Idempotent producers' state from the batches of the active segment
@@ -1732,22 +1747,8 @@ impl PartitionActor {
                 self.log.mark_durable(next_offset);
                 // A replica's acknowledgements wait for the commit, not the
                 // local fsync (`drive_replica`).
-                while self.replica.is_none()
-                    && self
-                        .pending_acks
-                        .front()
-                        .is_some_and(|pending| pending.next_offset <= next_offset)
-                {
-                    let Some(pending) = self.pending_acks.pop_front() else {
-                        break;
-                    };
-                    self.metrics
-                        .records_produced_total
-                        .fetch_add(pending.record_count, Relaxed);
-                    self.metrics
-                        .bytes_produced_total
-                        .fetch_add(pending.bytes, Relaxed);
-                    let _ = pending.reply.send(Ok(pending.ack));
+                if self.replica.is_none() {
+                    self.release_pending_acks(next_offset);
                 }
                 self.gauges
                     .high_watermark
@@ -1973,42 +1974,31 @@ impl Handler<ChangeMembership> for PartitionActor {
                 return;
             }
             let Some(replica) = actor.replica.as_ref() else {
-                let _ = message.reply.send(Err(ProduceError::NotLeader { leader: None }));
+                let _ = message
+                    .reply
+                    .send(Err(ProduceError::NotLeader { leader: None }));
                 return;
             };
             let leader = replica.leader();
             let own_id = replica.config.id;
             match leader {
                 Some(leader) if leader != own_id => {
-                    let id = actor.next_forward_id;
-                    actor.next_forward_id += 1;
-                    replica.forwarder.do_send(ForwardOutbound {
-                        to: leader,
-                        group: replica.group.clone(),
-                        forwarded: Forwarded::Change {
-                            from: own_id,
-                            id,
-                            change: message.change,
-                        },
-                    });
-                    actor.forwards.insert(
-                        id,
-                        PendingForward {
-                            reply: message.reply,
-                            record_count: 0,
-                            bytes: 0,
-                        },
-                    );
+                    let pending = PendingForward {
+                        reply: message.reply,
+                        record_count: 0,
+                        bytes: 0,
+                    };
+                    let change = message.change;
                     // Short: a change is idempotent and the caller tries
                     // again (a leader that removed itself may never hear
                     // its change commit).
-                    context.run_later(CHANGE_FORWARD_TIMEOUT, move |actor, _| {
-                        if let Some(pending) = actor.forwards.remove(&id) {
-                            let _ = pending.reply.send(Err(ProduceError::NotCommitted(format!(
-                                "the membership change forwarded to node {leader} was not answered within {CHANGE_FORWARD_TIMEOUT:?}"
-                            ))));
-                        }
-                    });
+                    actor.forward(
+                        leader,
+                        |from, id| Forwarded::Change { from, id, change },
+                        pending,
+                        CHANGE_FORWARD_TIMEOUT,
+                        context,
+                    );
                 }
                 _ => {
                     let waiter = ReplicaWaiter {

@@ -174,6 +174,38 @@ fn wait_for_leaders(nodes: &[Node]) -> Vec<(u32, u64)> {
     }
 }
 
+/// The three nodes, started, each seeing a leader for every partition.
+fn running_cluster(root: &Path) -> (Vec<Node>, String) {
+    let (mut nodes, bootstrap) = cluster(root);
+    for node in &mut nodes {
+        node.start();
+    }
+    wait_for_leaders(&nodes);
+    (nodes, bootstrap)
+}
+
+/// confluent-kafka, idempotent and `acks=all`, given every broker:
+/// `count` records `PREFIX-NNNNNN` at [`RATE`] per second.
+fn idempotent_producer(
+    bootstrap: &str,
+    count: usize,
+    prefix: &str,
+) -> (Child, mpsc::Receiver<Value>) {
+    client(&[
+        "produce",
+        bootstrap,
+        TOPIC,
+        &count.to_string(),
+        prefix,
+        "--rate",
+        &RATE.to_string(),
+        "--set",
+        "enable.idempotence=true",
+        "--set",
+        "message.timeout.ms=120000",
+    ])
+}
+
 /// Runs the script; its stdout lines go to the returned channel.
 fn client(arguments: &[&str]) -> (Child, mpsc::Receiver<Value>) {
     let mut child = Command::new("python3")
@@ -284,25 +316,9 @@ fn consume_and_check(bootstrap: &str, nodes: &mut [Node], mut history: History, 
 #[test]
 fn real_clients_survive_repeated_leader_kills() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (mut nodes, bootstrap) = cluster(root.path());
-    for node in &mut nodes {
-        node.start();
-    }
-    wait_for_leaders(&nodes);
+    let (mut nodes, bootstrap) = running_cluster(root.path());
 
-    let (mut producer, produced) = client(&[
-        "produce",
-        &bootstrap,
-        TOPIC,
-        &RECORDS.to_string(),
-        "v",
-        "--rate",
-        &RATE.to_string(),
-        "--set",
-        "enable.idempotence=true",
-        "--set",
-        "message.timeout.ms=120000",
-    ]);
+    let (mut producer, produced) = idempotent_producer(&bootstrap, RECORDS, "v");
     let mut lines = Vec::new();
     let mut kills = 0;
     let mut failover_ms = Vec::new();
@@ -425,24 +441,8 @@ fn cluster_status_shows_each_replica_and_node_needs_a_node_section() {
 #[test]
 fn the_whole_cluster_killed_at_once_loses_nothing_acknowledged() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (mut nodes, bootstrap) = cluster(root.path());
-    for node in &mut nodes {
-        node.start();
-    }
-    wait_for_leaders(&nodes);
-    let (mut producer, produced) = client(&[
-        "produce",
-        &bootstrap,
-        TOPIC,
-        "30000",
-        "w",
-        "--rate",
-        &RATE.to_string(),
-        "--set",
-        "enable.idempotence=true",
-        "--set",
-        "message.timeout.ms=120000",
-    ]);
+    let (mut nodes, bootstrap) = running_cluster(root.path());
+    let (mut producer, produced) = idempotent_producer(&bootstrap, 30_000, "w");
     let mut lines = Vec::new();
     // Some records through, then every node dies at the same moment.
     while lines.len() < RATE {
@@ -482,11 +482,7 @@ fn coordinator_named_by(kafka: &str) -> i32 {
 #[test]
 fn every_node_names_the_same_group_coordinator() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (mut nodes, bootstrap) = cluster(root.path());
-    for node in &mut nodes {
-        node.start();
-    }
-    wait_for_leaders(&nodes);
+    let (mut nodes, bootstrap) = running_cluster(root.path());
     let brokers: Vec<&str> = bootstrap.split(',').collect();
     let started = Instant::now();
     // Once every node has heard the others' announcements.

@@ -297,27 +297,9 @@ fn kafka_python_admin_lists_and_describes_pipeline_and_kafka_groups() {
 // ---------------------------------------------------------------------------
 // A raw client (the minimal part of tests/kafka_protocol.rs's).
 
-/// The shared raw client with this suite's requests.
-struct Client(common::kafka::RawClient);
-
-impl std::ops::Deref for Client {
-    type Target = common::kafka::RawClient;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+common::kafka::suite_client!(Client);
 
 impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        Client(common::kafka::RawClient::connect(address))
-    }
-
     fn list_groups(&mut self, version: i16, states: &[&'static str]) -> ListGroupsResponse {
         let request = ListGroupsRequest::default().with_states_filter(
             states

@@ -35,27 +35,9 @@ fn start(max_connections: u32) -> (tempfile::TempDir, Runtime, SocketAddr) {
     (directory, runtime, address)
 }
 
-/// The shared raw client with this suite's requests.
-struct Client(common::kafka::RawClient);
-
-impl std::ops::Deref for Client {
-    type Target = common::kafka::RawClient;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+common::kafka::suite_client!(Client);
 
 impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        Client(common::kafka::RawClient::connect(address))
-    }
-
     fn api_versions(&mut self, version: i16) -> ApiVersionsResponse {
         let mut response =
             self.request(ApiKey::ApiVersions, version, &ApiVersionsRequest::default());

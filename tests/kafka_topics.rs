@@ -50,28 +50,9 @@ fn start(data_dir: &Path, allow: bool) -> (Runtime, SocketAddr) {
     (runtime, address)
 }
 
-/// A blocking client speaking raw frames.
-/// The shared raw client with this suite's requests.
-struct Client(common::kafka::RawClient);
-
-impl std::ops::Deref for Client {
-    type Target = common::kafka::RawClient;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+common::kafka::suite_client!(Client);
 
 impl Client {
-    fn connect(address: SocketAddr) -> Client {
-        Client(common::kafka::RawClient::connect(address))
-    }
-
     /// Creates topics (CreateTopics v7); returns (name, error code, message) per topic.
     fn create(
         &mut self,

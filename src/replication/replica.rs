@@ -96,6 +96,23 @@ pub struct ReplicaStatus {
     pub matched: Vec<(u64, u64)>,
 }
 
+/// A replica's position, without the lists of [`ReplicaStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    /// The leader this replica knows (0: none).
+    pub leader: u64,
+    /// Whether this replica leads.
+    pub is_leader: bool,
+    /// Its term.
+    pub term: u64,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied.
+    pub applied_index: u64,
+    /// Last index in its log.
+    pub last_index: u64,
+}
+
 /// Why a proposal was refused or failed. Tokens come back with it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
@@ -138,6 +155,8 @@ pub struct ReplicaCore<T> {
     acks: Acks,
     /// Configuration changes applied since the last round was taken.
     applied_changes: Vec<ConfChangeV2>,
+    /// The configuration changed since the state was last written.
+    conf_changed: bool,
 }
 
 impl<T> std::fmt::Debug for ReplicaCore<T> {
@@ -186,7 +205,7 @@ impl<T> ReplicaCore<T> {
             vote: state.vote,
             ..HardState::default()
         };
-        let store = EntryStore::open(
+        let mut store = EntryStore::open(
             log,
             hard_state.clone(),
             conf_state,
@@ -201,7 +220,6 @@ impl<T> ReplicaCore<T> {
         let last_index = store.last_index();
         let commit = state.commit.min(last_index);
         let applied = state.applied.min(commit);
-        let mut store = store;
         hard_state.commit = commit;
         store.set_hard_state(hard_state);
         if let Some(committed) = store.next_offset_of(commit) {
@@ -242,6 +260,7 @@ impl<T> ReplicaCore<T> {
             applied_index: applied,
             acks: config.acks,
             applied_changes: Vec::new(),
+            conf_changed: false,
         })
     }
 
@@ -419,6 +438,7 @@ impl<T> ReplicaCore<T> {
         let state_write = (state != self.written).then(|| {
             let write = self.state_file.write(&state);
             self.written = state;
+            self.conf_changed = false;
             write
         });
         if jobs.is_empty() && state_write.is_none() {
@@ -522,6 +542,7 @@ impl<T> ReplicaCore<T> {
                     raft.become_follower(term, raft::INVALID_ID);
                 }
                 self.node.mut_store().set_conf_state(conf_state);
+                self.conf_changed = true;
                 self.applied_changes.push(change);
             }
             Err(error) => {
@@ -573,12 +594,8 @@ impl<T> ReplicaCore<T> {
         let store = self.node.store();
         let hard_state = store.hard_state();
         let (anchor_index, anchor_term, anchor_offset) = store.anchor();
-        let conf_state = if self.written.conf_state.is_empty()
-            || ConfState::parse_from_bytes(&self.written.conf_state)
-                .ok()
-                .as_ref()
-                != Some(store.conf_state())
-        {
+        // Encoded again only after a change applied, not every round.
+        let conf_state = if self.conf_changed {
             store
                 .conf_state()
                 .write_to_bytes()
@@ -616,6 +633,7 @@ impl<T> ReplicaCore<T> {
 
     /// Status for `cluster status`, metrics and health.
     pub fn status(&self) -> ReplicaStatus {
+        let progress = self.progress();
         let raft = &self.node.raft;
         let matched = if raft.state == StateRole::Leader {
             let mut matched: Vec<(u64, u64)> = raft
@@ -632,15 +650,34 @@ impl<T> ReplicaCore<T> {
         voters.sort_unstable();
         ReplicaStatus {
             id: raft.id,
+            leader: progress.leader,
+            is_leader: progress.is_leader,
+            term: progress.term,
+            commit_index: progress.commit_index,
+            applied_index: progress.applied_index,
+            last_index: progress.last_index,
+            voters,
+            matched,
+        }
+    }
+
+    /// The figures of [`ReplicaCore::status`] that cost nothing to read
+    /// (no allocation): for the partition actor's every message.
+    pub fn progress(&self) -> ReplicaProgress {
+        let raft = &self.node.raft;
+        ReplicaProgress {
             leader: raft.leader_id,
             is_leader: raft.state == StateRole::Leader,
             term: raft.term,
             commit_index: raft.raft_log.committed,
             applied_index: self.applied_index,
             last_index: raft.raft_log.last_index(),
-            voters,
-            matched,
         }
+    }
+
+    /// Whether `id` is a voter of the group as this replica knows it.
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.node.store().conf_state().voters.contains(&id)
     }
 }
 

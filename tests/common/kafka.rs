@@ -111,3 +111,35 @@ pub fn loopback() -> millrace::config::KafkaConfig {
         allow_topic_management: false,
     }
 }
+
+/// Declares a suite's own client: a newtype over [`RawClient`] that
+/// dereferences to it, with `connect`; the suite adds its requests in an
+/// `impl` of its own.
+#[allow(unused_macros)]
+macro_rules! suite_client {
+    ($name:ident) => {
+        /// The shared raw client with this suite's requests.
+        struct $name(common::kafka::RawClient);
+
+        impl std::ops::Deref for $name {
+            type Target = common::kafka::RawClient;
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.0
+            }
+        }
+
+        impl $name {
+            fn connect(address: std::net::SocketAddr) -> $name {
+                $name(common::kafka::RawClient::connect(address))
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use suite_client;
